@@ -1,0 +1,121 @@
+"""Models built from an `Arch`, and named representations.
+
+`build_model(arch)` returns the linen module for `arch.family`. The
+representations pruning criteria compare are named:
+
+* `'pooled'`: globally pooled features before the classifier `[batch, width]`
+  (the papers' choice);
+* `'logits'`: the classifier output `[batch, num_classes]`;
+* a block name such as `'stage2_block07'`: that block's output
+  `[batch, height, width, channels]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from lpjax import arch as arch_lib
+from lpjax.models import resnet
+
+# Family -> module class. Adding a family = one module + one line here.
+MODELS: dict[str, Callable[[arch_lib.Arch], nn.Module]] = {
+    'resnet_cifar': resnet.ResNet,
+    'resnet_imagenet': resnet.ResNet,
+}
+
+
+def build_model(arch: arch_lib.Arch) -> nn.Module:
+  """The linen module for `arch`; `KeyError` listing families if unknown."""
+  try:
+    return MODELS[arch.family](arch)
+  except KeyError:
+    raise KeyError(
+        f'No model for family {arch.family!r}; known: {sorted(MODELS)}.'
+    ) from None
+
+
+def representation_names(arch: arch_lib.Arch) -> tuple[str, ...]:
+  """Every representation name `representations` accepts for `arch`."""
+  return ('pooled', 'logits', *(b.name for b in arch.blocks))
+
+
+def representations(
+    model: nn.Module,
+    variables: Any,
+    x: jax.Array,
+    names: Sequence[str] = ('pooled',),
+    *,
+    skip: jax.Array | None = None,
+) -> dict[str, jax.Array]:
+  """Named representations of `x` in eval mode, from one forward pass.
+
+  Args:
+    model: a module from `build_model`.
+    variables: its `{'params', 'batch_stats'}`.
+    x: images `[batch, height, width, channels]`.
+    names: which representations; see the module docstring.
+    skip: optional skip mask, as for the model.
+
+  Returns:
+    `{name: array}` for every requested name.
+
+  Raises:
+    KeyError: naming every requested representation the model does not have
+      and listing the valid ones.
+  """
+  valid = representation_names(model.arch)
+  missing = [n for n in names if n not in valid]
+  if missing:
+    raise KeyError(
+        f'Representations {missing} do not exist in this model; valid names: '
+        f'{list(valid)}.'
+    )
+  wanted = set(names)
+
+  def capture(mdl: nn.Module, method: str) -> bool:
+    return (
+        method == '__call__'
+        and isinstance(mdl, resnet.BLOCK_TYPES)
+        and mdl.name in wanted
+    )
+
+  logits, state = model.apply(
+      variables,
+      x,
+      train=False,
+      skip=skip,
+      capture_intermediates=capture,
+      mutable=['intermediates'],
+  )
+  inter = state['intermediates']
+  out = {}
+  for n in names:
+    if n == 'logits':
+      out[n] = logits
+    elif n == 'pooled':
+      out[n] = inter['pooled'][0]
+    else:
+      out[n] = inter[n]['__call__'][0]
+  return out
+
+
+def init_variables(
+    arch: arch_lib.Arch, rng: jax.Array, image_shape: Sequence[int]
+) -> dict[str, Any]:
+  """Fresh `{'params', 'batch_stats'}` for `arch` on `[H, W, C]` images."""
+  model = build_model(arch)
+  x = jax.numpy.zeros((1, *image_shape), jax.numpy.float32)
+  return dict(model.init(rng, x, train=False))
+
+
+def variable_shapes(
+    arch: arch_lib.Arch, image_shape: Sequence[int]
+) -> dict[str, Any]:
+  """`jax.eval_shape` of `init_variables`: the exact tree a model expects."""
+  return jax.eval_shape(
+      lambda: init_variables(arch, jax.random.key(0), image_shape)
+  )

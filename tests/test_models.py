@@ -1,0 +1,254 @@
+"""Arch, models and surgery: the invariants of DESIGN §3 on tiny networks."""
+
+import itertools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lpjax import arch as arch_lib
+from lpjax import models, surgery
+
+# Tiny networks: few blocks, narrow, small images (each shape = one compile).
+CIFAR = arch_lib.resnet_cifar(
+    blocks_per_stage=(4, 3, 3), width=4, num_classes=5
+)
+BOTTLENECK = arch_lib.resnet_imagenet(
+    blocks_per_stage=(3, 3), width=4, num_classes=5
+)
+CIFAR_IMAGE = (8, 8, 3)
+BOTTLENECK_IMAGE = (32, 32, 3)
+
+
+def _random_variables(arch, image_shape, seed):
+  """Init, then make BN statistics non-trivial so eval mode is exercised."""
+  variables = models.init_variables(arch, jax.random.key(seed), image_shape)
+  rng = np.random.default_rng(seed)
+
+  def perturb(path, leaf):
+    name = path[-1].key
+    if name == 'var':
+      return jnp.asarray(rng.uniform(0.5, 2.0, leaf.shape), leaf.dtype)
+    if name in ('mean', 'scale', 'bias'):
+      base = 1.0 if name == 'scale' else 0.0
+      return jnp.asarray(base + 0.3 * rng.normal(size=leaf.shape), leaf.dtype)
+    return leaf
+
+  return {
+      'params': jax.tree.map_with_path(perturb, variables['params']),
+      'batch_stats': jax.tree.map_with_path(
+          perturb, variables['batch_stats']
+      ),
+  }
+
+
+def _random_skip_sets(arch, rng, count):
+  """Random removable sets that respect the per-stage floor."""
+  out = []
+  for _ in range(count):
+    chosen = []
+    for stage in arch.stages:
+      cands = [b.name for b in stage.blocks if b.index > 0]
+      room = len(stage.blocks) - arch.min_blocks_per_stage
+      k = rng.integers(0, min(room, len(cands)) + 1)
+      chosen += list(rng.choice(cands, size=k, replace=False))
+    out.append(sorted(chosen))
+  return out
+
+
+def _size(tree):
+  return sum(math.prod(np.shape(x)) for x in jax.tree.leaves(tree))
+
+
+@pytest.fixture(
+    scope='module',
+    params=[(CIFAR, CIFAR_IMAGE), (BOTTLENECK, BOTTLENECK_IMAGE)],
+    ids=['basic', 'bottleneck'],
+)
+def net(request):
+  arch, image_shape = request.param
+  variables = _random_variables(arch, image_shape, seed=0)
+  x = jax.random.normal(jax.random.key(1), (6, *image_shape))
+  return arch, image_shape, variables, x
+
+
+def test_candidates_follow_the_papers_rule():
+  a = arch_lib.resnet_cifar(56)
+  assert len(a.candidates) == 24  # 8 per stage
+  assert 'stage1_block00' not in a.candidates
+  assert 'stage2_block00' not in a.candidates
+  assert a.max_removable() == 21  # ALGORITHMS §1.2: ResNet56 -> 21 blocks
+  assert arch_lib.resnet_cifar(110).max_removable() == 48
+  assert arch_lib.resnet_imagenet(50).max_removable() == 8
+  smallest = a.without([c for c in a.candidates if not c.endswith('01')])
+  assert smallest.blocks_per_stage == (2, 2, 2)
+  assert smallest.removable() == ()
+
+
+def test_arch_json_round_trip():
+  a = CIFAR.without(['stage1_block02']).with_widths('stage2_block01', [3])
+  b = arch_lib.Arch.from_json(a.to_json())
+  assert a == b and hash(a) == hash(b)
+
+
+def test_get_arch_names():
+  assert arch_lib.get_arch('resnet110').blocks_per_stage == (18, 18, 18)
+  assert arch_lib.get_arch('resnet50').family == 'resnet_imagenet'
+  with pytest.raises(KeyError, match='resnet56'):
+    arch_lib.get_arch('vgg16')
+
+
+def test_skip_equals_delete(net):
+  """apply(arch - S, remove_blocks(v, S), x) == apply(arch, v, x, skip=S)."""
+  arch, _, variables, x = net
+  full = models.build_model(arch)
+  apply_skip = jax.jit(lambda v, x, s: full.apply(v, x, train=False, skip=s))
+  rng = np.random.default_rng(0)
+  sets = _random_skip_sets(arch, rng, 4) + [[]]
+  assert any(sets), 'the random sets should remove something'
+  for s in sets:
+    small_arch, small_vars = surgery.remove_blocks(arch, variables, s)
+    want = apply_skip(variables, x, jnp.asarray(arch.skip_mask(s)))
+    got = models.build_model(small_arch).apply(small_vars, x, train=False)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    # Skipping must matter: otherwise this test could not fail.
+    if s:
+      unskipped = apply_skip(variables, x, jnp.zeros(len(arch.candidates)))
+      assert not np.allclose(unskipped, want, atol=1e-4)
+
+
+def test_surgery_is_pure_and_exact(net):
+  arch, image_shape, variables, _ = net
+  before = jax.tree.map(np.array, variables)
+  s = _random_skip_sets(arch, np.random.default_rng(1), 1)[0] or [
+      arch.removable()[0]
+  ]
+  small_arch, small_vars = surgery.remove_blocks(arch, variables, s)
+  # Input unchanged.
+  chex.assert_trees_all_equal(before, jax.tree.map(np.array, variables))
+  # Exactly the tree of the smaller model's init.
+  expected = models.variable_shapes(small_arch, image_shape)
+  chex.assert_trees_all_equal_shapes_and_dtypes(small_vars, expected)
+  # Parameters drop by exactly the removed blocks' parameters.
+  removed = sum(
+      _size(variables[col][b]) for col in variables for b in s
+  )
+  assert _size(variables) - _size(small_vars) == removed > 0
+
+
+def test_remove_blocks_errors():
+  v = models.variable_shapes(CIFAR, CIFAR_IMAGE)
+  with pytest.raises(ValueError, match='no such block'):
+    surgery.remove_blocks(CIFAR, v, ['stage9_block01'])
+  with pytest.raises(ValueError, match='never a candidate'):
+    surgery.remove_blocks(CIFAR, v, ['stage2_block00'])
+  with pytest.raises(ValueError, match='below the floor'):
+    surgery.remove_blocks(CIFAR, v, ['stage2_block01', 'stage2_block02'])
+
+
+def test_filter_surgery_equals_zeroed_channels(net):
+  """Pruned model == original with those channels' BN output zeroed."""
+  arch, image_shape, variables, x = net
+  block = arch.blocks[-1].name
+  for conv in range(1, len(arch.block(block).widths) + 1):
+    width = arch.block(block).widths[conv - 1]
+    keep = [0, 2, width - 1]
+    small_arch, small_vars = surgery.remove_filters(
+        arch, variables, block, keep, conv=conv
+    )
+    chex.assert_trees_all_equal_shapes_and_dtypes(
+        small_vars, models.variable_shapes(small_arch, image_shape)
+    )
+    assert small_arch.block(block).widths[conv - 1] == 3
+    # Zero the BN affine output of the dropped channels in the original.
+    drop = np.setdiff1d(np.arange(width), keep)
+    zeroed = jax.tree.map(lambda a: a, variables)
+    bn = dict(zeroed['params'][block][f'bn{conv}'])
+    bn['scale'] = bn['scale'].at[drop].set(0.0)
+    bn['bias'] = bn['bias'].at[drop].set(0.0)
+    zeroed['params'] = dict(zeroed['params'])
+    zeroed['params'][block] = dict(zeroed['params'][block], **{f'bn{conv}': bn})
+    want = models.build_model(arch).apply(zeroed, x, train=False)
+    got = models.build_model(small_arch).apply(small_vars, x, train=False)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    orig = models.build_model(arch).apply(variables, x, train=False)
+    assert not np.allclose(orig, want, atol=1e-4)
+
+
+def test_remove_filters_errors():
+  v = models.variable_shapes(CIFAR, CIFAR_IMAGE)
+  with pytest.raises(ValueError, match='empty'):
+    surgery.remove_filters(CIFAR, v, 'stage1_block01', [])
+  with pytest.raises(ValueError, match='duplicate'):
+    surgery.remove_filters(CIFAR, v, 'stage1_block01', [1, 1])
+  with pytest.raises(ValueError, match=r'\[0, 4\)'):
+    surgery.remove_filters(CIFAR, v, 'stage1_block01', [4])
+  with pytest.raises(ValueError, match='conv=2'):
+    surgery.remove_filters(CIFAR, v, 'stage1_block01', [0], conv=2)
+  with pytest.raises(KeyError, match='stage1_block09'):
+    surgery.remove_filters(CIFAR, v, 'stage1_block09', [0])
+
+
+def test_one_compile_serves_every_skip_set():
+  arch, variables = CIFAR, _random_variables(CIFAR, CIFAR_IMAGE, 2)
+  model = models.build_model(arch)
+  x = jnp.ones((2, *CIFAR_IMAGE))
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def forward(v, x, skip):
+    return model.apply(v, x, train=False, skip=skip)
+
+  outs = [
+      forward(variables, x, jnp.asarray(arch.skip_mask(s)))
+      for s in (['stage1_block01'], ['stage3_block02'], [])
+  ]
+  assert not np.allclose(outs[0], outs[1])
+
+
+def test_representations_named_and_checked():
+  arch, variables = CIFAR, _random_variables(CIFAR, CIFAR_IMAGE, 3)
+  model = models.build_model(arch)
+  x = jax.random.normal(jax.random.key(0), (3, *CIFAR_IMAGE))
+  reps = models.representations(
+      model, variables, x, ['pooled', 'logits', 'stage2_block01']
+  )
+  assert reps['pooled'].shape == (3, 16)
+  assert reps['stage2_block01'].shape == (3, 4, 4, 8)
+  np.testing.assert_allclose(
+      reps['logits'], model.apply(variables, x, train=False), rtol=1e-6
+  )
+  # The pooled features are the head's input.
+  head = variables['params']['head']
+  np.testing.assert_allclose(
+      reps['pooled'] @ head['kernel'] + head['bias'],
+      reps['logits'],
+      atol=1e-5,
+  )
+  with pytest.raises(KeyError, match=r"\['stage4_block00', 'conv'\]"):
+    models.representations(
+        model, variables, x, ['pooled', 'stage4_block00', 'conv']
+    )
+
+
+def test_skip_mask_shape_checked():
+  model = models.build_model(CIFAR)
+  v = models.init_variables(CIFAR, jax.random.key(0), CIFAR_IMAGE)
+  with pytest.raises(ValueError, match='one entry per candidate'):
+    model.apply(v, jnp.ones((1, *CIFAR_IMAGE)), skip=jnp.zeros(3))
+
+
+@pytest.mark.parametrize(
+    'arch',
+    [arch_lib.resnet_cifar(20), arch_lib.resnet_imagenet(50)],
+    ids=['cifar', 'imagenet'],
+)
+def test_skip_mask_orders_candidates(arch):
+  names = list(itertools.islice(arch.candidates, 0, None, 3))
+  mask = arch.skip_mask(names)
+  assert [c for c, m in zip(arch.candidates, mask) if m] == names
+  with pytest.raises(ValueError, match='not candidate'):
+    arch.skip_mask(['stage1_block00'])
