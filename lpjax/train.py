@@ -1,0 +1,616 @@
+"""Training and evaluation of (pruned) ResNets: SGD, L2, data parallelism.
+
+The recipe follows the papers' Keras models: SGD with Nesterov momentum 0.9,
+the learning rate divided by 10 at 50 % and 75 % of the run, and an L2 penalty
+`weight_decay * sum(w**2)` on every convolution kernel (Keras'
+`kernel_regularizer=l2(1e-4)`); Dense layers and BatchNorm are not
+regularised.
+
+Steps are module-level pure functions (`train_step`, `eval_step`). They are
+jitted once per (mesh, weight decay) by `jit_train_step` / `jit_eval_step`
+with explicit shardings: the state is replicated over a one-axis `'data'`
+mesh of every device and the batch is split along its first axis. Under
+`jax.jit` this is plain data parallelism: gradients and BatchNorm batch
+statistics are computed over the global batch, so results match a single
+device up to float reduction order.
+
+`fit` runs epochs of a dataset's `train_batches`, and `evaluate` aggregates
+exact sums over padded, masked eval batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = 'data'
+SCHEDULES = ('step', 'cosine', 'constant')
+
+Batch = Mapping[str, Any]
+Metrics = dict[str, Any]
+
+
+class TrainState(train_state.TrainState):
+  """Train state with BatchNorm statistics.
+
+  Attributes:
+    batch_stats: the model's `batch_stats` collection.
+  """
+
+  batch_stats: Any = None
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss or gradient."""
+
+
+def create_train_state(
+  model: nn.Module,
+  variables: Mapping[str, Any],
+  tx: optax.GradientTransformation,
+) -> TrainState:
+  """A fresh `TrainState` at step 0.
+
+  The optimizer state is always new (`tx.init(params)`), e.g. after surgery
+  that removed blocks: momentum buffers are never carried over. Everything
+  stays where `variables` are (e.g. host numpy); `fit` places it.
+
+  Args:
+    model: a module from `lpjax.models.build_model`.
+    variables: its `{'params', 'batch_stats'}`.
+    tx: the optimizer, e.g. from `make_optimizer`.
+
+  Returns:
+    The train state.
+  """
+  state = TrainState.create(
+    apply_fn=model.apply,
+    params=variables['params'],
+    tx=tx,
+    batch_stats=variables.get('batch_stats', {}),
+  )
+  # A strongly typed int32 step, as a restored checkpoint has: a weakly typed
+  # Python 0 would make the first resumed step compile again.
+  return state.replace(step=np.zeros((), np.int32))
+
+
+# --- Optimizer ----------------------------------------------------------------
+
+
+def make_schedule(
+  *,
+  learning_rate: float,
+  total_steps: int,
+  schedule: str = 'step',
+  boundaries: Sequence[float] = (0.5, 0.75),
+  decay_factor: float = 0.1,
+  warmup_steps: int = 0,
+) -> optax.Schedule:
+  """The learning rate as a function of the 0-based step.
+
+  Args:
+    learning_rate: the peak (initial) learning rate.
+    total_steps: steps in the whole run.
+    schedule: `'step'` (multiply by `decay_factor` at each boundary),
+      `'cosine'` (to zero at `total_steps`) or `'constant'`.
+    boundaries: for `'step'`, fractions of `total_steps` in (0, 1).
+    decay_factor: for `'step'`, the factor applied at each boundary.
+    warmup_steps: linear warmup from 0 over this many steps. Step boundaries
+      stay at their absolute positions; the cosine spans the steps after the
+      warmup.
+
+  Returns:
+    An optax schedule.
+
+  Raises:
+    ValueError: for an unknown schedule or invalid arguments.
+  """
+  if schedule not in SCHEDULES:
+    raise ValueError(
+      f'Unknown learning-rate schedule {schedule!r}; valid schedules: '
+      f'{SCHEDULES}.'
+    )
+  if total_steps < 1:
+    raise ValueError(f'total_steps must be positive; got {total_steps}.')
+  if not 0 <= warmup_steps < total_steps:
+    raise ValueError(
+      f'warmup_steps must be in [0, total_steps={total_steps}); got '
+      f'{warmup_steps}.'
+    )
+  if schedule == 'step':
+    if any(not 0 < b < 1 for b in boundaries):
+      raise ValueError(
+        f'Step boundaries are fractions of the run in (0, 1); got '
+        f'{tuple(boundaries)}.'
+      )
+    scales: dict[int, float] = {}
+    for b in boundaries:
+      step = round(b * total_steps)
+      scales[step] = scales.get(step, 1.0) * decay_factor
+    main = optax.piecewise_constant_schedule(learning_rate, scales)
+  elif schedule == 'cosine':
+    main = optax.cosine_decay_schedule(
+      learning_rate, total_steps - warmup_steps
+    )
+  else:
+    main = optax.constant_schedule(learning_rate)
+  if not warmup_steps:
+    return main
+  if schedule == 'step':
+    # join_schedules hands later schedules `step - warmup_steps`.
+    absolute = main
+    main = lambda count: absolute(count + warmup_steps)  # noqa: E731
+  warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+  return optax.join_schedules([warmup, main], [warmup_steps])
+
+
+def make_optimizer(
+  *,
+  learning_rate: float,
+  total_steps: int,
+  momentum: float = 0.9,
+  nesterov: bool = True,
+  schedule: str = 'step',
+  boundaries: Sequence[float] = (0.5, 0.75),
+  decay_factor: float = 0.1,
+  warmup_steps: int = 0,
+) -> optax.GradientTransformation:
+  """SGD with (Nesterov) momentum and a learning-rate schedule.
+
+  The papers train for 200 epochs with the learning rate divided by 10 at
+  epochs 100 and 150: the default `'step'` schedule. See `make_schedule` for
+  the schedule arguments. The L2 penalty is part of the loss (`train_step`),
+  not of the optimizer.
+
+  Args:
+    learning_rate: the initial learning rate.
+    total_steps: steps in the whole run (epochs * steps per epoch).
+    momentum: momentum coefficient.
+    nesterov: use Nesterov momentum.
+    schedule: `'step'`, `'cosine'` or `'constant'`.
+    boundaries: for `'step'`, fractions of `total_steps`.
+    decay_factor: for `'step'`, the factor at each boundary.
+    warmup_steps: linear warmup steps.
+
+  Returns:
+    The optax transformation.
+
+  Raises:
+    ValueError: for an unknown schedule (listing the valid ones).
+  """
+  lr = make_schedule(
+    learning_rate=learning_rate,
+    total_steps=total_steps,
+    schedule=schedule,
+    boundaries=boundaries,
+    decay_factor=decay_factor,
+    warmup_steps=warmup_steps,
+  )
+  return optax.sgd(lr, momentum=momentum or None, nesterov=nesterov)
+
+
+# --- Steps --------------------------------------------------------------------
+
+
+def l2_penalty(params: Any) -> jax.Array:
+  """Sum of squares of every convolution kernel.
+
+  Selects the leaves named `kernel` with 4 dimensions (`[kh, kw, in, out]`):
+  every `nn.Conv` kernel, but neither Dense kernels (2-D) nor biases nor
+  BatchNorm scales.
+
+  Args:
+    params: a `params` tree.
+
+  Returns:
+    A float32 scalar.
+  """
+  total = jnp.zeros((), jnp.float32)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    if _leaf_name(path) == 'kernel' and jnp.ndim(leaf) == 4:
+      total += jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+  return total
+
+
+def _leaf_name(path) -> str:
+  key = path[-1]
+  return str(getattr(key, 'key', getattr(key, 'name', key)))
+
+
+def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(
+    logits.astype(jnp.float32), labels
+  )
+
+
+def train_step(
+  state: TrainState, batch: Batch, *, weight_decay: float
+) -> tuple[TrainState, Metrics]:
+  """One SGD step on `cross_entropy + weight_decay * l2_penalty`.
+
+  Args:
+    state: the train state.
+    batch: `{'image': [B, H, W, C] float32, 'label': [B] int32}`.
+    weight_decay: the L2 coefficient (the papers: 1e-4).
+
+  Returns:
+    The new state and scalar metrics: `loss` (mean cross-entropy, without
+    the penalty), `accuracy`, `l2` (the unweighted penalty, before the step)
+    and `grad_norm` (global norm of the total gradient).
+  """
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+      {'params': params, 'batch_stats': state.batch_stats},
+      batch['image'],
+      train=True,
+      mutable=['batch_stats'],
+    )
+    loss = jnp.mean(_cross_entropy(logits, batch['label']))
+    l2 = l2_penalty(params)
+    return loss + weight_decay * l2, (loss, l2, logits, updates)
+
+  grads, (loss, l2, logits, updates) = jax.grad(loss_fn, has_aux=True)(
+    state.params
+  )
+  state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+  metrics = {
+    'loss': loss,
+    'accuracy': accuracy.astype(jnp.float32),
+    'l2': l2,
+    'grad_norm': optax.global_norm(grads),
+  }
+  return state, metrics
+
+
+def eval_step(state: TrainState, batch: Batch) -> Metrics:
+  """Sums over one eval batch (BatchNorm uses running averages).
+
+  Args:
+    state: the train state.
+    batch: `{'image': [B, H, W, C], 'label': [B]}` and optionally `'mask'`
+      `[B]` (1 for real examples, 0 for padding).
+
+  Returns:
+    float32 scalars `correct`, `loss_sum` and `count`, summed over the real
+    examples only, so the host can aggregate padded batches exactly.
+  """
+  logits = state.apply_fn(
+    {'params': state.params, 'batch_stats': state.batch_stats},
+    batch['image'],
+    train=False,
+  )
+  labels = batch['label']
+  mask = batch.get('mask')
+  if mask is None:
+    mask = jnp.ones(labels.shape, jnp.float32)
+  mask = mask.astype(jnp.float32)
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  # `where` keeps a NaN in a padded row out of the sum.
+  loss = jnp.where(mask > 0, _cross_entropy(logits, labels), 0.0)
+  return {
+    'correct': jnp.sum(correct * mask),
+    'loss_sum': jnp.sum(loss * mask),
+    'count': jnp.sum(mask),
+  }
+
+
+# --- Sharding -----------------------------------------------------------------
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A one-axis `'data'` mesh over `devices` (default: `jax.devices()`)."""
+  devices = list(jax.devices() if devices is None else devices)
+  return jax.make_mesh(
+    (len(devices),),
+    (DATA_AXIS,),
+    axis_types=(AxisType.Auto,),
+    devices=devices,
+  )
+
+
+def shard_batch(batch: Batch, mesh: Mesh) -> dict[str, jax.Array]:
+  """Places a host batch on `mesh`, split along the batch axis.
+
+  Args:
+    batch: arrays with a common leading batch dimension.
+    mesh: a mesh from `make_mesh`.
+
+  Returns:
+    The batch as global `jax.Array`s sharded `P('data')`.
+
+  Raises:
+    ValueError: if the batch size is not a multiple of the device count.
+  """
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  per_process = mesh.size // jax.process_count()
+  out = {}
+  for key, value in batch.items():
+    n = np.shape(value)[0]
+    if n % per_process:
+      raise ValueError(
+        f'Batch size {n} (batch[{key!r}]) is not divisible by the '
+        f'{per_process} devices of the data-parallel mesh; use a batch size '
+        f'that is a multiple of {per_process}.'
+      )
+    out[key] = jax.make_array_from_process_local_data(sharding, value)
+  return out
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Places `tree` on every device of `mesh` (sharding `P()`).
+
+  Args:
+    tree: a pytree of arrays, e.g. a `TrainState`.
+    mesh: a mesh from `make_mesh`.
+
+  Returns:
+    The replicated tree.
+  """
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+@functools.cache
+def jit_train_step(
+  *, weight_decay: float, mesh: Mesh
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """`train_step` jitted for `mesh`, cached per (mesh, weight decay).
+
+  It compiles once per (model, optimizer, batch shape). The input state is
+  not donated, so states handed to callbacks (checkpointers, best-model
+  trackers) stay valid.
+  """
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(
+    functools.partial(train_step, weight_decay=float(weight_decay)),
+    in_shardings=(replicated, NamedSharding(mesh, P(DATA_AXIS))),
+    out_shardings=(replicated, replicated),
+  )
+
+
+@functools.cache
+def jit_eval_step(*, mesh: Mesh) -> Callable[[TrainState, Batch], Metrics]:
+  """`eval_step` jitted for `mesh`, cached per mesh."""
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(
+    eval_step,
+    in_shardings=(replicated, NamedSharding(mesh, P(DATA_AXIS))),
+    out_shardings=replicated,
+  )
+
+
+# --- Loops --------------------------------------------------------------------
+
+
+def evaluate(
+  state: TrainState, batches: Iterable[Batch], *, mesh: Mesh | None = None
+) -> dict[str, Any]:
+  """Accuracy and mean loss over eval batches.
+
+  Args:
+    state: the train state.
+    batches: host batches, e.g. `dataset.eval_batches(batch_size=...)`;
+      padded rows carry `mask` 0.
+    mesh: the data-parallel mesh (default: `make_mesh()`).
+
+  Returns:
+    `{'accuracy': float, 'loss': float, 'count': int}` over the real examples.
+
+  Raises:
+    ValueError: if there are no (unmasked) examples.
+  """
+  mesh = make_mesh() if mesh is None else mesh
+  step = jit_eval_step(mesh=mesh)
+  state = replicate(state, mesh)
+  sums = [step(state, shard_batch(batch, mesh)) for batch in batches]
+  correct = loss_sum = count = 0.0
+  for s in jax.device_get(sums):
+    correct += float(s['correct'])
+    loss_sum += float(s['loss_sum'])
+    count += float(s['count'])
+  if not count:
+    raise ValueError('evaluate() got no examples (empty or fully masked).')
+  return {
+    'accuracy': correct / count,
+    'loss': loss_sum / count,
+    'count': round(count),
+  }
+
+
+def fit(
+  state: TrainState,
+  dataset: Any,
+  *,
+  epochs: int,
+  batch_size: int,
+  seed: int,
+  weight_decay: float,
+  start_epoch: int = 0,
+  mesh: Mesh | None = None,
+  on_epoch_end: Callable[[TrainState, int, Metrics], None] | None = None,
+  log_every_steps: int | None = 100,
+  eval_fn: Callable[[TrainState], Mapping[str, Any]] | None = None,
+  eval_every_epochs: int = 1,
+  writer: Any = None,
+  description: str = 'train',
+) -> TrainState:
+  """Trains epochs `start_epoch .. epochs - 1`.
+
+  Epoch `e` uses `dataset.train_batches(batch_size=batch_size, epoch=e,
+  seed=seed)`, so a run resumed with the state saved after epoch `e` and
+  `start_epoch=e + 1` reproduces an uninterrupted run exactly. No state is
+  donated: the caller's and the callbacks' states stay valid.
+
+  Args:
+    state: the train state to start from.
+    dataset: any object with `train_batches(*, batch_size, epoch, seed)`
+      (yielding `{'image', 'label'}` host batches) and, optionally,
+      `steps_per_epoch(batch_size)` (for progress and ETA).
+    epochs: the epoch to stop before (total epochs of the run).
+    batch_size: global batch size; a multiple of the mesh's device count.
+    seed: data-order seed.
+    weight_decay: L2 coefficient on convolution kernels.
+    start_epoch: the first epoch to run.
+    mesh: the data-parallel mesh (default: `make_mesh()`).
+    on_epoch_end: called as `on_epoch_end(state, epoch, metrics)` after each
+      epoch, e.g. to checkpoint.
+    log_every_steps: log progress every this many steps (None or 0: only
+      once per epoch).
+    eval_fn: optional `eval_fn(state) -> {name: value}` run after every
+      `eval_every_epochs` epochs and after the last; its results enter the
+      epoch metrics as `eval_{name}`.
+    eval_every_epochs: evaluation period in epochs.
+    writer: optional `clu.metric_writers.MetricWriter` (or anything with
+      `write_scalars(step, scalars)`); the epoch metrics are written at the
+      global step, under their own names (`loss`, `eval_accuracy`, ...).
+    description: a name for log lines.
+
+  Returns:
+    The trained state.
+
+  Raises:
+    NonFiniteLossError: if a loss or gradient becomes NaN or infinite (lr too
+      high or bad data); raised before `on_epoch_end` sees that epoch.
+    ValueError: if an epoch yields no batches.
+  """
+  mesh = make_mesh() if mesh is None else mesh
+  step_fn = jit_train_step(weight_decay=weight_decay, mesh=mesh)
+  state = replicate(state, mesh)
+  steps_per_epoch = None
+  if hasattr(dataset, 'steps_per_epoch'):
+    steps_per_epoch = int(dataset.steps_per_epoch(batch_size))
+  logging.info(
+    '%s: epochs %d..%d, batch %d over %d device(s), %s steps/epoch.',
+    description,
+    start_epoch,
+    epochs - 1,
+    batch_size,
+    mesh.size,
+    steps_per_epoch if steps_per_epoch is not None else '?',
+  )
+  epoch_times = []
+  for epoch in range(start_epoch, epochs):
+    t0 = time.perf_counter()
+    tracker = _EpochTracker(description, epoch, steps_per_epoch, t0)
+    pending = None  # The previous step's metrics, checked one step late.
+    for batch in dataset.train_batches(
+      batch_size=batch_size, epoch=epoch, seed=seed
+    ):
+      state, metrics = step_fn(state, shard_batch(batch, mesh))
+      if pending is not None:
+        tracker.add(jax.device_get(pending), log_every_steps)
+      pending = metrics
+    if pending is None:
+      raise ValueError(
+        f'{description}: epoch {epoch} yielded no batches (batch size '
+        f'{batch_size} larger than the training set?).'
+      )
+    tracker.add(jax.device_get(pending), None)
+    epoch_time = time.perf_counter() - t0
+    epoch_times.append(epoch_time)
+    metrics = tracker.summary(epoch_time)
+    if eval_fn is not None and (
+      (epoch + 1) % eval_every_epochs == 0 or epoch == epochs - 1
+    ):
+      for k, v in eval_fn(state).items():
+        metrics[f'eval_{k}'] = v
+    eta = (epochs - epoch - 1) * float(np.median(epoch_times))
+    logging.info(
+      '%s: epoch %d/%d done in %.1fs (%.2f steps/s): %s; ETA %s.',
+      description,
+      epoch + 1,
+      epochs,
+      epoch_time,
+      metrics['steps_per_sec'],
+      _format({k: v for k, v in metrics.items() if k not in _TIMING_KEYS}),
+      _hms(eta),
+    )
+    if writer is not None:
+      scalars = {
+        k: v for k, v in metrics.items() if isinstance(v, (int, float))
+      }
+      writer.write_scalars(int(jax.device_get(state.step)), scalars)
+      if hasattr(writer, 'flush'):
+        writer.flush()
+    if on_epoch_end is not None:
+      on_epoch_end(state, epoch, metrics)
+  return state
+
+
+_TIMING_KEYS = ('steps', 'epoch_time_s', 'steps_per_sec')
+
+
+class _EpochTracker:
+  """Host-side running sums of step metrics; raises on non-finite values."""
+
+  def __init__(self, description, epoch, steps_per_epoch, t0):
+    self.description = description
+    self.epoch = epoch
+    self.steps_per_epoch = steps_per_epoch
+    self.t0 = t0
+    self.steps = 0
+    self.sums: dict[str, float] = {}
+
+  def add(self, metrics: Mapping[str, Any], log_every_steps: int | None):
+    step = self.steps
+    for key in ('loss', 'grad_norm'):
+      value = float(metrics[key])
+      if not math.isfinite(value):
+        raise NonFiniteLossError(
+          f'{self.description}: non-finite {key} ({value}) at epoch '
+          f'{self.epoch}, step {step} of the epoch. The learning rate is '
+          'probably too high, or the data contain NaN/Inf.'
+        )
+    for key, value in metrics.items():
+      self.sums[key] = self.sums.get(key, 0.0) + float(value)
+    self.steps += 1
+    if log_every_steps and self.steps % log_every_steps == 0:
+      elapsed = time.perf_counter() - self.t0
+      rate = self.steps / elapsed
+      left = ''
+      if self.steps_per_epoch:
+        left = f'/{self.steps_per_epoch}, epoch ETA ' + _hms(
+          max(self.steps_per_epoch - self.steps, 0) / rate
+        )
+      logging.info(
+        '%s: epoch %d step %d%s (%.2f steps/s): %s',
+        self.description,
+        self.epoch,
+        self.steps,
+        left,
+        rate,
+        _format({k: v / self.steps for k, v in self.sums.items()}),
+      )
+
+  def summary(self, epoch_time: float) -> Metrics:
+    out: Metrics = {k: v / self.steps for k, v in self.sums.items()}
+    out['steps'] = self.steps
+    out['epoch_time_s'] = epoch_time
+    out['steps_per_sec'] = self.steps / max(epoch_time, 1e-9)
+    return out
+
+
+def _format(metrics: Mapping[str, Any]) -> str:
+  return ', '.join(
+    f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+    for k, v in metrics.items()
+  )
+
+
+def _hms(seconds: float) -> str:
+  seconds = round(seconds)
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'

@@ -1,0 +1,31 @@
+"""Shared pytest fixtures."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+# `shared/reference` beside the repository root (read-only material from
+# elsewhere; see its README.md).
+DEFAULT_REFERENCE_DIR = (
+  Path(__file__).resolve().parents[1].parent / 'shared' / 'reference'
+)
+
+
+@pytest.fixture(scope='session')
+def reference_dir() -> Path:
+  """The reference folder: `$LPJAX_REFERENCE_DIR` or `DEFAULT_REFERENCE_DIR`.
+
+  Where it is absent, dependent tests skip, or fail when
+  `LPJAX_REQUIRE_REFERENCE=1` (as CI sets it).
+  """
+  path = Path(os.environ.get('LPJAX_REFERENCE_DIR') or DEFAULT_REFERENCE_DIR)
+  if not path.is_dir():
+    message = (
+      f'Reference folder {path} is absent (set LPJAX_REFERENCE_DIR to the '
+      "'shared/reference' folder)"
+    )
+    if os.environ.get('LPJAX_REQUIRE_REFERENCE') == '1':
+      pytest.fail(f'{message}; LPJAX_REQUIRE_REFERENCE=1 needs it.', False)
+    pytest.skip(message)
+  return path

@@ -1,0 +1,439 @@
+"""Tests for lpjax.input_pipeline (hermetic: TFDS only through mock_data)."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lpjax import input_pipeline as ip
+
+NUM_DIGITS = 1797
+
+
+def _concat_eval(ds, split, batch_size=128):
+  """All examples of `split` via eval_batches, padding removed."""
+  images, labels = [], []
+  for batch in ds.eval_batches(split=split, batch_size=batch_size):
+    keep = batch['mask'] > 0
+    images.append(batch['image'][keep])
+    labels.append(batch['label'][keep])
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def _rows(images):
+  """Images as a sorted list of bytes (a multiset)."""
+  return sorted(x.tobytes() for x in np.ascontiguousarray(images))
+
+
+@pytest.fixture(scope='module')
+def digits():
+  return ip.load('digits')
+
+
+@pytest.fixture(scope='module')
+def digits_raw():
+  return ip.load('digits', normalization='none')
+
+
+@pytest.fixture
+def mock_tfds():
+  # Function-scoped: the mock must not leak into other tests (e.g. the
+  # unprepared-dataset test).
+  tfds = pytest.importorskip('tensorflow_datasets')
+  with tfds.testing.mock_data(
+    num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE
+  ):
+    yield
+
+
+@pytest.fixture
+def cifar10(mock_tfds, tmp_path):
+  return ip.load('cifar10', data_dir=str(tmp_path))
+
+
+# Loading and errors.
+
+
+def test_import_and_small_datasets_do_not_import_tfds():
+  code = (
+    'import sys; from lpjax import input_pipeline as ip; '
+    "ip.load('synthetic', synthetic={'num_train': 16, 'num_test': 8}); "
+    "assert 'tensorflow_datasets' not in sys.modules; "
+    "assert 'tensorflow' not in sys.modules"
+  )
+  root = str(Path(ip.__file__).resolve().parents[1])
+  path = os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))
+  env = {**os.environ, 'PYTHONPATH': path}
+  subprocess.run([sys.executable, '-c', code], check=True, env=env)
+
+
+def test_unknown_name_lists_valid_names():
+  with pytest.raises(KeyError) as e:
+    ip.load('mnist')
+  for name in ip.DATASETS:
+    assert name in str(e.value)
+
+
+def test_bad_normalization_lists_valid_ones():
+  with pytest.raises(ValueError, match='per_channel_standardize'):
+    ip.load('synthetic', normalization='zca')
+  with pytest.raises(ValueError, match='per_pixel_mean'):
+    ip.load('imagenet2012', normalization='per_pixel_mean')
+
+
+def test_bad_arguments(digits):
+  with pytest.raises(ValueError, match='noize'):
+    ip.load('synthetic', synthetic={'noize': 1.0})
+  with pytest.raises(ValueError, match='holdout'):
+    ip.load('digits', holdout=1.0)
+  with pytest.raises(ValueError, match='holdout'):
+    list(digits.eval_batches(split='holdout', batch_size=8))
+  with pytest.raises(ValueError, match='batch_size'):
+    next(digits.train_batches(batch_size=10_000, epoch=0, seed=0))
+  with pytest.raises(ValueError, match='seed'):
+    next(digits.train_batches(batch_size=8, epoch=0, seed=-1))
+
+
+@pytest.mark.parametrize('name', ['cifar10', 'imagenet2012'])
+def test_unprepared_dataset_fails_fast(tmp_path, name):
+  start = time.monotonic()
+  with pytest.raises(ip.DatasetNotPreparedError) as e:
+    ip.load(name, data_dir=str(tmp_path))
+  assert time.monotonic() - start < 5
+  assert isinstance(e.value, FileNotFoundError)
+  message = str(e.value)
+  assert str(tmp_path) in message
+  assert 'download_and_prepare' in message
+  assert "file_format='array_record'" in message
+  assert "pip install 'lpjax[prepare]'" in message
+  assert f"tfds.builder('{name}'" in message
+  if name == 'imagenet2012':
+    assert 'ILSVRC2012_img_train.tar' in message
+  assert not list(tmp_path.iterdir())  # Nothing downloaded or written.
+
+
+# Digits.
+
+
+def test_digits_shapes_dtypes_ranges(digits, digits_raw):
+  assert digits.info == ip.DatasetInfo(
+    name='digits',
+    num_classes=10,
+    image_shape=(8, 8, 1),
+    num_train=1438,
+    num_test=359,
+  )
+  batch = next(digits.train_batches(batch_size=32, epoch=0, seed=0))
+  assert set(batch) == {'image', 'label'}
+  assert batch['image'].shape == (32, 8, 8, 1)
+  assert batch['image'].dtype == np.float32
+  assert batch['label'].shape == (32,)
+  assert batch['label'].dtype == np.int32
+  assert batch['label'].min() >= 0 and batch['label'].max() < 10
+  images, _ = _concat_eval(digits_raw, 'train')
+  assert images.min() == 0 and images.max() == 1
+  np.testing.assert_allclose(images * 16, np.round(images * 16), atol=1e-5)
+
+
+def test_digits_split_is_stratified_and_complete(digits_raw):
+  from sklearn.datasets import load_digits
+
+  data = load_digits()
+  train_x, train_y = _concat_eval(digits_raw, 'train')
+  test_x, test_y = _concat_eval(digits_raw, 'test')
+  assert len(train_y) + len(test_y) == NUM_DIGITS
+  expected_test = np.floor(0.2 * np.bincount(data.target) + 0.5)
+  np.testing.assert_array_equal(np.bincount(test_y), expected_test)
+  # Together the splits are exactly the scikit-learn images.
+  ours = np.round(np.concatenate([train_x, test_x]) * 16).astype(np.uint8)
+  theirs = data.images.astype(np.uint8)[..., None]
+  assert _rows(ours) == _rows(theirs)
+
+
+def test_train_batches_are_deterministic(digits):
+  def epoch(ds, e, seed=0):
+    return list(ds.train_batches(batch_size=64, epoch=e, seed=seed))
+
+  first, again = epoch(digits, 1), epoch(digits, 1)
+  assert len(first) == digits.steps_per_epoch(64) == 1438 // 64
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+  other_epoch = np.concatenate([b['label'] for b in epoch(digits, 2)])
+  other_seed = np.concatenate([b['label'] for b in epoch(digits, 1, seed=1)])
+  labels = np.concatenate([b['label'] for b in first])
+  assert not np.array_equal(labels, other_epoch)
+  assert not np.array_equal(labels, other_seed)
+
+
+def test_resumed_epoch_matches_uninterrupted_run(digits):
+  kwargs = {'batch_size': 50, 'seed': 3}
+  uninterrupted = [
+    list(digits.train_batches(epoch=e, **kwargs)) for e in (0, 1)
+  ]
+  resumed = list(ip.load('digits').train_batches(epoch=1, **kwargs))
+  for a, b in zip(uninterrupted[1], resumed, strict=True):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+
+
+def test_epoch_visits_distinct_train_examples():
+  config = {'image_shape': (4, 4, 1), 'num_train': 100, 'num_test': 8}
+  ds = ip.load('synthetic', synthetic=config)
+  batches = ds.train_batches(batch_size=16, epoch=0, seed=0, augment=False)
+  seen = _rows(np.concatenate([b['image'] for b in batches]))
+  assert len(seen) == 96  # 100 // 16 * 16: the remainder is dropped.
+  assert len(set(seen)) == 96  # Continuous noise: all images differ.
+  assert set(seen) <= set(_rows(_concat_eval(ds, 'train')[0]))
+
+
+@pytest.mark.parametrize('batch_size', [7, 128, 1000])
+def test_eval_covers_every_example_once_with_mask(digits, batch_size):
+  batches = list(digits.eval_batches(split='test', batch_size=batch_size))
+  assert len(batches) == -(-359 // batch_size)
+  for batch in batches:
+    assert batch['image'].shape == (batch_size, 8, 8, 1)
+    assert batch['label'].shape == batch['mask'].shape == (batch_size,)
+    assert batch['mask'].dtype == np.float32
+  last = batches[-1]
+  pad = len(batches) * batch_size - 359
+  np.testing.assert_array_equal(last['mask'][batch_size - pad :], 0)
+  assert not np.any(last['image'][batch_size - pad :])
+  assert sum(b['mask'].sum() for b in batches) == 359
+  images, labels = _concat_eval(digits, 'test', batch_size)
+  ref_images, ref_labels = _concat_eval(digits, 'test', 359)
+  np.testing.assert_array_equal(images, ref_images)
+  np.testing.assert_array_equal(labels, ref_labels)
+
+
+def test_calibration_is_class_balanced_and_fixed(digits):
+  sample = digits.calibration(num_examples=50, seed=0)
+  assert sample['image'].shape == (50, 8, 8, 1)
+  np.testing.assert_array_equal(np.bincount(sample['label']), 5)
+  odd = digits.calibration(num_examples=23, seed=0)
+  counts = np.bincount(odd['label'], minlength=10)
+  assert counts.sum() == 23 and set(counts) == {2, 3}
+  # Fixed for a seed, nested across sizes, different across seeds.
+  again = digits.calibration(num_examples=50, seed=0)
+  np.testing.assert_array_equal(sample['image'], again['image'])
+  assert set(_rows(odd['image'])) <= set(_rows(sample['image']))
+  other = digits.calibration(num_examples=50, seed=1)
+  assert _rows(other['image']) != _rows(sample['image'])
+  # Eval-preprocessed (un-augmented) train images.
+  train, _ = _concat_eval(digits, 'train')
+  assert set(_rows(sample['image'])) <= set(_rows(train))
+  uniform = digits.calibration(num_examples=30, seed=0, per_class=False)
+  assert uniform['label'].shape == (30,)
+  with pytest.raises(ValueError, match='num_examples'):
+    digits.calibration(num_examples=5000, seed=0)
+
+
+def test_holdout_is_a_deterministic_disjoint_part_of_train(digits_raw):
+  ds = ip.load('digits', normalization='none', holdout=0.1, seed=5)
+  assert ds.info.num_holdout == 144
+  assert ds.info.num_train == 1438 - 144
+  assert ds.info.num_test == 359
+  train, _ = _concat_eval(ds, 'train')
+  held, _ = _concat_eval(ds, 'holdout')
+  full, _ = _concat_eval(digits_raw, 'train')
+  assert _rows(np.concatenate([train, held])) == _rows(full)
+  again, _ = _concat_eval(
+    ip.load('digits', normalization='none', holdout=0.1, seed=5), 'holdout'
+  )
+  np.testing.assert_array_equal(held, again)
+  other, _ = _concat_eval(
+    ip.load('digits', normalization='none', holdout=0.1, seed=6), 'holdout'
+  )
+  assert _rows(other) != _rows(held)
+  assert ds.calibration(num_examples=20, seed=0, split='holdout')[
+    'label'
+  ].shape == (20,)
+
+
+# Normalization.
+
+
+@pytest.mark.parametrize('holdout', [0.0, 0.2])
+def test_per_pixel_mean_centers_the_train_set(holdout):
+  ds = ip.load('digits', holdout=holdout)
+  train, _ = _concat_eval(ds, 'train')
+  np.testing.assert_allclose(train.mean(axis=0), 0, atol=1e-6)
+  assert ds.mean.shape == (8, 8, 1)
+  test, _ = _concat_eval(ds, 'test')
+  assert np.abs(test.mean(axis=0)).max() > 1e-3
+
+
+def test_per_channel_normalizations():
+  shape = {'image_shape': (8, 8, 3), 'num_train': 256, 'num_test': 64}
+  ds = ip.load('synthetic', synthetic=shape, normalization='per_channel_mean')
+  train, _ = _concat_eval(ds, 'train')
+  np.testing.assert_allclose(train.mean(axis=(0, 1, 2)), 0, atol=1e-6)
+  assert np.abs(train.mean(axis=0)).max() > 1e-2  # Not per pixel.
+  ds = ip.load(
+    'synthetic', synthetic=shape, normalization='per_channel_standardize'
+  )
+  train, _ = _concat_eval(ds, 'train')
+  np.testing.assert_allclose(train.mean(axis=(0, 1, 2)), 0, atol=1e-5)
+  np.testing.assert_allclose(train.std(axis=(0, 1, 2)), 1, atol=1e-4)
+  assert ds.std.shape == (3,)
+
+
+# Augmentation.
+
+
+def _reference_crop(images, pad, offsets, flips):
+  out = []
+  for image, (oy, ox), flip in zip(images, offsets, flips):
+    padded = np.zeros(
+      (image.shape[0] + 2 * pad, image.shape[1] + 2 * pad, image.shape[2])
+    )
+    padded[pad : pad + image.shape[0], pad : pad + image.shape[1]] = image
+    crop = padded[oy : oy + image.shape[0], ox : ox + image.shape[1]]
+    out.append(crop[:, ::-1] if flip else crop)
+  return np.stack(out)
+
+
+def test_pad_crop_flip_matches_reference():
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(16, 6, 5, 2)).astype(np.float32)
+  offsets = rng.integers(0, 7, size=(16, 2))
+  flips = rng.random(16) < 0.5
+  got = ip.pad_crop_flip(images, pad=3, offsets=offsets, flips=flips)
+  np.testing.assert_array_equal(got, _reference_crop(images, 3, offsets, flips))
+  same = ip.pad_crop_flip(
+    images, pad=0, offsets=np.zeros((16, 2), int), flips=np.zeros(16, bool)
+  )
+  np.testing.assert_array_equal(same, images)
+
+
+def _match_translations(augmented, plain, pad, allow_flip):
+  """(offset, flip) of each augmented image as a crop of the padded plain."""
+  matches = []
+  for aug, image in zip(augmented, plain):
+    found = [
+      (oy, ox, flip)
+      for oy in range(2 * pad + 1)
+      for ox in range(2 * pad + 1)
+      for flip in ((False, True) if allow_flip else (False,))
+      if np.array_equal(
+        aug, _reference_crop(image[None], pad, [(oy, ox)], [flip])[0]
+      )
+    ]
+    assert found, 'augmented image is not a translation of the original'
+    matches.append(found)
+  return matches
+
+
+def test_digits_augmentation_is_translation_without_flip(digits):
+  assert ip.AUGMENTATIONS['digits'] == ip.Augmentation(pad=1, flip=False)
+  kwargs = {'batch_size': 64, 'epoch': 0, 'seed': 0}
+  augmented = next(digits.train_batches(**kwargs))
+  plain = next(digits.train_batches(augment=False, **kwargs))
+  np.testing.assert_array_equal(augmented['label'], plain['label'])
+  matches = _match_translations(augmented['image'], plain['image'], 1, False)
+  assert any((1, 1, False) not in m for m in matches)  # Some moved.
+
+
+def test_cifar_augmentation_translates_and_flips(cifar10):
+  assert cifar10.augmentation == ip.Augmentation(pad=4, flip=True)
+  kwargs = {'batch_size': 32, 'epoch': 0, 'seed': 0}
+  augmented = next(cifar10.train_batches(**kwargs))['image']
+  plain = next(cifar10.train_batches(augment=False, **kwargs))['image']
+  matches = _match_translations(augmented, plain, 4, True)
+  flips = [m[0][2] for m in matches]  # Noise images: matches are unique.
+  assert all(len(m) == 1 for m in matches)
+  assert 0 < sum(flips) < len(flips)
+
+
+# Synthetic.
+
+
+def test_synthetic_is_learnable_and_seeded():
+  ds = ip.load('synthetic', normalization='none')
+  assert ds.info.image_shape == (32, 32, 3)
+  assert (ds.info.num_train, ds.info.num_test) == (1024, 256)
+  train_x, train_y = _concat_eval(ds, 'train')
+  test_x, test_y = _concat_eval(ds, 'test')
+  assert train_x.min() >= 0 and train_x.max() <= 1
+  counts = np.bincount(train_y)
+  assert counts.max() - counts.min() <= 1  # Balanced classes.
+  means = np.stack([train_x[train_y == c].mean(0) for c in range(10)])
+  dist = ((test_x[:, None] - means[None]) ** 2).sum(axis=(2, 3, 4))
+  accuracy = np.mean(dist.argmin(1) == test_y)
+  assert accuracy > 0.8, accuracy  # Chance: 0.1.
+  config = {'image_shape': (8, 8, 1), 'num_train': 32, 'num_test': 8}
+  a = ip.load('synthetic', synthetic=config, seed=1)
+  b = ip.load('synthetic', synthetic=config, seed=1)
+  c = ip.load('synthetic', synthetic=config, seed=2)
+  assert a.info.image_shape == (8, 8, 1)
+  assert a.augmentation == ip.Augmentation(pad=1, flip=False)
+  np.testing.assert_array_equal(
+    _concat_eval(a, 'train')[0], _concat_eval(b, 'train')[0]
+  )
+  assert not np.array_equal(
+    _concat_eval(a, 'train')[0], _concat_eval(c, 'train')[0]
+  )
+
+
+# TFDS datasets through tfds.testing.mock_data.
+
+
+def test_cifar10_mock(cifar10):
+  assert cifar10.info == ip.DatasetInfo(
+    name='cifar10',
+    num_classes=10,
+    image_shape=(32, 32, 3),
+    num_train=48,
+    num_test=48,
+  )
+  assert cifar10.normalization == 'per_pixel_mean'
+  train, labels = _concat_eval(cifar10, 'train', batch_size=20)
+  assert train.shape == (48, 32, 32, 3)
+  np.testing.assert_allclose(train.mean(axis=0), 0, atol=1e-6)
+  # Raw values are x / 255 - mean: the mean image is in [0, 1].
+  assert cifar10.mean.shape == (32, 32, 3)
+  assert 0 <= cifar10.mean.min() and cifar10.mean.max() <= 1
+  batches = list(cifar10.train_batches(batch_size=16, epoch=0, seed=0))
+  assert len(batches) == cifar10.steps_per_epoch(16) == 3
+  for batch in batches:
+    assert batch['image'].shape == (16, 32, 32, 3)
+    assert batch['image'].dtype == np.float32
+    assert batch['label'].dtype == np.int32
+  epoch_labels = np.concatenate([b['label'] for b in batches])
+  np.testing.assert_array_equal(np.sort(epoch_labels), np.sort(labels))
+  evals = list(cifar10.eval_batches(batch_size=20))
+  assert [b['mask'].sum() for b in evals] == [20, 20, 8]
+
+
+def test_cifar100_and_standardize_mock(mock_tfds, tmp_path):
+  ds = ip.load(
+    'cifar100',
+    data_dir=str(tmp_path),
+    normalization='per_channel_standardize',
+    holdout=0.25,
+  )
+  assert ds.info.num_classes == 100
+  assert (ds.info.num_train, ds.info.num_holdout) == (36, 12)
+  train, _ = _concat_eval(ds, 'train')
+  np.testing.assert_allclose(train.mean(axis=(0, 1, 2)), 0, atol=1e-5)
+  np.testing.assert_allclose(train.std(axis=(0, 1, 2)), 1, atol=1e-4)
+
+
+def test_imagenet_mock(mock_tfds, tmp_path):
+  ds = ip.load('imagenet2012', data_dir=str(tmp_path))
+  assert ds.info.image_shape == (224, 224, 3)
+  assert ds.info.num_classes == 1000
+  assert ds.normalization == 'per_channel_standardize'
+  batch = next(ds.train_batches(batch_size=4, epoch=0, seed=0))
+  assert batch['image'].shape == (4, 224, 224, 3)
+  assert batch['image'].dtype == np.float32
+  again = next(ds.train_batches(batch_size=4, epoch=0, seed=0))
+  np.testing.assert_array_equal(batch['image'], again['image'])
+  evals = list(ds.eval_batches(batch_size=32))
+  assert [b['mask'].sum() for b in evals] == [32, 16]
+  sample = ds.calibration(num_examples=3, seed=0, per_class=False)
+  np.testing.assert_array_equal(sample['image'].shape, (3, 224, 224, 3))
