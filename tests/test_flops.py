@@ -7,10 +7,10 @@ from lpjax import flops
 
 # ALGORITHMS §1.5 / the papers' compute_flops (multiply-accumulates).
 PAPER_MACS = {
-    32: 69_124_736,
-    44: 97_436_288,
-    56: 125_747_840,
-    110: 253_149_824,
+  32: 69_124_736,
+  44: 97_436_288,
+  56: 125_747_840,
+  110: 253_149_824,
 }
 KERAS_PARAMS = {32: 470_218, 44: 665_994, 56: 861_770, 110: 1_742_762}
 
@@ -45,15 +45,13 @@ def test_bottleneck_block_costs_218m():
 
 
 @pytest.mark.parametrize(
-    'per_stage, expected',
-    [((6, 3, 8), 37.52), ((2, 2, 3), 75.05), ((2, 2, 2), 78.80)],
+  'per_stage, expected',
+  [((6, 3, 8), 37.52), ((2, 2, 3), 75.05), ((2, 2, 2), 78.80)],
 )
 def test_papers_reductions(per_stage, expected):
   a = arch_lib.resnet_cifar(56)
   pruned = a.without(
-      b.name
-      for s, stage in zip(per_stage, a.stages)
-      for b in stage.blocks[s:]
+    b.name for s, stage in zip(per_stage, a.stages) for b in stage.blocks[s:]
   )
   assert pruned.blocks_per_stage == per_stage
   r = flops.reduction(pruned, a)
@@ -79,7 +77,7 @@ def _in_bounds_macs(depth, size=32):
     out = -(-h // s) if same else (h - k) // s + 1
     lo = max((out - 1) * s + k - h, 0) // 2 if same else 0
     taps = sum(
-        1 for o in range(out) for t in range(k) if 0 <= o * s - lo + t < h
+      1 for o in range(out) for t in range(k) if 0 <= o * s - lo + t < h
     )
     return taps * taps * cin * cout, out
 
@@ -107,3 +105,30 @@ def test_xla_count_explained():
   ratio_in_bounds = xla / (2 * _in_bounds_macs(20))
   assert 0.90 < ratio_all < 1.0, ratio_all  # padding taps not counted
   assert 1.0 < ratio_in_bounds < 1.06, ratio_in_bounds  # + elementwise ops
+
+
+@pytest.mark.parametrize(
+    'stem, expected',
+    [
+        ('resnet56_cka_iter09', 37.52),
+        ('resnet56_cka_iter19', 75.05),
+        ('resnet56_cka_iter19_filters4', 84.70),
+    ],
+)
+def test_authors_pruned_models_reproduce_the_papers_reductions(
+    reference_dir, stem, expected
+):
+  from lpjax.interop import keras_h5
+
+  keras = reference_dir / 'keras'
+  base, _ = keras_h5.load_keras_model(
+      keras / 'resnet56_baseline.json', keras / 'resnet56_baseline.h5'
+  )
+  arch, _ = keras_h5.load_keras_model(keras / f'{stem}.json', keras / f'{stem}.h5')
+  assert flops.cost(base).macs == 125_747_840
+  red = flops.reduction(arch, base)
+  # The filter-pruned model measures 84.7227 % (its parameter reduction,
+  # 82.43 %, equals the paper's to the digit): the paper's 84.70 is that
+  # number rounded down, hence 0.025 there.
+  tol = 0.025 if 'filters' in stem else 0.02
+  assert red['flops_reduction'] == pytest.approx(expected, abs=tol)

@@ -14,10 +14,10 @@ from lpjax import models, surgery
 
 # Tiny networks: few blocks, narrow, small images (each shape = one compile).
 CIFAR = arch_lib.resnet_cifar(
-    blocks_per_stage=(4, 3, 3), width=4, num_classes=5
+  blocks_per_stage=(4, 3, 3), width=4, num_classes=5
 )
 BOTTLENECK = arch_lib.resnet_imagenet(
-    blocks_per_stage=(3, 3), width=4, num_classes=5
+  blocks_per_stage=(3, 3), width=4, num_classes=5
 )
 CIFAR_IMAGE = (8, 8, 3)
 BOTTLENECK_IMAGE = (32, 32, 3)
@@ -25,7 +25,7 @@ BOTTLENECK_IMAGE = (32, 32, 3)
 
 def _random_variables(arch, image_shape, seed):
   """Init, then make BN statistics non-trivial so eval mode is exercised."""
-  variables = models.init_variables(arch, jax.random.key(seed), image_shape)
+  variables = models.init_variables(arch, seed, image_shape)
   rng = np.random.default_rng(seed)
 
   def perturb(path, leaf):
@@ -38,10 +38,8 @@ def _random_variables(arch, image_shape, seed):
     return leaf
 
   return {
-      'params': jax.tree.map_with_path(perturb, variables['params']),
-      'batch_stats': jax.tree.map_with_path(
-          perturb, variables['batch_stats']
-      ),
+    'params': jax.tree.map_with_path(perturb, variables['params']),
+    'batch_stats': jax.tree.map_with_path(perturb, variables['batch_stats']),
   }
 
 
@@ -64,9 +62,9 @@ def _size(tree):
 
 
 @pytest.fixture(
-    scope='module',
-    params=[(CIFAR, CIFAR_IMAGE), (BOTTLENECK, BOTTLENECK_IMAGE)],
-    ids=['basic', 'bottleneck'],
+  scope='module',
+  params=[(CIFAR, CIFAR_IMAGE), (BOTTLENECK, BOTTLENECK_IMAGE)],
+  ids=['basic', 'bottleneck'],
 )
 def net(request):
   arch, image_shape = request.param
@@ -107,7 +105,7 @@ def test_skip_equals_delete(net):
   full = models.build_model(arch)
   apply_skip = jax.jit(lambda v, x, s: full.apply(v, x, train=False, skip=s))
   rng = np.random.default_rng(0)
-  sets = _random_skip_sets(arch, rng, 4) + [[]]
+  sets = [*_random_skip_sets(arch, rng, 4), []]
   assert any(sets), 'the random sets should remove something'
   for s in sets:
     small_arch, small_vars = surgery.remove_blocks(arch, variables, s)
@@ -124,7 +122,7 @@ def test_surgery_is_pure_and_exact(net):
   arch, image_shape, variables, _ = net
   before = jax.tree.map(np.array, variables)
   s = _random_skip_sets(arch, np.random.default_rng(1), 1)[0] or [
-      arch.removable()[0]
+    arch.removable()[0]
   ]
   small_arch, small_vars = surgery.remove_blocks(arch, variables, s)
   # Input unchanged.
@@ -133,9 +131,7 @@ def test_surgery_is_pure_and_exact(net):
   expected = models.variable_shapes(small_arch, image_shape)
   chex.assert_trees_all_equal_shapes_and_dtypes(small_vars, expected)
   # Parameters drop by exactly the removed blocks' parameters.
-  removed = sum(
-      _size(variables[col][b]) for col in variables for b in s
-  )
+  removed = sum(_size(variables[col][b]) for col in variables for b in s)
   assert _size(variables) - _size(small_vars) == removed > 0
 
 
@@ -157,10 +153,10 @@ def test_filter_surgery_equals_zeroed_channels(net):
     width = arch.block(block).widths[conv - 1]
     keep = [0, 2, width - 1]
     small_arch, small_vars = surgery.remove_filters(
-        arch, variables, block, keep, conv=conv
+      arch, variables, block, keep, conv=conv
     )
     chex.assert_trees_all_equal_shapes_and_dtypes(
-        small_vars, models.variable_shapes(small_arch, image_shape)
+      small_vars, models.variable_shapes(small_arch, image_shape)
     )
     assert small_arch.block(block).widths[conv - 1] == 3
     # Zero the BN affine output of the dropped channels in the original.
@@ -203,8 +199,8 @@ def test_one_compile_serves_every_skip_set():
     return model.apply(v, x, train=False, skip=skip)
 
   outs = [
-      forward(variables, x, jnp.asarray(arch.skip_mask(s)))
-      for s in (['stage1_block01'], ['stage3_block02'], [])
+    forward(variables, x, jnp.asarray(arch.skip_mask(s)))
+    for s in (['stage1_block01'], ['stage3_block02'], [])
   ]
   assert not np.allclose(outs[0], outs[1])
 
@@ -214,37 +210,37 @@ def test_representations_named_and_checked():
   model = models.build_model(arch)
   x = jax.random.normal(jax.random.key(0), (3, *CIFAR_IMAGE))
   reps = models.representations(
-      model, variables, x, ['pooled', 'logits', 'stage2_block01']
+    model, variables, x, ['pooled', 'logits', 'stage2_block01']
   )
   assert reps['pooled'].shape == (3, 16)
   assert reps['stage2_block01'].shape == (3, 4, 4, 8)
   np.testing.assert_allclose(
-      reps['logits'], model.apply(variables, x, train=False), rtol=1e-6
+    reps['logits'], model.apply(variables, x, train=False), rtol=1e-6
   )
   # The pooled features are the head's input.
   head = variables['params']['head']
   np.testing.assert_allclose(
-      reps['pooled'] @ head['kernel'] + head['bias'],
-      reps['logits'],
-      atol=1e-5,
+    reps['pooled'] @ head['kernel'] + head['bias'],
+    reps['logits'],
+    atol=1e-5,
   )
   with pytest.raises(KeyError, match=r"\['stage4_block00', 'conv'\]"):
     models.representations(
-        model, variables, x, ['pooled', 'stage4_block00', 'conv']
+      model, variables, x, ['pooled', 'stage4_block00', 'conv']
     )
 
 
 def test_skip_mask_shape_checked():
   model = models.build_model(CIFAR)
-  v = models.init_variables(CIFAR, jax.random.key(0), CIFAR_IMAGE)
+  v = models.init_variables(CIFAR, 0, CIFAR_IMAGE)
   with pytest.raises(ValueError, match='one entry per candidate'):
     model.apply(v, jnp.ones((1, *CIFAR_IMAGE)), skip=jnp.zeros(3))
 
 
 @pytest.mark.parametrize(
-    'arch',
-    [arch_lib.resnet_cifar(20), arch_lib.resnet_imagenet(50)],
-    ids=['cifar', 'imagenet'],
+  'arch',
+  [arch_lib.resnet_cifar(20), arch_lib.resnet_imagenet(50)],
+  ids=['cifar', 'imagenet'],
 )
 def test_skip_mask_orders_candidates(arch):
   names = list(itertools.islice(arch.candidates, 0, None, 3))

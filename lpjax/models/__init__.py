@@ -23,8 +23,8 @@ from lpjax.models import resnet
 
 # Family -> module class. Adding a family = one module + one line here.
 MODELS: dict[str, Callable[[arch_lib.Arch], nn.Module]] = {
-    'resnet_cifar': resnet.ResNet,
-    'resnet_imagenet': resnet.ResNet,
+  'resnet_cifar': resnet.ResNet,
+  'resnet_imagenet': resnet.ResNet,
 }
 
 
@@ -34,7 +34,7 @@ def build_model(arch: arch_lib.Arch) -> nn.Module:
     return MODELS[arch.family](arch)
   except KeyError:
     raise KeyError(
-        f'No model for family {arch.family!r}; known: {sorted(MODELS)}.'
+      f'No model for family {arch.family!r}; known: {sorted(MODELS)}.'
     ) from None
 
 
@@ -44,12 +44,12 @@ def representation_names(arch: arch_lib.Arch) -> tuple[str, ...]:
 
 
 def representations(
-    model: nn.Module,
-    variables: Any,
-    x: jax.Array,
-    names: Sequence[str] = ('pooled',),
-    *,
-    skip: jax.Array | None = None,
+  model: nn.Module,
+  variables: Any,
+  x: jax.Array,
+  names: Sequence[str] = ('pooled',),
+  *,
+  skip: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
   """Named representations of `x` in eval mode, from one forward pass.
 
@@ -71,25 +71,25 @@ def representations(
   missing = [n for n in names if n not in valid]
   if missing:
     raise KeyError(
-        f'Representations {missing} do not exist in this model; valid names: '
-        f'{list(valid)}.'
+      f'Representations {missing} do not exist in this model; valid names: '
+      f'{list(valid)}.'
     )
   wanted = set(names)
 
   def capture(mdl: nn.Module, method: str) -> bool:
     return (
-        method == '__call__'
-        and isinstance(mdl, resnet.BLOCK_TYPES)
-        and mdl.name in wanted
+      method == '__call__'
+      and isinstance(mdl, resnet.BLOCK_TYPES)
+      and mdl.name in wanted
     )
 
   logits, state = model.apply(
-      variables,
-      x,
-      train=False,
-      skip=skip,
-      capture_intermediates=capture,
-      mutable=['intermediates'],
+    variables,
+    x,
+    train=False,
+    skip=skip,
+    capture_intermediates=capture,
+    mutable=['intermediates'],
   )
   inter = state['intermediates']
   out = {}
@@ -104,18 +104,31 @@ def representations(
 
 
 def init_variables(
-    arch: arch_lib.Arch, rng: jax.Array, image_shape: Sequence[int]
+  arch: arch_lib.Arch, rng: jax.Array | int, image_shape: Sequence[int]
 ) -> dict[str, Any]:
-  """Fresh `{'params', 'batch_stats'}` for `arch` on `[H, W, C]` images."""
+  """Fresh `{'params', 'batch_stats'}` for `arch` on `[H, W, C]` images.
+
+  Args:
+    arch: the network.
+    rng: a PRNG key, or an int seed. An int seed draws from the `'rbg'` PRNG,
+      whose initialiser compiles about 3x faster on CPU than threefry's
+      (measured: 3.8 s vs 12 s for a 9-block ResNet).
+    image_shape: `[height, width, channels]`.
+  """
+  if isinstance(rng, int):
+    rng = jax.random.key(rng, impl='rbg')
   model = build_model(arch)
   x = jax.numpy.zeros((1, *image_shape), jax.numpy.float32)
-  return dict(model.init(rng, x, train=False))
+  # Jitted: eager init dispatches every op separately (seconds for ResNet-56).
+  return dict(jax.jit(lambda r: model.init(r, x, train=False))(rng))
 
 
 def variable_shapes(
-    arch: arch_lib.Arch, image_shape: Sequence[int]
+  arch: arch_lib.Arch, image_shape: Sequence[int]
 ) -> dict[str, Any]:
-  """`jax.eval_shape` of `init_variables`: the exact tree a model expects."""
+  """`jax.eval_shape` of `init`: the exact tree a model of `arch` expects."""
+  model = build_model(arch)
+  x = jax.ShapeDtypeStruct((1, *image_shape), jax.numpy.float32)
   return jax.eval_shape(
-      lambda: init_variables(arch, jax.random.key(0), image_shape)
+    lambda x: dict(model.init(jax.random.key(0), x, train=False)), x
   )

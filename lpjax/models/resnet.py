@@ -33,13 +33,13 @@ _CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal')
 
 def _layers(style: arch_lib.Style, train: bool):
   conv = functools.partial(
-      nn.Conv, use_bias=style.conv_bias, kernel_init=_CONV_INIT
+    nn.Conv, use_bias=style.conv_bias, kernel_init=_CONV_INIT
   )
   norm = functools.partial(
-      nn.BatchNorm,
-      use_running_average=not train,
-      momentum=style.bn_momentum,
-      epsilon=style.bn_epsilon,
+    nn.BatchNorm,
+    use_running_average=not train,
+    momentum=style.bn_momentum,
+    epsilon=style.bn_epsilon,
   )
   return conv, norm
 
@@ -83,7 +83,7 @@ class BasicBlock(nn.Module):
       return x
     s = (self.stride, self.stride)
     x = conv(self.width, (1, 1), strides=s, padding='VALID', name='proj_conv')(
-        x
+      x
     )
     return norm(name='proj_bn')(x) if self.style.projection_bn else x
 
@@ -127,11 +127,11 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(
-      self,
-      x: jax.Array,
-      *,
-      train: bool = False,
-      skip: jax.Array | None = None,
+    self,
+    x: jax.Array,
+    *,
+    train: bool = False,
+    skip: jax.Array | None = None,
   ) -> jax.Array:
     """Logits for a batch of images.
 
@@ -148,8 +148,8 @@ class ResNet(nn.Module):
     cands = arch.candidates
     if skip is not None and jnp.shape(skip) != (len(cands),):
       raise ValueError(
-          f'skip must have shape ({len(cands)},) = one entry per candidate '
-          f'block {list(cands)}; got shape {jnp.shape(skip)}.'
+        f'skip must have shape ({len(cands)},) = one entry per candidate '
+        f'block {list(cands)}; got shape {jnp.shape(skip)}.'
       )
     conv, norm = _layers(arch.style, train)
     if arch.family == 'resnet_cifar':
@@ -157,11 +157,11 @@ class ResNet(nn.Module):
       x = nn.relu(norm(name='stem_bn')(x))
     else:
       x = conv(
-          arch.stem_width,
-          (7, 7),
-          strides=(2, 2),
-          padding=((3, 3), (3, 3)),
-          name='stem_conv',
+        arch.stem_width,
+        (7, 7),
+        strides=(2, 2),
+        padding=((3, 3), (3, 3)),
+        name='stem_conv',
       )(x)
       x = nn.relu(norm(name='stem_bn')(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -172,12 +172,12 @@ class ResNet(nn.Module):
         first = block.index == 0
         stride = stage.stride if first else 1
         kw = dict(
-            width=stage.width,
-            inner=block.widths[0],
-            stride=stride,
-            project=first and (stride != 1 or in_width != stage.width),
-            style=arch.style,
-            name=block.name,
+          width=stage.width,
+          inner=block.widths[0],
+          stride=stride,
+          project=first and (stride != 1 or in_width != stage.width),
+          style=arch.style,
+          name=block.name,
         )
         if arch.family == 'resnet_cifar':
           y = BasicBlock(**kw)(x, train=train)
@@ -192,7 +192,7 @@ class ResNet(nn.Module):
     pooled = jnp.mean(x, axis=(1, 2))
     self.sow('intermediates', 'pooled', pooled)
     return nn.Dense(
-        arch.num_classes,
-        kernel_init=nn.initializers.glorot_uniform(),
-        name='head',
+      arch.num_classes,
+      kernel_init=nn.initializers.glorot_uniform(),
+      name='head',
     )(pooled)

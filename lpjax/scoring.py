@@ -1,0 +1,196 @@
+"""Representations of every single-block removal, in one compiled call.
+
+`candidate_representations` runs the unpruned forward and, for every
+candidate block, the forward with that block skipped, and returns the chosen
+representation of each: `[1 + num_candidates, n, ...]`. It is one jitted XLA
+computation: the forward pass is `vmap`ped over a stack of one-hot skip masks
+(parameters broadcast) and `lax.map`ped over batches of the calibration data,
+so memory stays bounded by `data_batch_size` images x `candidate_chunk`
+candidates at a time. Every forward is in eval mode and sees the same images.
+
+`score_candidates` turns those into per-candidate scores with a similarity
+function (1 - linear CKA against the unpruned representation, by default).
+
+Compiled functions are cached per (model, representation, chunking, shapes),
+so re-scoring a model of the same arch after fine-tuning does not retrace.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from lpjax import arch as arch_lib
+from lpjax import cka, models
+
+# (reference [n, ...], candidates [k, n, ...]) -> similarity [k].
+SimilarityFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _flatten(r):
+  return r.reshape(*r.shape[:-3], -1) if r.ndim > 3 else r
+
+
+def _representations_fn(
+  arch: arch_lib.Arch,
+  representation: str,
+  candidate_chunk: int | None,
+):
+  """Un-jitted (variables, xs) -> [1 + K, n, ...], composed below."""
+  model = models.build_model(arch)
+  num = len(arch.candidates)
+  # Row 0 skips nothing (the reference); row 1 + i skips candidate i.
+  masks = jnp.concatenate(
+    [jnp.zeros((1, num), bool), jnp.eye(num, dtype=bool)], axis=0
+  )
+
+  def one(variables, x, mask):
+    reps = models.representations(
+      model, variables, x, [representation], skip=mask
+    )
+    return reps[representation]
+
+  def batch(variables, x):
+    if candidate_chunk is None or candidate_chunk >= num + 1:
+      return jax.vmap(one, in_axes=(None, None, 0))(variables, x, masks)
+    return jax.lax.map(
+      lambda m: one(variables, x, m), masks, batch_size=candidate_chunk
+    )
+
+  def run(variables, xs):
+    # xs: [num_batches, batch, H, W, C] -> [num_batches, 1 + K, batch, ...]
+    out = jax.lax.map(lambda x: batch(variables, x), xs)
+    out = jnp.moveaxis(out, 1, 0)  # [1 + K, num_batches, batch, ...]
+    return out.reshape(out.shape[0], -1, *out.shape[3:])
+
+  return run
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_representations(arch, representation, candidate_chunk):
+  return jax.jit(_representations_fn(arch, representation, candidate_chunk))
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_scores(arch, representation, candidate_chunk, similarity):
+  reps_fn = _representations_fn(arch, representation, candidate_chunk)
+
+  @jax.jit
+  def run(variables, xs):
+    reps = reps_fn(variables, xs)
+    return 1.0 - similarity(reps[0], reps[1:])
+
+  return run
+
+
+def _batch_size(n: int, requested: int, devices: int) -> int:
+  """Largest b <= requested dividing n (and a multiple of `devices`)."""
+  for b in range(min(requested, n), 0, -1):
+    if n % b == 0 and b % devices == 0:
+      return b
+  raise ValueError(
+    f'Cannot split {n} calibration examples into batches divisible by '
+    f'{devices} devices; use a multiple of {devices} examples.'
+  )
+
+
+def candidate_representations(
+  arch: arch_lib.Arch,
+  variables,
+  images: np.ndarray | jax.Array,
+  *,
+  representation: str = 'pooled',
+  data_batch_size: int = 500,
+  candidate_chunk: int | None = None,
+  mesh: Mesh | None = None,
+) -> jax.Array:
+  """Representations of the unpruned model and of every 1-block removal.
+
+  Args:
+    arch: the network; its `candidates` define the order of the output.
+    variables: `{'params', 'batch_stats'}`.
+    images: calibration images `[n, H, W, C]`.
+    representation: `'pooled'`, `'logits'` or a block name (see
+      `lpjax.models.representations`).
+    data_batch_size: images per forward pass; the largest divisor of `n` not
+      above it is used.
+    candidate_chunk: forwards evaluated together (`None`: all at once).
+    mesh: optional device mesh with a `'data'` axis; images are sharded
+      along their batch dimension.
+
+  Returns:
+    `[1 + len(arch.candidates), n, ...]`: row 0 is the unpruned model.
+  """
+  fn = _compiled_representations(arch, representation, candidate_chunk)
+  return fn(
+    *_prepare(arch, variables, images, representation, data_batch_size, mesh)
+  )
+
+
+def _prepare(arch, variables, images, representation, data_batch_size, mesh):
+  """Checks inputs; batches and (optionally) shards the images."""
+  if representation not in models.representation_names(arch):
+    raise KeyError(
+      f'Representation {representation!r} does not exist in this model; '
+      f'valid names: {list(models.representation_names(arch))}.'
+    )
+  if not arch.candidates:
+    raise ValueError(f'{arch.summary()} has no candidate blocks to score.')
+  images = np.asarray(images, np.float32)
+  n = images.shape[0]
+  devices = mesh.size if mesh is not None else 1
+  b = _batch_size(n, data_batch_size, devices)
+  xs = images.reshape(n // b, b, *images.shape[1:])
+  if mesh is not None:
+    xs = jax.device_put(xs, NamedSharding(mesh, PartitionSpec(None, 'data')))
+    variables = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
+  return variables, xs
+
+
+def cka_similarity(ref: jax.Array, cands: jax.Array) -> jax.Array:
+  """Linear CKA (papers' biased form) of `ref` against each candidate."""
+  return cka.linear_cka_one_to_many(_flatten(ref), _flatten(cands))
+
+
+def score_candidates(
+  arch: arch_lib.Arch,
+  variables,
+  images: np.ndarray | jax.Array,
+  *,
+  similarity: SimilarityFn = cka_similarity,
+  representation: str = 'pooled',
+  data_batch_size: int = 500,
+  candidate_chunk: int | None = None,
+  mesh: Mesh | None = None,
+) -> dict[str, float]:
+  """`1 - similarity(unpruned, without block)` for every candidate block.
+
+  Lower = removing the block changes the representation less = more
+  removable. Scores are keyed by block name, never by position.
+
+  Args:
+    arch, variables, images, representation, data_batch_size,
+    candidate_chunk, mesh: as for `candidate_representations`.
+    similarity: maps (reference `[n, d]`, candidates `[k, n, d]`) to `[k]`.
+
+  Returns:
+    `{block_name: score}` in network order.
+  """
+  fn = _compiled_scores(arch, representation, candidate_chunk, similarity)
+  inputs = _prepare(
+    arch, variables, images, representation, data_batch_size, mesh
+  )
+  scores = np.asarray(fn(*inputs), np.float64)
+  if not np.all(np.isfinite(scores)):
+    bad = [c for c, s in zip(arch.candidates, scores) if not np.isfinite(s)]
+    raise FloatingPointError(
+      f'Scores of {bad} are not finite: the representation is constant or '
+      'non-finite on the calibration data (a collapsed or diverged model, '
+      'or too few calibration examples).'
+    )
+  return dict(zip(arch.candidates, scores.tolist()))

@@ -1,0 +1,190 @@
+"""The one-call candidate scorer and the criteria registry."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lpjax import arch as arch_lib
+from lpjax import criteria, models, scoring, surgery
+
+ARCH = arch_lib.resnet_cifar(blocks_per_stage=(3, 3, 3), width=4)
+IMAGE = (8, 8, 3)
+
+
+def _cka64(x, y):
+  """Float64 numpy linear CKA (Kornblith et al. 2019, feature space)."""
+  x = np.asarray(x, np.float64).reshape(len(x), -1)
+  y = np.asarray(y, np.float64).reshape(len(y), -1)
+  x = x - x.mean(0)
+  y = y - y.mean(0)
+  num = np.linalg.norm(y.T @ x) ** 2
+  return num / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
+
+
+@pytest.fixture(scope='module')
+def trained_like():
+  """Variables with non-trivial BN statistics, and calibration images."""
+  v = models.init_variables(ARCH, 0, IMAGE)
+  rng = np.random.default_rng(0)
+  v = jax.tree.map_with_path(
+      lambda p, a: (
+          jnp.asarray(rng.uniform(0.5, 2, a.shape), a.dtype)
+          if p[-1].key == 'var'
+          else a + 0.2 * rng.normal(size=a.shape).astype(a.dtype)
+          if p[-1].key in ('mean', 'scale', 'bias')
+          else a
+      ),
+      v,
+  )
+  x = rng.normal(size=(60, *IMAGE)).astype(np.float32)
+  return v, x
+
+
+def test_scores_equal_a_loop_of_separate_forwards(trained_like):
+  variables, x = trained_like
+  model = models.build_model(ARCH)
+  got = scoring.score_candidates(ARCH, variables, x, data_batch_size=20)
+  ref = models.representations(model, variables, x, ['pooled'])['pooled']
+  assert list(got) == list(ARCH.candidates)
+  for name in ARCH.candidates:
+    small_arch, small_vars = surgery.remove_blocks(ARCH, variables, [name])
+    small = models.build_model(small_arch)
+    rep = models.representations(small, small_vars, x, ['pooled'])['pooled']
+    np.testing.assert_allclose(got[name], 1 - _cka64(ref, rep), atol=2e-5)
+  assert len(set(np.round(list(got.values()), 6))) > 1
+
+
+def test_chunking_changes_nothing(trained_like):
+  variables, x = trained_like
+  a = scoring.score_candidates(ARCH, variables, x)
+  b = scoring.score_candidates(
+      ARCH, variables, x, data_batch_size=7, candidate_chunk=3
+  )
+  np.testing.assert_allclose(list(a.values()), list(b.values()), atol=1e-6)
+
+
+def test_other_representations(trained_like):
+  variables, x = trained_like
+  reps = scoring.candidate_representations(
+      ARCH, variables, x, representation='stage2_block01'
+  )
+  assert reps.shape == (1 + len(ARCH.candidates), 60, 4, 4, 8)
+  # Skipping a later block leaves this block's output unchanged; skipping an
+  # earlier one changes it.
+  later = 1 + ARCH.candidates.index('stage3_block01')
+  earlier = 1 + ARCH.candidates.index('stage1_block01')
+  np.testing.assert_allclose(reps[later], reps[0], atol=1e-6)
+  assert not np.allclose(reps[earlier], reps[0], atol=1e-4)
+  with pytest.raises(KeyError, match='stage9_block00'):
+    scoring.score_candidates(ARCH, variables, x, representation='stage9_block00')
+
+
+def test_no_retrace_across_iterations_of_the_same_shape(trained_like):
+  variables, x = trained_like
+  arch = ARCH.without(['stage1_block02'])
+  _, v = surgery.remove_blocks(
+      ARCH, variables, ['stage1_block02']
+  )
+  fn = scoring._compiled_scores(arch, 'pooled', None, scoring.cka_similarity)
+  scoring.score_candidates(arch, v, x, data_batch_size=30)
+  v2 = jax.tree.map(lambda a: a * 1.01, v)  # "after fine-tuning"
+  s2 = scoring.score_candidates(arch, v2, x, data_batch_size=30)
+  assert fn._cache_size() == 1
+  assert len(s2) == len(arch.candidates)
+
+
+def test_constant_representation_raises(trained_like):
+  variables, _ = trained_like
+  x = np.zeros((20, *IMAGE), np.float32)  # every example identical
+  with pytest.raises(FloatingPointError, match='not finite'):
+    scoring.score_candidates(ARCH, variables, x)
+
+
+def test_registry_lists_valid_names():
+  assert {'cka', 'random', 'l1'} <= set(criteria.CRITERIA)
+  with pytest.raises(KeyError, match=r"\['cka', 'l1', 'random'"):
+    criteria.get_criterion('hrank')
+
+
+def _ctx(variables, x, **kw):
+  return criteria.Context(
+      arch=ARCH, variables=variables, images=x, labels=np.zeros(len(x)), **kw
+  )
+
+
+def test_l1_criterion_matches_numpy(trained_like):
+  variables, x = trained_like
+  got = criteria.get_criterion('l1')(_ctx(variables, x))
+  for name in ARCH.candidates:
+    block = variables['params'][name]
+    want = sum(
+        np.abs(np.asarray(block[c]['kernel'])).sum((0, 1, 2)).mean()
+        for c in ('conv1', 'conv2')
+    )
+    assert got[name] == pytest.approx(want, rel=1e-6)
+
+
+def test_random_criterion_reproducible(trained_like):
+  variables, x = trained_like
+  f = criteria.get_criterion('random')
+  a = f(_ctx(variables, x, seed=1, iteration=2))
+  assert a == f(_ctx(variables, x, seed=1, iteration=2))
+  assert a != f(_ctx(variables, x, seed=1, iteration=3))
+
+
+def test_cka_criterion_on_the_authors_resnet56(reference_dir):
+  """One score per candidate block of the authors' baseline (24)."""
+  from lpjax.interop import keras_h5
+
+  keras = reference_dir / 'keras'
+  arch, variables = keras_h5.load_keras_model(
+      keras / 'resnet56_baseline.json', keras / 'resnet56_baseline.h5'
+  )
+  x = np.load(keras / 'reference_outputs.npz')['inputs'][:64]
+  scores = criteria.get_criterion('cka')(
+      criteria.Context(arch, variables, x, np.zeros(64), data_batch_size=64)
+  )
+  assert len(scores) == 24 == len(arch.candidates)
+  assert all(0.0 <= s <= 1.0 for s in scores.values())
+  # A trained network: removing a single identity block keeps the pooled
+  # features similar for most blocks (the premise of the method).
+  assert np.median(list(scores.values())) < 0.2
+
+
+def test_sharded_scoring_matches_single_device(tmp_path):
+  """8 host devices: data-parallel scoring equals the 1-device result."""
+  script = textwrap.dedent(
+      """
+      import json, sys
+      import jax, numpy as np
+      from lpjax import arch as arch_lib, models, scoring, train
+      arch = arch_lib.resnet_cifar(blocks_per_stage=(3, 3, 3), width=4)
+      v = models.init_variables(arch, 0, (8, 8, 3))
+      x = np.random.default_rng(0).normal(size=(64, 8, 8, 3)).astype('f4')
+      mesh = train.make_mesh()
+      sharded = scoring.score_candidates(arch, v, x, mesh=mesh)
+      one = scoring.score_candidates(
+          arch, v, x, mesh=train.make_mesh(jax.devices()[:1]))
+      print(json.dumps([mesh.size, list(sharded.values()),
+                        list(one.values())]))
+      """
+  )
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  out = subprocess.run(
+      [sys.executable, '-c', script],
+      env=env,
+      capture_output=True,
+      text=True,
+      cwd=os.path.dirname(os.path.dirname(__file__)),
+      check=True,
+  )
+  devices, sharded, one = json.loads(out.stdout.strip().splitlines()[-1])
+  assert devices == 8
+  np.testing.assert_allclose(sharded, one, atol=1e-5)
