@@ -58,17 +58,17 @@ KERAS_STYLE = Style()
 # Keras' ResNet50 (keras.applications): conv bias, BN after the projection.
 KERAS_IMAGENET_STYLE = Style(bn_epsilon=1.001e-5, projection_bn=True)
 PYTORCH_STYLE = Style(
-    conv_bias=False,
-    bn_epsilon=1e-5,
-    bn_momentum=0.9,
-    projection_bn=True,
-    bottleneck_stride_on_3x3=True,
-    symmetric_padding=True,
+  conv_bias=False,
+  bn_epsilon=1e-5,
+  bn_momentum=0.9,
+  projection_bn=True,
+  bottleneck_stride_on_3x3=True,
+  symmetric_padding=True,
 )
 STYLES = {
-    'keras': KERAS_STYLE,
-    'keras_imagenet': KERAS_IMAGENET_STYLE,
-    'pytorch': PYTORCH_STYLE,
+  'keras': KERAS_STYLE,
+  'keras_imagenet': KERAS_IMAGENET_STYLE,
+  'pytorch': PYTORCH_STYLE,
 }
 
 
@@ -131,7 +131,7 @@ class Arch:
   def __post_init__(self):
     if self.family not in FAMILIES:
       raise ValueError(
-          f'Unknown family {self.family!r}; valid families: {FAMILIES}.'
+        f'Unknown family {self.family!r}; valid families: {FAMILIES}.'
       )
     expected = 2 if self.family == 'resnet_imagenet' else 1
     for s, stage in enumerate(self.stages, start=1):
@@ -139,16 +139,16 @@ class Arch:
         raise ValueError(f'Stage {s} has no blocks; every stage needs one.')
       if stage.blocks[0].index != 0:
         raise ValueError(
-            f'Stage {s} lost its first block ({block_name(s, 0)}); the '
-            'first block of a stage is never removable.'
+          f'Stage {s} lost its first block ({block_name(s, 0)}); the '
+          'first block of a stage is never removable.'
         )
       for block in stage.blocks:
         if block.stage != s:
           raise ValueError(f'{block.name} is listed under stage {s}.')
         if len(block.widths) != expected or min(block.widths) < 1:
           raise ValueError(
-              f'{block.name} has inner widths {block.widths}; a '
-              f'{self.family} block needs {expected} positive width(s).'
+            f'{block.name} has inner widths {block.widths}; a '
+            f'{self.family} block needs {expected} positive width(s).'
           )
       ids = [b.index for b in stage.blocks]
       if ids != sorted(set(ids)):
@@ -171,8 +171,8 @@ class Arch:
       if b.name == name:
         return b
     raise KeyError(
-        f'No block {name!r} in this network; existing blocks: '
-        f'{[b.name for b in self.blocks]}.'
+      f'No block {name!r} in this network; existing blocks: '
+      f'{[b.name for b in self.blocks]}.'
     )
 
   def is_candidate(self, name: str) -> bool:
@@ -190,18 +190,18 @@ class Arch:
   def removable(self) -> tuple[str, ...]:
     """Candidates whose removal keeps every stage above the floor."""
     return tuple(
-        b.name
-        for stage in self.stages
-        if len(stage.blocks) > self.min_blocks_per_stage
-        for b in stage.blocks
-        if b.index > 0
+      b.name
+      for stage in self.stages
+      if len(stage.blocks) > self.min_blocks_per_stage
+      for b in stage.blocks
+      if b.index > 0
     )
 
   def max_removable(self) -> int:
     """How many more blocks the floor lets pruning remove."""
     return sum(
-        max(0, len(s.blocks) - max(self.min_blocks_per_stage, 1))
-        for s in self.stages
+      max(0, len(s.blocks) - max(self.min_blocks_per_stage, 1))
+      for s in self.stages
     )
 
   def skip_mask(self, names: Iterable[str] = ()) -> list[bool]:
@@ -211,14 +211,16 @@ class Arch:
     unknown = sorted(names - set(cands))
     if unknown:
       raise ValueError(
-          f'Cannot skip {unknown}: not candidate blocks of this network. '
-          f'Candidates: {list(cands)}.'
+        f'Cannot skip {unknown}: not candidate blocks of this network. '
+        f'Candidates: {list(cands)}.'
       )
     return [c in names for c in cands]
 
   # --- Edits ----------------------------------------------------------------
 
-  def without(self, names: Iterable[str], *, enforce_floor: bool = True) -> Arch:
+  def without(
+    self, names: Iterable[str], *, enforce_floor: bool = True
+  ) -> Arch:
     """This network with the named blocks removed.
 
     Args:
@@ -236,27 +238,26 @@ class Arch:
     unknown = [n for n in names if n not in existing]
     if unknown:
       raise ValueError(
-          f'Cannot remove {unknown}: no such block. Existing: '
-          f'{sorted(existing)}.'
+        f'Cannot remove {unknown}: no such block. Existing: {sorted(existing)}.'
       )
     fixed = [n for n in names if not self.is_candidate(n)]
     if fixed:
       raise ValueError(
-          f'Cannot remove {fixed}: the first block of a stage downsamples or '
-          f'has no predecessor, so it is never a candidate. Candidates: '
-          f'{list(self.candidates)}.'
+        f'Cannot remove {fixed}: the first block of a stage downsamples or '
+        f'has no predecessor, so it is never a candidate. Candidates: '
+        f'{list(self.candidates)}.'
       )
     drop = set(names)
     stages = []
     for s, stage in enumerate(self.stages, start=1):
       kept = tuple(b for b in stage.blocks if b.name not in drop)
       if enforce_floor and len(kept) < min(
-          self.min_blocks_per_stage, len(stage.blocks)
+        self.min_blocks_per_stage, len(stage.blocks)
       ):
         raise ValueError(
-            f'Removing {sorted(drop)} leaves stage {s} with {len(kept)} '
-            f'block(s), below the floor of {self.min_blocks_per_stage}. '
-            f'Removable now: {list(self.removable())}.'
+          f'Removing {sorted(drop)} leaves stage {s} with {len(kept)} '
+          f'block(s), below the floor of {self.min_blocks_per_stage}. '
+          f'Removable now: {list(self.removable())}.'
         )
       stages.append(dataclasses.replace(stage, blocks=kept))
     return dataclasses.replace(self, stages=tuple(stages))
@@ -265,16 +266,16 @@ class Arch:
     """This network with block `name`'s inner widths replaced."""
     target = self.block(name)
     stages = tuple(
-        dataclasses.replace(
-            stage,
-            blocks=tuple(
-                dataclasses.replace(b, widths=tuple(int(w) for w in widths))
-                if b == target
-                else b
-                for b in stage.blocks
-            ),
-        )
-        for stage in self.stages
+      dataclasses.replace(
+        stage,
+        blocks=tuple(
+          dataclasses.replace(b, widths=tuple(int(w) for w in widths))
+          if b == target
+          else b
+          for b in stage.blocks
+        ),
+      )
+      for stage in self.stages
     )
     return dataclasses.replace(self, stages=stages)
 
@@ -282,43 +283,42 @@ class Arch:
 
   def to_dict(self) -> dict[str, Any]:
     return {
-        'family': self.family,
-        'num_classes': self.num_classes,
-        'stem_width': self.stem_width,
-        'min_blocks_per_stage': self.min_blocks_per_stage,
-        'style': dataclasses.asdict(self.style),
-        'stages': [
-            {
-                'width': st.width,
-                'stride': st.stride,
-                'blocks': [
-                    {'index': b.index, 'widths': list(b.widths)}
-                    for b in st.blocks
-                ],
-            }
-            for st in self.stages
-        ],
+      'family': self.family,
+      'num_classes': self.num_classes,
+      'stem_width': self.stem_width,
+      'min_blocks_per_stage': self.min_blocks_per_stage,
+      'style': dataclasses.asdict(self.style),
+      'stages': [
+        {
+          'width': st.width,
+          'stride': st.stride,
+          'blocks': [
+            {'index': b.index, 'widths': list(b.widths)} for b in st.blocks
+          ],
+        }
+        for st in self.stages
+      ],
     }
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> Arch:
     return cls(
-        family=d['family'],
-        num_classes=int(d['num_classes']),
-        stem_width=int(d['stem_width']),
-        min_blocks_per_stage=int(d['min_blocks_per_stage']),
-        style=Style(**d['style']),
-        stages=tuple(
-            Stage(
-                width=int(st['width']),
-                stride=int(st['stride']),
-                blocks=tuple(
-                    Block(s, int(b['index']), tuple(int(w) for w in b['widths']))
-                    for b in st['blocks']
-                ),
-            )
-            for s, st in enumerate(d['stages'], start=1)
-        ),
+      family=d['family'],
+      num_classes=int(d['num_classes']),
+      stem_width=int(d['stem_width']),
+      min_blocks_per_stage=int(d['min_blocks_per_stage']),
+      style=Style(**d['style']),
+      stages=tuple(
+        Stage(
+          width=int(st['width']),
+          stride=int(st['stride']),
+          blocks=tuple(
+            Block(s, int(b['index']), tuple(int(w) for w in b['widths']))
+            for b in st['blocks']
+          ),
+        )
+        for s, st in enumerate(d['stages'], start=1)
+      ),
     )
 
   def to_json(self) -> str:
@@ -331,8 +331,8 @@ class Arch:
   def summary(self) -> str:
     """One line: family, blocks per stage, candidates."""
     return (
-        f'{self.family} blocks/stage={list(self.blocks_per_stage)} '
-        f'candidates={len(self.candidates)} removable={len(self.removable())}'
+      f'{self.family} blocks/stage={list(self.blocks_per_stage)} '
+      f'candidates={len(self.candidates)} removable={len(self.removable())}'
     )
 
 
@@ -343,23 +343,23 @@ def block_name(stage: int, index: int) -> str:
 
 def _stages(widths, strides, counts, inner) -> tuple[Stage, ...]:
   return tuple(
-      Stage(
-          width=w,
-          stride=st,
-          blocks=tuple(Block(s, i, inner(w)) for i in range(n)),
-      )
-      for s, (w, st, n) in enumerate(zip(widths, strides, counts), start=1)
+    Stage(
+      width=w,
+      stride=st,
+      blocks=tuple(Block(s, i, inner(w)) for i in range(n)),
+    )
+    for s, (w, st, n) in enumerate(zip(widths, strides, counts), start=1)
   )
 
 
 def resnet_cifar(
-    depth: int = 56,
-    *,
-    num_classes: int = 10,
-    width: int = 16,
-    style: Style = KERAS_STYLE,
-    blocks_per_stage: Sequence[int] | None = None,
-    min_blocks_per_stage: int = DEFAULT_MIN_BLOCKS_PER_STAGE,
+  depth: int = 56,
+  *,
+  num_classes: int = 10,
+  width: int = 16,
+  style: Style = KERAS_STYLE,
+  blocks_per_stage: Sequence[int] | None = None,
+  min_blocks_per_stage: int = DEFAULT_MIN_BLOCKS_PER_STAGE,
 ) -> Arch:
   """The CIFAR ResNet of He et al. 2016 (depth = 6n + 2), as in the papers.
 
@@ -378,18 +378,18 @@ def resnet_cifar(
   if blocks_per_stage is None:
     if depth < 8 or (depth - 2) % 6:
       raise ValueError(
-          f'CIFAR ResNet depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, '
-          f'110, ...); got {depth}.'
+        f'CIFAR ResNet depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, '
+        f'110, ...); got {depth}.'
       )
     blocks_per_stage = [(depth - 2) // 6] * 3
   widths = [width, 2 * width, 4 * width]
   return Arch(
-      family='resnet_cifar',
-      stages=_stages(widths, [1, 2, 2], blocks_per_stage, lambda w: (w,)),
-      num_classes=num_classes,
-      stem_width=width,
-      style=style,
-      min_blocks_per_stage=min_blocks_per_stage,
+    family='resnet_cifar',
+    stages=_stages(widths, [1, 2, 2], blocks_per_stage, lambda w: (w,)),
+    num_classes=num_classes,
+    stem_width=width,
+    style=style,
+    min_blocks_per_stage=min_blocks_per_stage,
   )
 
 
@@ -397,13 +397,13 @@ _IMAGENET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
 def resnet_imagenet(
-    depth: int = 50,
-    *,
-    num_classes: int = 1000,
-    width: int = 64,
-    style: Style = KERAS_IMAGENET_STYLE,
-    blocks_per_stage: Sequence[int] | None = None,
-    min_blocks_per_stage: int = DEFAULT_MIN_BLOCKS_PER_STAGE,
+  depth: int = 50,
+  *,
+  num_classes: int = 1000,
+  width: int = 64,
+  style: Style = KERAS_IMAGENET_STYLE,
+  blocks_per_stage: Sequence[int] | None = None,
+  min_blocks_per_stage: int = DEFAULT_MIN_BLOCKS_PER_STAGE,
 ) -> Arch:
   """The bottleneck ImageNet ResNet (50/101/152) of He et al. 2016.
 
@@ -424,26 +424,26 @@ def resnet_imagenet(
   if blocks_per_stage is None:
     if depth not in _IMAGENET_DEPTHS:
       raise ValueError(
-          f'ImageNet ResNet depth must be one of {sorted(_IMAGENET_DEPTHS)}; '
-          f'got {depth}.'
+        f'ImageNet ResNet depth must be one of {sorted(_IMAGENET_DEPTHS)}; '
+        f'got {depth}.'
       )
     blocks_per_stage = _IMAGENET_DEPTHS[depth]
   inner = [width * 2**s for s in range(len(blocks_per_stage))]
   stages = tuple(
-      Stage(
-          width=4 * w,
-          stride=1 if s == 1 else 2,
-          blocks=tuple(Block(s, i, (w, w)) for i in range(n)),
-      )
-      for s, (w, n) in enumerate(zip(inner, blocks_per_stage), start=1)
+    Stage(
+      width=4 * w,
+      stride=1 if s == 1 else 2,
+      blocks=tuple(Block(s, i, (w, w)) for i in range(n)),
+    )
+    for s, (w, n) in enumerate(zip(inner, blocks_per_stage), start=1)
   )
   return Arch(
-      family='resnet_imagenet',
-      stages=stages,
-      num_classes=num_classes,
-      stem_width=width,
-      style=style,
-      min_blocks_per_stage=min_blocks_per_stage,
+    family='resnet_imagenet',
+    stages=stages,
+    num_classes=num_classes,
+    stem_width=width,
+    style=style,
+    min_blocks_per_stage=min_blocks_per_stage,
   )
 
 
@@ -457,8 +457,12 @@ def get_arch(name: str, **kwargs: Any) -> Arch:
   Raises:
     KeyError: for an unknown name, listing the valid ones.
   """
-  valid = ('resnet{6n+2} (resnet20, resnet32, resnet44, resnet56, resnet110)',
-           'resnet50', 'resnet101', 'resnet152')
+  valid = (
+    'resnet{6n+2} (resnet20, resnet32, resnet44, resnet56, resnet110)',
+    'resnet50',
+    'resnet101',
+    'resnet152',
+  )
   if name.startswith('resnet') and name[6:].isdigit():
     depth = int(name[6:])
     if depth in _IMAGENET_DEPTHS:

@@ -35,8 +35,8 @@ from lpjax import arch as arch_lib
 from lpjax import models
 
 DEFAULT_IMAGE_SHAPES = {
-    'resnet_cifar': (32, 32, 3),
-    'resnet_imagenet': (224, 224, 3),
+  'resnet_cifar': (32, 32, 3),
+  'resnet_imagenet': (224, 224, 3),
 }
 
 
@@ -78,21 +78,22 @@ def _cost(arch: arch_lib.Arch, image_shape: tuple[int, ...]) -> Cost:
   def init():
     with nn.intercept_methods(count):
       return model.init(
-          jax.random.key(0), jnp.zeros((1, *image_shape)), train=False
+        jax.random.key(0), jnp.zeros((1, *image_shape)), train=False
       )
 
   shapes = jax.eval_shape(init)
-  size = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+  def size(tree):
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
   return Cost(
-      macs=int(total[0]),
-      params=int(size(shapes)),
-      trainable_params=int(size(shapes['params'])),
+    macs=int(total[0]),
+    params=int(size(shapes)),
+    trainable_params=int(size(shapes['params'])),
   )
 
 
-def cost(
-    arch: arch_lib.Arch, image_shape: Sequence[int] | None = None
-) -> Cost:
+def cost(arch: arch_lib.Arch, image_shape: Sequence[int] | None = None) -> Cost:
   """MACs and parameter counts of `arch` on `[H, W, C]` images.
 
   Args:
@@ -104,24 +105,24 @@ def cost(
 
 
 def reduction(
-    arch: arch_lib.Arch,
-    baseline: arch_lib.Arch,
-    image_shape: Sequence[int] | None = None,
+  arch: arch_lib.Arch,
+  baseline: arch_lib.Arch,
+  image_shape: Sequence[int] | None = None,
 ) -> dict[str, float]:
   """Percent FLOPs and parameter reduction of `arch` relative to `baseline`."""
   a = cost(arch, image_shape)
   b = cost(baseline, image_shape)
   return {
-      'flops_reduction': 100.0 * (1.0 - a.macs / b.macs),
-      'params_reduction': 100.0 * (1.0 - a.params / b.params),
+    'flops_reduction': 100.0 * (1.0 - a.macs / b.macs),
+    'params_reduction': 100.0 * (1.0 - a.params / b.params),
   }
 
 
 def xla_flops(
-    arch: arch_lib.Arch,
-    image_shape: Sequence[int] | None = None,
-    *,
-    batch: int = 1,
+  arch: arch_lib.Arch,
+  image_shape: Sequence[int] | None = None,
+  *,
+  batch: int = 1,
 ) -> float:
   """XLA's cost-analysis FLOPs of one eval forward, per example.
 

@@ -22,11 +22,11 @@ Variables = Mapping[str, Mapping[str, Any]]
 
 
 def remove_blocks(
-    arch: arch_lib.Arch,
-    variables: Variables,
-    block_ids: Iterable[str],
-    *,
-    enforce_floor: bool = True,
+  arch: arch_lib.Arch,
+  variables: Variables,
+  block_ids: Iterable[str],
+  *,
+  enforce_floor: bool = True,
 ) -> tuple[arch_lib.Arch, dict[str, dict[str, Any]]]:
   """Deletes whole residual blocks.
 
@@ -50,23 +50,23 @@ def remove_blocks(
   missing = [b for b in drop if b not in params]
   if missing:
     raise ValueError(
-        f'variables have no parameters for blocks {sorted(missing)}; they do '
-        'not belong to this arch.'
+      f'variables have no parameters for blocks {sorted(missing)}; they do '
+      'not belong to this arch.'
     )
   new_vars = {
-      col: {k: v for k, v in tree.items() if k not in drop}
-      for col, tree in variables.items()
+    col: {k: v for k, v in tree.items() if k not in drop}
+    for col, tree in variables.items()
   }
   return new_arch, new_vars
 
 
 def remove_filters(
-    arch: arch_lib.Arch,
-    variables: Variables,
-    block_id: str,
-    keep: Sequence[int],
-    *,
-    conv: int = 1,
+  arch: arch_lib.Arch,
+  variables: Variables,
+  block_id: str,
+  keep: Sequence[int],
+  *,
+  conv: int = 1,
 ) -> tuple[arch_lib.Arch, dict[str, dict[str, Any]]]:
   """Keeps only some output filters of one inner convolution of a block.
 
@@ -94,21 +94,21 @@ def remove_filters(
   block = arch.block(block_id)
   if not 1 <= conv <= len(block.widths):
     raise ValueError(
-        f'{block_id} has inner convs 1..{len(block.widths)}; got conv={conv}.'
+      f'{block_id} has inner convs 1..{len(block.widths)}; got conv={conv}.'
     )
   width = block.widths[conv - 1]
   keep_arr = np.asarray(list(keep), dtype=np.int64).reshape(-1)
   if keep_arr.size == 0:
     raise ValueError(
-        f'keep is empty: {block_id} conv{conv} must keep at least one of its '
-        f'{width} filters (remove the whole block with remove_blocks).'
+      f'keep is empty: {block_id} conv{conv} must keep at least one of its '
+      f'{width} filters (remove the whole block with remove_blocks).'
     )
   if len(np.unique(keep_arr)) != keep_arr.size:
     raise ValueError(f'keep has duplicate filter indices: {keep_arr.tolist()}.')
   if keep_arr.min() < 0 or keep_arr.max() >= width:
     raise ValueError(
-        f'keep indices must lie in [0, {width}) for {block_id} conv{conv}; '
-        f'got {keep_arr.tolist()}.'
+      f'keep indices must lie in [0, {width}) for {block_id} conv{conv}; '
+      f'got {keep_arr.tolist()}.'
     )
   idx = jnp.asarray(np.sort(keep_arr))
   widths = list(block.widths)
@@ -123,7 +123,7 @@ def remove_filters(
       sub = dict(tree[block_id])
       if conv_out in sub:
         sub[conv_out] = {
-            name: leaf[..., idx] for name, leaf in sub[conv_out].items()
+          name: leaf[..., idx] for name, leaf in sub[conv_out].items()
         }
       if bn in sub:
         sub[bn] = {name: leaf[idx] for name, leaf in sub[bn].items()}
@@ -138,7 +138,7 @@ def remove_filters(
 
 
 def l1_filter_order(
-    variables: Variables, block_id: str, *, conv: int = 1
+  variables: Variables, block_id: str, *, conv: int = 1
 ) -> np.ndarray:
   """Filters of `conv{conv}` in `block_id`, ascending by kernel l1 norm."""
   kernel = np.asarray(variables['params'][block_id][f'conv{conv}']['kernel'])

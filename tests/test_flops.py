@@ -108,23 +108,25 @@ def test_xla_count_explained():
 
 
 @pytest.mark.parametrize(
-    'stem, expected',
-    [
-        ('resnet56_cka_iter09', 37.52),
-        ('resnet56_cka_iter19', 75.05),
-        ('resnet56_cka_iter19_filters4', 84.70),
-    ],
+  'stem, expected',
+  [
+    ('resnet56_cka_iter09', 37.52),
+    ('resnet56_cka_iter19', 75.05),
+    ('resnet56_cka_iter19_filters4', 84.70),
+  ],
 )
 def test_authors_pruned_models_reproduce_the_papers_reductions(
-    reference_dir, stem, expected
+  reference_dir, stem, expected
 ):
   from lpjax.interop import keras_h5
 
   keras = reference_dir / 'keras'
   base, _ = keras_h5.load_keras_model(
-      keras / 'resnet56_baseline.json', keras / 'resnet56_baseline.h5'
+    keras / 'resnet56_baseline.json', keras / 'resnet56_baseline.h5'
   )
-  arch, _ = keras_h5.load_keras_model(keras / f'{stem}.json', keras / f'{stem}.h5')
+  arch, _ = keras_h5.load_keras_model(
+    keras / f'{stem}.json', keras / f'{stem}.h5'
+  )
   assert flops.cost(base).macs == 125_747_840
   red = flops.reduction(arch, base)
   # The filter-pruned model measures 84.7227 % (its parameter reduction,

@@ -34,14 +34,14 @@ def trained_like():
   v = models.init_variables(ARCH, 0, IMAGE)
   rng = np.random.default_rng(0)
   v = jax.tree.map_with_path(
-      lambda p, a: (
-          jnp.asarray(rng.uniform(0.5, 2, a.shape), a.dtype)
-          if p[-1].key == 'var'
-          else a + 0.2 * rng.normal(size=a.shape).astype(a.dtype)
-          if p[-1].key in ('mean', 'scale', 'bias')
-          else a
-      ),
-      v,
+    lambda p, a: (
+      jnp.asarray(rng.uniform(0.5, 2, a.shape), a.dtype)
+      if p[-1].key == 'var'
+      else a + 0.2 * rng.normal(size=a.shape).astype(a.dtype)
+      if p[-1].key in ('mean', 'scale', 'bias')
+      else a
+    ),
+    v,
   )
   x = rng.normal(size=(60, *IMAGE)).astype(np.float32)
   return v, x
@@ -65,7 +65,7 @@ def test_chunking_changes_nothing(trained_like):
   variables, x = trained_like
   a = scoring.score_candidates(ARCH, variables, x)
   b = scoring.score_candidates(
-      ARCH, variables, x, data_batch_size=7, candidate_chunk=3
+    ARCH, variables, x, data_batch_size=7, candidate_chunk=3
   )
   np.testing.assert_allclose(list(a.values()), list(b.values()), atol=1e-6)
 
@@ -73,7 +73,7 @@ def test_chunking_changes_nothing(trained_like):
 def test_other_representations(trained_like):
   variables, x = trained_like
   reps = scoring.candidate_representations(
-      ARCH, variables, x, representation='stage2_block01'
+    ARCH, variables, x, representation='stage2_block01'
   )
   assert reps.shape == (1 + len(ARCH.candidates), 60, 4, 4, 8)
   # Skipping a later block leaves this block's output unchanged; skipping an
@@ -83,15 +83,15 @@ def test_other_representations(trained_like):
   np.testing.assert_allclose(reps[later], reps[0], atol=1e-6)
   assert not np.allclose(reps[earlier], reps[0], atol=1e-4)
   with pytest.raises(KeyError, match='stage9_block00'):
-    scoring.score_candidates(ARCH, variables, x, representation='stage9_block00')
+    scoring.score_candidates(
+      ARCH, variables, x, representation='stage9_block00'
+    )
 
 
 def test_no_retrace_across_iterations_of_the_same_shape(trained_like):
   variables, x = trained_like
   arch = ARCH.without(['stage1_block02'])
-  _, v = surgery.remove_blocks(
-      ARCH, variables, ['stage1_block02']
-  )
+  _, v = surgery.remove_blocks(ARCH, variables, ['stage1_block02'])
   fn = scoring._compiled_scores(arch, 'pooled', None, scoring.cka_similarity)
   scoring.score_candidates(arch, v, x, data_batch_size=30)
   v2 = jax.tree.map(lambda a: a * 1.01, v)  # "after fine-tuning"
@@ -115,7 +115,7 @@ def test_registry_lists_valid_names():
 
 def _ctx(variables, x, **kw):
   return criteria.Context(
-      arch=ARCH, variables=variables, images=x, labels=np.zeros(len(x)), **kw
+    arch=ARCH, variables=variables, images=x, labels=np.zeros(len(x)), **kw
   )
 
 
@@ -125,8 +125,8 @@ def test_l1_criterion_matches_numpy(trained_like):
   for name in ARCH.candidates:
     block = variables['params'][name]
     want = sum(
-        np.abs(np.asarray(block[c]['kernel'])).sum((0, 1, 2)).mean()
-        for c in ('conv1', 'conv2')
+      np.abs(np.asarray(block[c]['kernel'])).sum((0, 1, 2)).mean()
+      for c in ('conv1', 'conv2')
     )
     assert got[name] == pytest.approx(want, rel=1e-6)
 
@@ -145,11 +145,11 @@ def test_cka_criterion_on_the_authors_resnet56(reference_dir):
 
   keras = reference_dir / 'keras'
   arch, variables = keras_h5.load_keras_model(
-      keras / 'resnet56_baseline.json', keras / 'resnet56_baseline.h5'
+    keras / 'resnet56_baseline.json', keras / 'resnet56_baseline.h5'
   )
   x = np.load(keras / 'reference_outputs.npz')['inputs'][:64]
   scores = criteria.get_criterion('cka')(
-      criteria.Context(arch, variables, x, np.zeros(64), data_batch_size=64)
+    criteria.Context(arch, variables, x, np.zeros(64), data_batch_size=64)
   )
   assert len(scores) == 24 == len(arch.candidates)
   assert all(0.0 <= s <= 1.0 for s in scores.values())
@@ -161,7 +161,7 @@ def test_cka_criterion_on_the_authors_resnet56(reference_dir):
 def test_sharded_scoring_matches_single_device(tmp_path):
   """8 host devices: data-parallel scoring equals the 1-device result."""
   script = textwrap.dedent(
-      """
+    """
       import json, sys
       import jax, numpy as np
       from lpjax import arch as arch_lib, models, scoring, train
@@ -178,12 +178,12 @@ def test_sharded_scoring_matches_single_device(tmp_path):
   )
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
   out = subprocess.run(
-      [sys.executable, '-c', script],
-      env=env,
-      capture_output=True,
-      text=True,
-      cwd=os.path.dirname(os.path.dirname(__file__)),
-      check=True,
+    [sys.executable, '-c', script],
+    env=env,
+    capture_output=True,
+    text=True,
+    cwd=os.path.dirname(os.path.dirname(__file__)),
+    check=True,
   )
   devices, sharded, one = json.loads(out.stdout.strip().splitlines()[-1])
   assert devices == 8

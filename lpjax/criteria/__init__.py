@@ -14,9 +14,9 @@ from lpjax.criteria.context import Context
 Criterion = Callable[[Context], dict[str, float]]
 
 CRITERIA: dict[str, Criterion] = {
-    'cka': cka.cka_criterion,
-    'random': baselines.random_criterion,
-    'l1': baselines.l1_criterion,
+  'cka': cka.cka_criterion,
+  'random': baselines.random_criterion,
+  'l1': baselines.l1_criterion,
 }
 
 
@@ -26,7 +26,7 @@ def get_criterion(name: str) -> Criterion:
     return CRITERIA[name]
   except KeyError:
     raise KeyError(
-        f'Unknown criterion {name!r}; valid criteria: {sorted(CRITERIA)}.'
+      f'Unknown criterion {name!r}; valid criteria: {sorted(CRITERIA)}.'
     ) from None
 
 

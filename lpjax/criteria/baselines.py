@@ -11,7 +11,7 @@ def random_criterion(ctx: Context) -> dict[str, float]:
   """Uniform random scores, reproducible from (seed, iteration)."""
   rng = np.random.default_rng([ctx.seed, ctx.iteration])
   return dict(
-      zip(ctx.arch.candidates, rng.random(len(ctx.arch.candidates)).tolist())
+    zip(ctx.arch.candidates, rng.random(len(ctx.arch.candidates)).tolist())
   )
 
 

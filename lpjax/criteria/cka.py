@@ -15,12 +15,12 @@ from lpjax.criteria.context import Context
 def cka_criterion(ctx: Context) -> dict[str, float]:
   """`1 - CKA` per candidate block; lower = more removable."""
   return scoring.score_candidates(
-      ctx.arch,
-      ctx.variables,
-      ctx.images,
-      similarity=scoring.cka_similarity,
-      representation=ctx.representation,
-      data_batch_size=ctx.data_batch_size,
-      candidate_chunk=ctx.candidate_chunk,
-      mesh=ctx.mesh,
+    ctx.arch,
+    ctx.variables,
+    ctx.images,
+    similarity=scoring.cka_similarity,
+    representation=ctx.representation,
+    data_batch_size=ctx.data_batch_size,
+    candidate_chunk=ctx.candidate_chunk,
+    mesh=ctx.mesh,
   )
