@@ -1,0 +1,75 @@
+"""Every field of an lpjax run, documented; experiments override it.
+
+An experiment file defines `get_config()` that starts from
+`configs.base.get_config()` and changes what it needs. Fields can also be
+overridden on the command line, e.g. `--config.prune.target_blocks=5`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The defaults: the papers' CIFAR-10 ResNet-56 recipe (Pons et al. 2024)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Seeds initialisation, data order and stochastic criteria.
+
+  # --- Data (lpjax.input_pipeline) ---
+  c.dataset = (
+    'cifar10'  # digits | synthetic | cifar10 | cifar100 | imagenet2012
+  )
+  c.data_dir = ''  # tfds data_dir with the prepared dataset ('' = tfds default)
+  c.manual_dir = ''  # where the downloaded archives are (for instructions)
+  c.normalization = ''  # '' = dataset default (per_pixel_mean for CIFAR)
+  c.holdout = 0.0  # fraction of train held out as split 'holdout'
+  # Only for dataset='synthetic': overrides of its defaults.
+  c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.image_shape = (8, 8, 3)
+  c.synthetic.num_classes = 4
+  c.synthetic.num_train = 256
+  c.synthetic.num_test = 128
+
+  # --- Model (lpjax.arch) ---
+  c.model = 'resnet56'  # resnet{6n+2} (CIFAR) | resnet50/101/152 (ImageNet)
+  c.width = 0  # stem / first-stage width; 0 = family default (16 or 64)
+  c.blocks_per_stage = ()  # explicit blocks per stage; () = from the depth
+  c.style = 'keras'  # keras (the papers' models) | keras_imagenet | pytorch
+  c.min_blocks_per_stage = 2  # pruning floor (papers: 2)
+
+  # --- Baseline: the unpruned model pruning starts from ---
+  c.baseline = ml_collections.ConfigDict()
+  c.baseline.source = 'train'  # train | checkpoint | keras
+  c.baseline.path = ''  # checkpoint dir (source=checkpoint)
+  c.baseline.keras_json = ''  # architecture JSON (source=keras)
+  c.baseline.keras_h5 = ''  # weights .h5 (source=keras)
+  c.baseline.epochs = 200  # training epochs (source=train)
+
+  # --- Optimisation (lpjax.train), shared by baseline and fine-tuning ---
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128  # global; a multiple of the device count
+  c.train.eval_batch_size = 500
+  c.train.learning_rate = 0.01  # papers: SGD lr 0.01
+  c.train.momentum = 0.9
+  c.train.nesterov = True
+  c.train.weight_decay = 1e-4  # L2 on conv kernels, in the loss (papers)
+  c.train.schedule = 'step'  # step (/10 at 50 % and 75 %) | cosine | constant
+  c.train.warmup_epochs = 0
+  c.train.augment = True  # pad-and-crop (+ flip where the dataset allows)
+  c.train.log_every_steps = 100
+
+  # --- Pruning ---
+  c.prune = ml_collections.ConfigDict()
+  c.prune.criterion = 'cka'  # cka | random | l1
+  c.prune.representation = 'pooled'  # pooled | logits | a block name
+  # Stop when either target is reached (0 = unused; both 0 = to the floor).
+  c.prune.target_blocks = 0  # blocks removed in total
+  c.prune.target_flops_reduction = 0.0  # percent
+  c.prune.calibration_examples = 5000  # images the criterion scores on
+  c.prune.calibration_split = 'train'  # train | holdout
+  c.prune.data_batch_size = 500  # images per forward while scoring
+  c.prune.candidate_chunk = 0  # candidate forwards at once; 0 = all
+  c.prune.finetune_epochs = 200  # after each removal (papers: 200)
+  c.prune.finetune_learning_rate = 0.01
+
+  # --- Bookkeeping ---
+  c.checkpoint_max_to_keep = 2
+  return c

@@ -1,0 +1,236 @@
+"""The whole pipeline: end to end, resume after SIGKILL, and bad input."""
+
+import importlib.util
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from lpjax import checkpointing, input_pipeline, pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A tiny run: 3 blocks per stage (3 candidates under the floor), width 4,
+# 8x8 synthetic images; 2 removals with 2 fine-tuning epochs each.
+TINY = """
+from configs import base
+
+def get_config():
+  c = base.get_config()
+  c.dataset = 'synthetic'
+  c.synthetic.image_shape = (8, 8, 3)
+  c.synthetic.num_classes = 4
+  c.synthetic.num_train = 128
+  c.synthetic.num_test = 64
+  c.model = 'resnet20'
+  c.width = 4
+  c.blocks_per_stage = (3, 3, 3)
+  c.style = 'pytorch'  # BN momentum 0.9: eval statistics settle in few steps
+  c.baseline.epochs = 3
+  c.train.batch_size = 16
+  c.train.eval_batch_size = 64
+  c.train.learning_rate = 0.05
+  c.train.log_every_steps = 0
+  c.prune.target_blocks = 2
+  c.prune.calibration_examples = 32
+  c.prune.data_batch_size = 32
+  c.prune.finetune_epochs = 3
+  return c
+"""
+
+
+def _load_config(path):
+  spec = importlib.util.spec_from_file_location('tiny_config', path)
+  mod = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, str(REPO))
+  try:
+    spec.loader.exec_module(mod)
+  finally:
+    sys.path.remove(str(REPO))
+  return mod.get_config()
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+  """The tiny config file, and one uninterrupted run of it."""
+  root = tmp_path_factory.mktemp('tiny')
+  cfg_path = root / 'tiny_config.py'
+  cfg_path.write_text(TINY)
+  workdir = root / 'uninterrupted'
+  results = pipeline.run(_load_config(cfg_path), str(workdir))
+  return cfg_path, workdir, results
+
+
+def _strip_times(results):
+  def clean(rec):
+    return {k: v for k, v in rec.items() if not k.startswith('seconds')}
+
+  return {
+    'baseline': clean(results['baseline']),
+    'iterations': [clean(r) for r in results['iterations']],
+  }
+
+
+def _final_params(workdir):
+  with checkpointing.Checkpoints(Path(workdir) / 'iter_002') as ck:
+    arch, meta = ck.restore_meta()
+    tree = ck.restore()  # No target: parameters come back as saved.
+  return arch, meta, tree['params']
+
+
+def test_end_to_end(tiny):
+  _, workdir, results = tiny
+  its = results['iterations']
+  assert len(its) == 2
+  base = results['baseline']
+  assert base['blocks_per_stage'] == [3, 3, 3]
+  assert base['test_accuracy'] > 0.5  # 4 classes: chance is 0.25
+  # One block per iteration, FLOPs strictly down, the lowest score removed.
+  for prev, rec in zip([base, *its], its):
+    assert sum(rec['blocks_per_stage']) == sum(prev['blocks_per_stage']) - 1
+    assert rec['flops_reduction'] > prev['flops_reduction']
+    (removed,) = rec['removed']
+    assert rec['scores'][removed] == min(rec['scores'].values())
+  assert its[1]['removed'][0] not in its[1]['scores']  # re-scored without it
+  on_disk = json.loads((workdir / 'results.json').read_text())
+  assert _strip_times(on_disk) == _strip_times(results)
+  for name in ('report.md', 'accuracy_vs_flops.png', 'scores.png'):
+    assert (workdir / name).stat().st_size > 0
+  assert 'stage' in (workdir / 'report.md').read_text()
+  assert list((workdir / 'tb').iterdir())
+
+
+def _wait_for(path, proc, timeout=300):
+  t0 = time.time()
+  while not path.exists():
+    if proc.poll() is not None:
+      raise AssertionError(f'run ended (rc {proc.returncode}) before {path}')
+    if time.time() - t0 > timeout:
+      raise AssertionError(f'timed out waiting for {path}')
+    time.sleep(0.05)
+
+
+def _start(cfg_path, workdir):
+  return subprocess.Popen(
+    [sys.executable, 'main.py', f'--config={cfg_path}', f'--workdir={workdir}'],
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+
+
+def test_resume_after_sigkill(tiny, tmp_path):
+  """Killed mid fine-tune and mid pruning loop, it ends like the clean run."""
+  cfg_path, clean_dir, clean_results = tiny
+  workdir = tmp_path / 'killed'
+  # 1. Kill during iteration 1's fine-tuning (after its first epoch).
+  proc = _start(cfg_path, workdir)
+  _wait_for(workdir / 'iter_001' / '1' / 'commit_success.txt', proc)
+  assert proc.poll() is None
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  # 2. Kill between iterations: after iteration 2's surgery.
+  proc = _start(cfg_path, workdir)
+  _wait_for(workdir / 'iter_002' / '0' / 'commit_success.txt', proc)
+  assert proc.poll() is None
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  # 3. Finish.
+  proc = _start(cfg_path, workdir)
+  assert proc.wait(timeout=600) == 0
+  results = json.loads((workdir / 'results.json').read_text())
+  assert _strip_times(results) == _strip_times(clean_results)
+  arch_a, _, params_a = _final_params(clean_dir)
+  arch_b, _, params_b = _final_params(workdir)
+  assert arch_a == arch_b
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6),
+    params_a,
+    params_b,
+  )
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tiny, tmp_path):
+  cfg_path, clean_dir, _ = tiny
+  workdir = tmp_path / 'corrupt'
+  shutil.copytree(clean_dir, workdir)
+  step = max(
+    int(p.name) for p in (workdir / 'iter_002').iterdir() if p.name.isdigit()
+  )
+  for f in (workdir / 'iter_002' / str(step) / 'state').rglob('*'):
+    if f.is_file():
+      f.write_bytes(b'\x00garbage')
+  with pytest.raises(checkpointing.CheckpointError, match='iter_002'):
+    pipeline.run(_load_config(cfg_path), str(workdir))
+
+
+def _config(cfg_path, **overrides):
+  c = _load_config(cfg_path)
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.mark.parametrize(
+  'key, value, match',
+  [
+    ('prune.criterion', 'hrank', "valid criteria: \\['cka'"),
+    ('model', 'vgg16', 'valid models'),
+    ('dataset', 'mnist', "valid datasets: \\['digits'"),
+    ('style', 'caffe', 'valid styles'),
+  ],
+)
+def test_unknown_names_list_the_valid_ones(tiny, tmp_path, key, value, match):
+  with pytest.raises(KeyError, match=match):
+    pipeline.Pipeline(_config(tiny[0], **{key: value}), str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()  # failed before any work
+
+
+@pytest.mark.parametrize(
+  'key, value',
+  [('prune.target_blocks', 4), ('prune.target_flops_reduction', 60.0)],
+)
+def test_target_beyond_the_floor_fails_first(tiny, tmp_path, key, value):
+  with pytest.raises(ValueError, match='beyond the floor'):
+    pipeline.Pipeline(_config(tiny[0], **{key: value}), str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
+
+
+def test_unprepared_dataset(tiny, tmp_path):
+  c = _config(tiny[0], dataset='cifar10', data_dir=str(tmp_path / 'tfds'))
+  t0 = time.time()
+  with pytest.raises(
+    input_pipeline.DatasetNotPreparedError, match='download_and_prepare'
+  ):
+    pipeline.Pipeline(c, str(tmp_path / 'w'))
+  assert time.time() - t0 < 30
+
+
+def test_resnet56_smoke_config_under_mock_data(tmp_path):
+  """configs/resnet56.py, smoke mode, end to end on tfds mock CIFAR-10."""
+  import tensorflow_datasets as tfds
+
+  sys.path.insert(0, str(REPO))
+  try:
+    from configs import resnet56
+  finally:
+    sys.path.remove(str(REPO))
+  c = resnet56.get_config('smoke')
+  with tfds.testing.mock_data(num_examples=48):
+    results = pipeline.run(c, str(tmp_path / 'r56'))
+  assert results['baseline']['blocks_per_stage'] == [9, 9, 9]
+  (it,) = results['iterations']
+  assert len(it['scores']) == 24
+  assert sum(it['blocks_per_stage']) == 26
+  assert it['flops_reduction'] > 0
