@@ -97,12 +97,20 @@ class Checkpoints:
       ) from e
     return arch, dict(out['meta'])
 
-  def restore(self, abstract_state: Any, step: int | None = None) -> Any:
-    """The state of `step`, restored into the tree of `abstract_state`."""
+  def restore(
+    self, abstract_state: Any = None, step: int | None = None
+  ) -> Any:
+    """The state of `step` (default: the latest).
+
+    Args:
+      abstract_state: the tree to restore into (e.g. `jax.eval_shape` of a
+        fresh state of the checkpoint's arch). Without it the tree comes back
+        as saved, with optimizer-state tuples turned into lists.
+      step: which step.
+    """
     step = self._step(step)
-    return self._restore(step, state=ocp.args.StandardRestore(abstract_state))[
-      'state'
-    ]
+    args = ocp.args.StandardRestore(abstract_state)
+    return self._restore(step, state=args)['state']
 
   def _step(self, step):
     step = self.latest_step() if step is None else step

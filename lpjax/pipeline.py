@@ -98,7 +98,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     )
   if config.baseline.source == 'checkpoint' and not config.baseline.path:
     raise ValueError('baseline.source=checkpoint needs baseline.path.')
-  if config.baseline.source != 'keras':
+  if config.baseline.source == 'train':
+    # Models from a file are checked once loaded (`_load_baseline`).
     check_target(config, build_arch(config, num_classes=10))
 
 
@@ -380,8 +381,8 @@ class Pipeline:
       return arch, variables
     if src == 'checkpoint':
       with checkpointing.Checkpoints(c.baseline.path) as src_ck:
-        tx = self._baseline_tx()
-        arch, state, _ = self._restore(src_ck, tx)
+        arch, state, _ = self._restore(src_ck, self._baseline_tx())
+      check_target(c, arch)
       return arch, _variables(state)
     arch = build_arch(c, self.info.num_classes)
     variables = models.init_variables(arch, c.seed, self.info.image_shape)
