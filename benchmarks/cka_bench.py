@@ -1,0 +1,638 @@
+"""Linear CKA: lpjax against the NumPy reference and the PyPI CKA packages.
+
+Side by side in one run, on the same float32 data:
+
+* `lpjax` / `lpjax-deb`: `lpjax.cka.linear_cka` (biased / debiased), jitted,
+  float32, timed with `block_until_ready`, compile excluded.
+* `numpy-f64`: a float64 NumPy implementation (feature-space form when
+  `n > d`, Gram form otherwise).
+* `pytorch-cka`: `cka.cka_from_features(x, y)` of the `pytorch-cka` package.
+  Its only estimator is the unbiased HSIC (debiased CKA), Gram form, in the
+  input dtype (float32); it returns a `[1, 1]` matrix, clamped to `[0, 1]`.
+* `ckatorch`: `ckatorch.cka_base(x, y)` (biased, linear kernel) of the
+  `ckatorch` package; it casts to float64 and uses the Gram form.
+
+Both packages compute the linear CKA of two plain tensors through their
+public functions, so no adapter beyond `.item()` is needed. Every value is
+checked against lpjax's (same estimator).
+
+Batched case: one reference against 27 candidates. lpjax uses
+`linear_cka_one_to_many` (and a `vmap` of `linear_cka`); the peers run a
+Python loop of 27 calls (`pytorch-cka` also has a native batched call,
+`cka_from_features(ref, cands)`, timed where its `27 n²` Grams fit).
+
+Also measured in the same run: the backends' own float32 matmul GFLOP/s at
+the representative size (`XᵀX`, `n = 10,000`, `d = 4,096`), and lpjax's
+achieved GFLOP/s there as a fraction of JAX's.
+
+Timing: medians of repeats (fewer for large shapes); the methods of a shape
+run round-robin per repeat so load changes hit all of them alike.
+
+  python benchmarks/cka_bench.py --out /tmp/cka_bench.md  # then paste into BENCHMARKS.md
+
+Runtime: about 15 minutes on 2 CPU cores (`--quick`: a few seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.metadata
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lpjax import cka as lpcka
+
+NOTES_MARKER = '<!-- notes: text below this line is kept on regeneration -->'
+GOAL_SPEEDUP = 20.0
+GOAL_MATMUL_FRACTION = 0.6
+NUM_CANDIDATES = 27
+
+
+# ---------------------------------------------------------------------------
+# Implementations.
+# ---------------------------------------------------------------------------
+
+
+def numpy_cka(x: np.ndarray, y: np.ndarray, debiased: bool = False) -> float:
+  """Linear CKA in float64, feature-space form if `n > d` else Gram form.
+
+  Biased by default (the timed reference); `debiased=True` (used only to
+  check values) evaluates Song et al.'s unbiased HSIC, in feature space via
+  `‖YᵀX‖² - n/(n-2) kᵀl + s_x s_y/((n-1)(n-2))` for centered inputs.
+  """
+  n = x.shape[0]
+  x = x.astype(np.float64)
+  y = y.astype(np.float64)
+  x -= x.mean(axis=0)
+  y -= y.mean(axis=0)
+  if n > max(x.shape[1], y.shape[1]):
+
+    def h(a, b):
+      t = np.sum(np.square(a.T @ b))
+      if not debiased:
+        return t
+      ka, kb = np.sum(a * a, 1), np.sum(b * b, 1)
+      return t - n / (n - 2) * ka @ kb + ka.sum() * kb.sum() / (n - 1) / (n - 2)
+
+  else:
+
+    def h(a, b):
+      k, l = a @ a.T, b @ b.T  # noqa: E741
+      if not debiased:
+        return np.sum(k * l)
+      np.fill_diagonal(k, 0)
+      np.fill_diagonal(l, 0)
+      one_k, one_l = k.sum(0), l.sum(0)
+      return (
+        np.sum(k * l)
+        + k.sum() * l.sum() / (n - 1) / (n - 2)
+        - 2 / (n - 2) * one_k @ one_l
+      )
+
+  return float(h(x, y) / np.sqrt(h(x, x)) / np.sqrt(h(y, y)))
+
+
+def _peers():
+  """The PyPI packages' public entry points, as `(name, fn, debiased)`."""
+  import cka as pytorch_cka  # The `pytorch-cka` package.
+  import ckatorch
+  import torch
+
+  def pytorch_cka_fn(x, y):
+    with torch.no_grad():
+      return pytorch_cka.cka_from_features(x, y).item()
+
+  def ckatorch_fn(x, y):
+    with torch.no_grad():
+      return ckatorch.cka_base(x, y, kernel='linear', unbiased=False).item()
+
+  return torch, [
+    ('pytorch-cka', pytorch_cka_fn, True),
+    ('ckatorch', ckatorch_fn, False),
+  ]
+
+
+# ---------------------------------------------------------------------------
+# Timing.
+# ---------------------------------------------------------------------------
+
+
+def _settle():
+  # Lets the other runtimes' spinning worker threads go idle between calls.
+  time.sleep(0.05)
+
+
+def time_round_robin(
+  fns: dict[str, Callable[[], object]], repeats: int, warmup: set[str]
+) -> tuple[dict[str, float], dict[str, object]]:
+  """Median wall time per function; functions alternate within a repeat."""
+  values = {}
+  for name in warmup:
+    values[name] = fns[name]()
+    _settle()
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      values[name] = fn()
+      times[name].append(time.perf_counter() - start)
+      _settle()
+  return {k: statistics.median(v) for k, v in times.items()}, values
+
+
+def _repeats(n: int, d: int, quick: bool) -> int:
+  if quick:
+    return 1
+  work = n * d * max(n, d)
+  if work <= 1e9:
+    return 15
+  return 5 if work <= 1e10 else 3 if work <= 2e11 else 2
+
+
+def _data(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((n, d), dtype=np.float32)
+  w = rng.standard_normal((d, d), dtype=np.float32) / np.float32(np.sqrt(d))
+  y = x @ w + rng.standard_normal((n, d), dtype=np.float32)
+  return x, y
+
+
+def _block(fn):
+  return lambda *a: jax.block_until_ready(fn(*a))
+
+
+# ---------------------------------------------------------------------------
+# Benchmarks.
+# ---------------------------------------------------------------------------
+
+
+def bench_single(shapes, args, torch, peers):
+  jl = jax.jit(lpcka.linear_cka, static_argnames=('debiased',))
+  rows = []
+  for n, d in shapes:
+    x, y = _data(n, d)
+    xj, yj = jax.device_put(x), jax.device_put(y)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    reps = _repeats(n, d, args.quick)
+    big = n * d * max(n, d) > 2e11
+    fns = {
+      'lpjax': lambda xj=xj, yj=yj: float(_block(jl)(xj, yj)),
+      'lpjax-deb': lambda xj=xj, yj=yj: float(
+        _block(functools.partial(jl, debiased=True))(xj, yj)
+      ),
+    }
+    skipped = {}
+    if big and args.skip_numpy_at_largest:
+      skipped['numpy-f64'] = 'skipped (--skip_numpy_at_largest)'
+    else:
+      fns['numpy-f64'] = lambda x=x, y=y: numpy_cka(x, y)
+    for name, fn, _ in peers:
+      fns[name] = lambda fn=fn, xt=xt, yt=yt: fn(xt, yt)
+    # Compile (lpjax) is excluded; the others get a warm-up unless the shape
+    # is large (one call then takes seconds, and there is nothing to warm).
+    warm = {'lpjax', 'lpjax-deb'} | (set() if big else set(fns))
+    times, values = time_round_robin(fns, reps, warm)
+    values['f64'] = values.get('numpy-f64', None)
+    if values['f64'] is None:
+      values['f64'] = numpy_cka(x, y)
+    values['f64-deb'] = numpy_cka(x, y, debiased=True)
+    rows.append(
+      dict(n=n, d=d, reps=reps, times=times, values=values, skipped=skipped)
+    )
+    print(_single_line(rows[-1]), flush=True)
+  return rows
+
+
+def bench_batched(shapes, args, torch, peers):
+  jitted = {
+    'lpjax': jax.jit(lpcka.linear_cka_one_to_many),
+    'lpjax-deb': jax.jit(
+      functools.partial(lpcka.linear_cka_one_to_many, debiased=True)
+    ),
+    'lpjax-vmap': jax.jit(jax.vmap(lpcka.linear_cka, in_axes=(None, 0))),
+  }
+  rows = []
+  for n, d in shapes:
+    rows.append(_bench_batched_shape(n, d, args, torch, peers, jitted))
+    print(_single_line(rows[-1]), flush=True)
+  return rows
+
+
+def _bench_batched_shape(n, d, args, torch, peers, jitted):
+  import cka as pytorch_cka  # The `pytorch-cka` package.
+
+  k = NUM_CANDIDATES
+  rng = np.random.default_rng(1)
+  ref, _ = _data(n, d)
+  scale = rng.uniform(0.1, 3.0, size=(k, 1, 1)).astype(np.float32)
+  cands = ref[None] + scale * rng.standard_normal((k, n, d), dtype=np.float32)
+  refj, candsj = jax.device_put(ref), jax.device_put(cands)
+  reft, candst = torch.from_numpy(ref), torch.from_numpy(cands)
+  fns = {
+    name: functools.partial(lambda f: np.asarray(_block(f)(refj, candsj)), f)
+    for name, f in jitted.items()
+  }
+  fns['numpy-f64'] = lambda: np.array([numpy_cka(ref, c) for c in cands])
+  skipped = {}
+  for name, fn, _ in peers:
+    est = _single_time(args.single_rows, n, d, name)
+    if est is not None and est * k > args.loop_budget_s:
+      skipped[name] = (
+        f'skipped: one call takes {est:.1f} s, the loop '
+        f'≈{est * k:.0f} s > --loop_budget_s'
+      )
+      continue
+    fns[name] = functools.partial(
+      lambda fn: np.array([fn(reft, c) for c in candst]), fn
+    )
+  if k * n * n * 4 * 3 <= args.native_batch_bytes:
+
+    def native():
+      with torch.no_grad():
+        return pytorch_cka.cka_from_features(reft, candst).numpy()[0]
+
+    fns['pytorch-cka-batched'] = native
+  else:
+    skipped['pytorch-cka-batched'] = (
+      f'skipped: {k} Grams of {n}x{n} exceed --native_batch_bytes'
+    )
+  reps = 1 if args.quick else 3
+  times, values = time_round_robin(fns, reps, set(jitted))
+  values['f64'] = values['numpy-f64']
+  values['f64-deb'] = [numpy_cka(ref, c, debiased=True) for c in cands]
+  return dict(n=n, d=d, reps=reps, times=times, values=values, skipped=skipped)
+
+
+def _single_time(rows, n, d, name):
+  for r in rows:
+    if (r['n'], r['d']) == (n, d) and name in r['times']:
+      return r['times'][name]
+  return None
+
+
+def bench_matmul(args, torch):
+  """Float32 `XᵀX` GFLOP/s of each backend, and lpjax at the same size."""
+  n, d = (1000, 512) if args.quick else (10_000, 4_096)
+  x, y = _data(n, d, seed=2)
+  xj, yj = jax.device_put(x), jax.device_put(y)
+  xt = torch.from_numpy(x)
+  flops = 2.0 * n * d * d
+  jx = jax.jit(lambda a: a.T @ a)
+  jl = jax.jit(lpcka.linear_cka)
+  fns = {
+    'jax': lambda: _block(jx)(xj),
+    'numpy-f32': lambda: x.T @ x,
+    'torch': lambda: xt.T @ xt,
+    'lpjax': lambda: _block(jl)(xj, yj),
+  }
+  reps = 1 if args.quick else 3
+  times, _ = time_round_robin(fns, reps, set(fns))
+  plan = lpcka._plan(n, d, d, 1, 'auto')
+  b = lpcka._num_blocks(d, lpcka._MIN_COLS)
+  # Multiply-adds the chosen plan executes (symmetric blocks included).
+  executed = 2.0 * sum(lpcka._costs(n, d, d, plan))
+  nominal = 3 * flops
+  return dict(
+    n=n,
+    d=d,
+    times=times,
+    plan=plan,
+    blocks=b,
+    gflops={k: flops / times[k] / 1e9 for k in ('jax', 'numpy-f32', 'torch')},
+    lpjax_nominal=nominal / times['lpjax'] / 1e9,
+    lpjax_executed=executed / times['lpjax'] / 1e9,
+  )
+
+
+# ---------------------------------------------------------------------------
+# Reporting.
+# ---------------------------------------------------------------------------
+
+
+def _fmt_t(t):
+  if t is None:
+    return '—'
+  return f'{t * 1e3:.2f} ms' if t < 1 else f'{t:.2f} s'
+
+
+def _peer_names(rows):
+  names = []
+  for r in rows:
+    for k in list(r['times']) + list(r['skipped']):
+      if k not in names and not k.startswith(('lpjax', 'numpy')):
+        names.append(k)
+  return names
+
+
+def _fastest_peer(r):
+  peers = {
+    k: v for k, v in r['times'].items() if not k.startswith(('lpjax', 'numpy'))
+  }
+  if not peers:
+    return None, None
+  name = min(peers, key=peers.get)
+  return name, peers[name]
+
+
+def _single_line(r):
+  parts = [f'n={r["n"]:>6} d={r["d"]:>5}']
+  parts += [f'{k}={_fmt_t(v)}' for k, v in r['times'].items()]
+  return '  '.join(parts)
+
+
+def _check_values(r, tol):
+  """Max |error| of each method against the float64 value of its estimator."""
+  v = r['values']
+  ref = {False: v['f64'], True: v['f64-deb']}
+  debiased_of = {
+    'lpjax': False,
+    'lpjax-deb': True,
+    'lpjax-vmap': False,
+    'pytorch-cka': True,
+    'pytorch-cka-batched': True,
+    'ckatorch': False,
+  }
+  out = {}
+  for k, deb in debiased_of.items():
+    if k in v:
+      err = np.abs(np.asarray(v[k], np.float64) - np.asarray(ref[deb]))
+      out[k] = float(np.max(err))
+  bad = {k: e for k, e in out.items() if not e <= tol}
+  return out, bad
+
+
+def _table(rows, title, lpjax_keys):
+  peers = _peer_names(rows)
+  cols = [*lpjax_keys, 'numpy-f64', *peers]
+  head = [
+    'n',
+    'd',
+    *cols,
+    'fastest peer',
+    'lpjax / fastest',
+    'lpjax-deb / fastest',
+    'speedup vs fastest',
+    'max error vs float64',
+  ]
+  lines = [
+    f'### {title}',
+    '',
+    '| ' + ' | '.join(head) + ' |',
+    '|' + '---|' * len(head),
+  ]
+  for r in rows:
+    fp, ft = _fastest_peer(r)
+    cells = [str(r['n']), str(r['d'])]
+    for c in cols:
+      if c in r['times']:
+        cells.append(_fmt_t(r['times'][c]))
+      elif c in r['skipped']:
+        cells.append('skipped¹')
+      else:
+        cells.append('—')
+    lt, ldt = r['times']['lpjax'], r['times']['lpjax-deb']
+    cells += [
+      fp or '—',
+      f'{lt / ft:.3f}×' if ft else '—',
+      f'{ldt / ft:.3f}×' if ft else '—',
+      f'{ft / max(lt, ldt):.1f}×' if ft else '—',
+      ', '.join(f'{k} {e:.1e}' for k, e in r['diffs'].items()),
+    ]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  if any(r['skipped'] for r in rows):
+    lines.append('')
+    lines.append(
+      '¹ '
+      + '; '.join(
+        f'n={r["n"]}, d={r["d"]}, {k}: {m}'
+        for r in rows
+        for k, m in r['skipped'].items()
+      )
+    )
+  return '\n'.join(lines)
+
+
+def _goals(single, batched, mm):
+  lines = ['### Goals (reported, not enforced)', '']
+  worst = max(
+    (
+      max(r['times']['lpjax'], r['times']['lpjax-deb']) / _fastest_peer(r)[1],
+      kind,
+      r['n'],
+      r['d'],
+    )
+    for kind, rows in (('single', single), ('batched', batched))
+    for r in rows
+    if _fastest_peer(r)[1]
+  )
+  ok = worst[0] <= 1.0
+  lines.append(
+    f"* ≤ 1.0× the fastest peer's time at every shape (slower of lpjax's two "
+    f'estimators): {"met" if ok else "MISSED"}; worst {worst[0]:.3f}× '
+    f'({worst[1]}, n={worst[2]}, d={worst[3]}).'
+  )
+  tall = [
+    (
+      _fastest_peer(r)[1] / max(r['times']['lpjax'], r['times']['lpjax-deb']),
+      kind,
+      r['n'],
+      r['d'],
+    )
+    for kind, rows in (('single', single), ('batched', batched))
+    for r in rows
+    if r['n'] >= 20 * r['d'] and _fastest_peer(r)[1]
+  ]
+  if tall:
+    least = min(tall)
+    lines.append(
+      f'* ≥ {GOAL_SPEEDUP:.0f}× faster where n ≥ 20·d: '
+      f'{"met" if least[0] >= GOAL_SPEEDUP else "MISSED"}; smallest speedup '
+      f'{least[0]:.1f}× ({least[1]}, n={least[2]}, d={least[3]}); all: '
+      + ', '.join(f'{s:.0f}× ({k} {n}x{d})' for s, k, n, d in tall)
+      + '.'
+    )
+  frac = mm['lpjax_nominal'] / mm['gflops']['jax']
+  lines.append(
+    f'* ≥ {GOAL_MATMUL_FRACTION:.0%} of measured matmul GFLOP/s at '
+    f'n={mm["n"]}, d={mm["d"]}: '
+    f'{"met" if frac >= GOAL_MATMUL_FRACTION else "MISSED"}; lpjax '
+    f'{mm["lpjax_nominal"]:.1f} GFLOP/s counting the textbook 3 x 2·n·d² '
+    f"= {frac:.0%} of JAX's {mm['gflops']['jax']:.1f} GFLOP/s "
+    f'(executed flops with the {mm["blocks"]}-block symmetric products: '
+    f'{mm["lpjax_executed"]:.1f} GFLOP/s = '
+    f'{mm["lpjax_executed"] / mm["gflops"]["jax"]:.0%}).'
+  )
+  return '\n'.join(lines)
+
+
+def _versions(torch):
+  def v(dist):
+    try:
+      return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+      return 'not installed'
+
+  return {
+    'python': platform.python_version(),
+    'jax': jax.__version__,
+    'jaxlib': v('jaxlib'),
+    'numpy': np.__version__,
+    'torch': torch.__version__,
+    'pytorch-cka': v('pytorch-cka'),
+    'ckatorch': v('ckatorch'),
+  }
+
+
+def _machine():
+  model = 'unknown'
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          model = line.split(':', 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return model, os.cpu_count()
+
+
+def render(args, single, batched, mm, torch, load):
+  model, cores = _machine()
+  vers = _versions(torch)
+  lines = [
+    '## CKA: lpjax vs NumPy and the PyPI CKA packages',
+    '',
+    f'Generated by `python benchmarks/cka_bench.py --out {args.out}`'
+    + (' --quick' if args.quick else '')
+    + '.',
+    '',
+    f'* Machine: {model}, {cores} cores ({platform.machine()}, '
+    f'{platform.system()}); JAX backend {jax.default_backend()}; torch '
+    f'threads {torch.get_num_threads()}. Load average at start / end: '
+    f'{load[0]:.2f} / {load[1]:.2f} (the machine was shared).',
+    '* Versions: ' + ', '.join(f'{k} {v}' for k, v in vers.items()) + '.',
+    '* Data: `x` standard normal `[n, d]` float32, `y = x W / √d + noise`; '
+    'every method gets the same float32 arrays.',
+    '* Times: median over repeats (15 / 5 / 3 / 2 by size; 3 for the '
+    'batched case), compile excluded for lpjax (jit, float32, block_until_ready); '
+    'methods alternate within each repeat.',
+    "* `lpjax` = `linear_cka` (biased, the papers' estimator); `lpjax-deb` "
+    '= debiased. pytorch-cka only offers the debiased estimator, ckatorch '
+    "is called with its default (biased). Last column: each method's "
+    'largest error against the float64 NumPy value of its own estimator '
+    '(computed untimed for the debiased one). "Fastest peer" is the '
+    'fastest PyPI package; ratios are lpjax time / fastest peer time '
+    '(< 1 is faster), speedup uses the slower lpjax estimator.',
+    '',
+    _table(
+      single,
+      'Single pair, `linear_cka(x, y)`, dx = dy = d',
+      ['lpjax', 'lpjax-deb'],
+    ),
+    '',
+    _table(
+      batched,
+      f'One reference against {NUM_CANDIDATES} candidates '
+      '(`linear_cka_one_to_many`; peers: a Python loop)',
+      ['lpjax', 'lpjax-deb', 'lpjax-vmap'],
+    ),
+    '',
+    f'### Matmul throughput (float32 `XᵀX`, n={mm["n"]}, d={mm["d"]})',
+    '',
+    '| backend | time | GFLOP/s |',
+    '|---|---|---|',
+  ]
+  for k, g in mm['gflops'].items():
+    lines.append(f'| {k} | {_fmt_t(mm["times"][k])} | {g:.1f} |')
+  lines += [
+    f'| lpjax `linear_cka` (plan {tuple(mm["plan"])}) | '
+    f'{_fmt_t(mm["times"]["lpjax"])} | {mm["lpjax_nominal"]:.1f} nominal '
+    f'(3 × 2nd²), {mm["lpjax_executed"]:.1f} executed |',
+    '',
+    '(numpy computes `x.T @ x` with a symmetric SYRK kernel, doing half the '
+    'multiply-adds; its figure counts the full product.)',
+    '',
+    _goals(single, batched, mm),
+  ]
+  return '\n'.join(lines) + '\n'
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--out', default=None, help='Markdown file to write.')
+  p.add_argument('--quick', action='store_true', help='Tiny smoke run.')
+  p.add_argument(
+    '--skip_numpy_at_largest',
+    action='store_true',
+    help='Skip the float64 NumPy reference at n·d·max(n,d) > 2e11.',
+  )
+  p.add_argument(
+    '--loop_budget_s',
+    type=float,
+    default=120.0,
+    help="Skip a peer's 27-call loop estimated to take longer.",
+  )
+  p.add_argument(
+    '--native_batch_bytes',
+    type=float,
+    default=2e9,
+    help="Memory allowed for pytorch-cka's batched Grams.",
+  )
+  args = p.parse_args()
+
+  torch, peers = _peers()
+  load0 = os.getloadavg()[0]
+  if args.quick:
+    single_shapes = [(200, 16), (100, 300)]
+    batched_shapes = [(200, 16)]
+  else:
+    single_shapes = [
+      (n, d) for n in (500, 2000, 10_000) for d in (64, 512, 4096)
+    ]
+    batched_shapes = [(500, 512), (2000, 64), (2000, 512), (10_000, 64)]
+  print(
+    f'jax {jax.__version__} on {jax.default_backend()}, torch '
+    f'{torch.__version__} ({torch.get_num_threads()} threads)',
+    flush=True,
+  )
+  print('# single', flush=True)
+  single = bench_single(single_shapes, args, torch, peers)
+  args.single_rows = single
+  print('# batched', flush=True)
+  batched = bench_batched(batched_shapes, args, torch, peers)
+  print('# matmul', flush=True)
+  mm = bench_matmul(args, torch)
+  tol = 1e-4
+  bad_all = {}
+  for r in single + batched:
+    r['diffs'], bad = _check_values(r, tol)
+    if bad:
+      bad_all[(r['n'], r['d'])] = bad
+  text = render(args, single, batched, mm, torch, (load0, os.getloadavg()[0]))
+  print(text)
+  if bad_all:
+    print(f'WARNING: values differ from lpjax by more than {tol}: {bad_all}')
+  if args.out:
+    notes = ''
+    if os.path.exists(args.out):
+      with open(args.out) as f:
+        old = f.read()
+      if NOTES_MARKER in old:
+        notes = old.split(NOTES_MARKER, 1)[1]
+    with open(args.out, 'w') as f:
+      f.write(text + '\n' + NOTES_MARKER + notes)
+    print(f'wrote {args.out}')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,1048 @@
+"""Centered kernel alignment (CKA) for comparing neural representations.
+
+CKA (Kornblith et al., 2019, "Similarity of Neural Network Representations
+Revisited") compares two representations `X` `[n, dx]` and `Y` `[n, dy]` of
+the same `n` examples through their centered Gram matrices::
+
+  CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)),
+
+with `K = X Xᵀ`, `L = Y Yᵀ` (linear) or RBF kernels. Two HSIC estimators are
+provided:
+
+* biased (Gretton et al., 2005): `tr(K H L H) / (n - 1)²` with the centering
+  matrix `H = I - 11ᵀ/n`. This is the convention of the CKA papers and the
+  default everywhere.
+* unbiased (Song et al., 2012, "Feature Selection via Dependence
+  Maximization", eq. 5)::
+
+    [tr(K̃L̃) + 1ᵀK̃1 1ᵀL̃1 / ((n-1)(n-2)) - 2/(n-2) 1ᵀK̃L̃1] / (n(n-3)),
+
+  where `K̃`, `L̃` are `K`, `L` with the diagonal set to zero. "Debiased CKA"
+  (`debiased=True`) plugs it into the ratio above (Nguyen, Raghu & Kornblith,
+  2021, "Do Wide and Deep Networks Learn the Same Things?").
+
+Linear CKA is computed in whichever of two algebraically equal forms is
+cheaper for the shapes: the feature-space form
+`‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F)` (`d x d` products, `O(n d²)`) or the Gram form
+(`n x n` products, `O(n² d)`). The choice is a static cost model over flop
+counts per term, so the reference side and each candidate side may use
+different forms. Symmetric products (`XᵀX`, `X Xᵀ`) are formed from their
+upper-triangle blocks only (up to 6 x 6 blocks, saving up to 42 % of the
+multiply-adds; XLA has no symmetric matmul).
+
+With the columns centered (`X1 = 0`), `K1 = 0`, so writing `k = diag(K)`
+and `s = tr(K)`, the unbiased numerator is::
+
+  tr(K̃L̃) - 2/(n-2) kᵀl + s_K s_L / ((n-1)(n-2)),
+
+with `tr(K̃L̃) = ‖YᵀX‖²_F - kᵀl` in feature space. This closed form (our own
+derivation from Song et al.'s formula) is what the feature-space debiased
+path evaluates.
+
+Numerics: inputs are promoted to at least float32 (float64 stays float64 when
+`jax_enable_x64` is on). Columns are centered before any product, with the
+column mean taken of `x - x[0]` (a per-column shift that removes a large
+common offset exactly before summing), and each representation is rescaled
+to unit mean square (CKA is scale invariant) so that the fourth powers in
+`‖XᵀX‖²_F` neither overflow nor underflow. Matrix products use
+`Precision.HIGHEST` so accelerators do not silently drop to bf16/tf32.
+
+What cannot be computed (the policy, shared by every function):
+
+* Shape problems raise `ValueError` naming the shapes, at trace time, so
+  also under `jit`/`vmap`: mismatched numbers of rows `n`; too few rows
+  (biased estimators need `n >= 2`, unbiased need `n >= 4`; unbiased
+  `center_gram` needs `n >= 3`); zero features.
+* Value problems never raise inside the computation (they cannot be seen
+  under `jit`) and never produce a plausible number:
+
+  - a constant input (zero variance in every feature, e.g. a dead layer)
+    gives 0/0, returned explicitly as NaN (`jnp.where(denominator == 0,
+    nan, ...)`); for RBF the same holds when the median pairwise distance
+    is zero;
+  - NaN or inf anywhere in an input propagates to a NaN result;
+  - values so large that their mean square overflows (beyond ~1e19 in
+    float32) also end as NaN.
+
+  Call `validate(x, y)` eagerly before computing to get a `ValueError` that
+  names the problem and the fix instead of a NaN.
+* Biased CKA is in `[0, 1]` up to rounding; debiased CKA is in `[-1, 1]`
+  and can legitimately be negative for nearly independent inputs. Results
+  are never clipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+Form = Literal['auto', 'feature', 'gram']
+
+__all__ = [
+  'MinibatchCKAState',
+  'center_gram',
+  'cka_matrix',
+  'gram_linear',
+  'gram_rbf',
+  'hsic',
+  'linear_cka',
+  'linear_cka_one_to_many',
+  'minibatch_cka_init',
+  'minibatch_cka_matrix',
+  'minibatch_cka_result',
+  'minibatch_cka_update',
+  'rbf_cka',
+  'validate',
+]
+
+_PRECISION = jax.lax.Precision.HIGHEST
+# Cost of one element of an `n x n` elementwise pass, in multiply-adds: these
+# passes are memory bound, so weigh them more than a matmul multiply-add.
+_ELEMENTWISE_COST = 4
+# `linear_cka_one_to_many` maps over candidates one at a time when each needs
+# at least this many multiply-adds, and vectorizes them (`vmap`) below it,
+# in chunks that keep the working set under `_CHUNK_BYTES`.
+_SEQUENTIAL_MACS = 2e7
+_CHUNK_BYTES = 1 << 30
+# Symmetric products (`XᵀX`, `X Xᵀ`) are split into at most this many blocks
+# per dimension (see `_gram_blocks`), each at least `_MIN_ROWS` rows (Gram
+# form) or `_MIN_COLS` columns (feature form) wide. Measured on CPU: XLA's
+# matmul with a narrow output and a long contraction (feature form) needs
+# wider blocks to stay efficient.
+_MAX_BLOCKS = 6
+_MIN_ROWS = 200
+_MIN_COLS = 256
+
+
+# ---------------------------------------------------------------------------
+# Shape handling (static, so it raises under jit/vmap too).
+# ---------------------------------------------------------------------------
+
+
+def _min_rows(unbiased: bool) -> int:
+  return 4 if unbiased else 2
+
+
+def _as_matrix(x: ArrayLike, name: str) -> Array:
+  """`[n, ...]` -> `[n, d]` (a 1-D input is one feature)."""
+  x = jnp.asarray(x)
+  if x.ndim == 0:
+    raise ValueError(f'{name} must have shape [n, ...], got a scalar.')
+  x = x.reshape(x.shape[0], -1)
+  if x.shape[1] == 0:
+    raise ValueError(
+      f'{name} has shape {x.shape}: zero features, CKA is undefined.'
+    )
+  return x
+
+
+def _check_rows(shapes: dict[str, tuple[int, ...]], unbiased: bool) -> int:
+  """Checks all named shapes share `n` and that `n` is large enough."""
+  rows = {s[0] for s in shapes.values()}
+  desc = ', '.join(f'{k} {tuple(v)}' for k, v in shapes.items())
+  if len(rows) != 1:
+    raise ValueError(
+      f'CKA needs the same examples (rows) on both sides; got {desc}.'
+    )
+  n = rows.pop()
+  need = _min_rows(unbiased)
+  if n < need:
+    kind = 'unbiased (debiased)' if unbiased else 'biased'
+    raise ValueError(
+      f'The {kind} HSIC estimator needs n >= {need} rows; got {desc}.'
+    )
+  return n
+
+
+def _float_dtype(*arrays: Array) -> jnp.dtype:
+  return jnp.result_type(*[a.dtype for a in arrays], jnp.float32)
+
+
+# ---------------------------------------------------------------------------
+# Numerically careful building blocks.
+# ---------------------------------------------------------------------------
+
+
+def _dot(a: Array, b: Array) -> Array:
+  return jnp.matmul(a, b, precision=_PRECISION)
+
+
+def _center(x: Array) -> Array:
+  """Column-centers `[n, d]`, subtracting the first row before summing."""
+  z = x - x[:1]
+  return z - jnp.mean(z, axis=0, keepdims=True)
+
+
+def _normalize(xc: Array) -> Array:
+  """Rescales to unit mean square; an all-zero input stays all-zero."""
+  ms = jnp.mean(jnp.square(xc))
+  return xc * jax.lax.rsqrt(jnp.where(ms > 0, ms, jnp.ones_like(ms)))
+
+
+def _zero_diag(g: Array) -> Array:
+  n = g.shape[-1]
+  return jnp.where(jnp.eye(n, dtype=bool), jnp.zeros((), g.dtype), g)
+
+
+def _safe_ratio(num: Array, den: Array) -> Array:
+  """`num / den`, NaN (never inf or a finite number) where `den == 0`."""
+  nan = jnp.asarray(jnp.nan, num.dtype)
+  return jnp.where(den == 0, nan, num / jnp.where(den == 0, 1, den))
+
+
+def _hsic_from_terms(
+  t: Array,
+  row_sq_a: Array,
+  row_sq_b: Array,
+  n: int,
+  unbiased: bool,
+) -> Array:
+  """HSIC of two column-centered linear kernels from `t` and their diagonals.
+
+  Args:
+    t: `Σ_ij K_ij L_ij` (biased) or `Σ_{i≠j} K_ij L_ij` (unbiased); any
+      leading batch shape `[...]`.
+    row_sq_a: `diag(K)`, `[..., n]`.
+    row_sq_b: `diag(L)`, `[..., n]`.
+    n: number of examples.
+    unbiased: which estimator.
+
+  Returns:
+    HSIC, shape `[...]`.
+  """
+  n = float(n)  # Python ints beyond int32 would overflow when traced.
+  if not unbiased:
+    return t / (n - 1) ** 2
+  s_a = jnp.sum(row_sq_a, axis=-1)
+  s_b = jnp.sum(row_sq_b, axis=-1)
+  kl = jnp.sum(row_sq_a * row_sq_b, axis=-1)
+  num = t + s_a * s_b / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * kl
+  return num / (n * (n - 3))
+
+
+def _cka_from_hsic(h_xy: Array, h_xx: Array, h_yy: Array) -> Array:
+  # sqrt of each factor separately: the product can overflow in float32.
+  return _safe_ratio(h_xy, jnp.sqrt(h_xx) * jnp.sqrt(h_yy))
+
+
+# ---------------------------------------------------------------------------
+# Kernels and HSIC on Gram matrices.
+# ---------------------------------------------------------------------------
+
+
+def gram_linear(x: ArrayLike) -> Array:
+  """Linear-kernel Gram matrix `x xᵀ` (not centered; see `center_gram`).
+
+  Args:
+    x: `[n, ...]`, flattened to `[n, d]`.
+
+  Returns:
+    `[n, n]` Gram matrix, dtype at least float32.
+
+  Raises:
+    ValueError: `x` is a scalar or has zero features.
+  """
+  x = _as_matrix(x, 'x')
+  x = x.astype(_float_dtype(x))
+  return _dot(x, x.T)
+
+
+def gram_rbf(x: ArrayLike, *, sigma_frac: float = 0.8) -> Array:
+  """RBF-kernel Gram matrix with the median heuristic for the bandwidth.
+
+  `K_ij = exp(-‖x_i - x_j‖² / (2 σ²))` with `σ = sigma_frac · median_{i<j}
+  ‖x_i - x_j‖` (Kornblith et al., 2019, sec. 3; their code takes the median
+  of squared distances over all `n²` entries including the zero diagonal;
+  here the median is over distinct pairs, so duplicates of an example do
+  not shrink the bandwidth).
+
+  Policy: if the median pairwise distance is zero (a constant input, or
+  more than half of the pairs coincide) the whole matrix is NaN; non-finite
+  inputs propagate NaN. Cost `O(n² d + n² log n)`, memory `O(n²)`.
+
+  Args:
+    x: `[n, ...]`, flattened to `[n, d]`; `n >= 2`.
+    sigma_frac: bandwidth as a fraction of the median distance.
+
+  Returns:
+    `[n, n]` Gram matrix, dtype at least float32.
+
+  Raises:
+    ValueError: `n < 2`, a scalar, or zero features.
+  """
+  x = _as_matrix(x, 'x')
+  n = _check_rows({'x': x.shape}, unbiased=False)
+  x = _center(x.astype(_float_dtype(x)))  # Distances are shift invariant.
+  sq = jnp.sum(x * x, axis=1)
+  d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2 * _dot(x, x.T), 0)
+  d2 = _zero_diag(d2)
+  # Median over the n(n-1) off-diagonal entries: each pair appears twice,
+  # which leaves the median unchanged. The diagonal is moved to the end of
+  # the sort with +inf (NaNs from non-finite inputs sort after it).
+  m = n * (n - 1)
+  dist = jnp.sqrt(d2)
+  off = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, dist).reshape(-1)
+  srt = jnp.sort(off)
+  median = 0.5 * (srt[m // 2 - 1] + srt[m // 2])
+  two_var = 2 * jnp.square(sigma_frac * median)
+  k = jnp.exp(-d2 / jnp.where(two_var > 0, two_var, 1))
+  return jnp.where(two_var > 0, k, jnp.nan)
+
+
+def center_gram(k: ArrayLike, *, unbiased: bool = False) -> Array:
+  """Centers a symmetric Gram matrix.
+
+  Biased: `H K H` with `H = I - 11ᵀ/n`. Unbiased: the U-centering of
+  Székely & Rizzo (2014, "Partial distance correlation", sec. 4.1), for
+  which `⟨U(K), U(L)⟩_F / (n(n-3))` equals Song et al.'s unbiased HSIC::
+
+    U(K)_ij = K_ij - r_i/(n-2) - r_j/(n-2) + S/((n-1)(n-2)),  i ≠ j,
+    U(K)_ii = 0,
+
+  where `r` are the row sums and `S` the total sum of `K` with its diagonal
+  set to zero.
+
+  Args:
+    k: `[n, n]` symmetric kernel matrix (`[..., n, n]` via `vmap`).
+    unbiased: U-centering (needs `n >= 3`) instead of `H K H` (`n >= 2`).
+
+  Returns:
+    `[n, n]` centered matrix, dtype at least float32.
+
+  Raises:
+    ValueError: `k` is not square, or `n` is too small.
+  """
+  k = jnp.asarray(k)
+  if k.ndim != 2 or k.shape[0] != k.shape[1]:
+    raise ValueError(
+      f'center_gram needs a square [n, n] matrix; got {k.shape}.'
+    )
+  n = k.shape[0]
+  need = 3 if unbiased else 2
+  if n < need:
+    raise ValueError(
+      f'center_gram(unbiased={unbiased}) needs n >= {need}; got k {k.shape}.'
+    )
+  k = k.astype(_float_dtype(k))
+  if not unbiased:
+    row = jnp.mean(k, axis=1, keepdims=True)
+    col = jnp.mean(k, axis=0, keepdims=True)
+    return k - row - col + jnp.mean(row)
+  k = _zero_diag(k)
+  row = jnp.sum(k, axis=1, keepdims=True)
+  col = jnp.sum(k, axis=0, keepdims=True)
+  total = jnp.sum(row)
+  u = k - row / (n - 2) - col / (n - 2) + total / float((n - 1) * (n - 2))
+  return _zero_diag(u)
+
+
+def hsic(
+  k: ArrayLike,
+  l: ArrayLike,  # noqa: E741
+  *,
+  unbiased: bool = False,
+) -> Array:
+  """Hilbert-Schmidt independence criterion of two kernel matrices.
+
+  Biased: `tr(K H L H) / (n - 1)²` (Gretton et al., 2005). Unbiased: Song et
+  al. (2012), computed as `⟨U(K), U(L)⟩_F / (n(n-3))` (see `center_gram`).
+
+  Args:
+    k: `[n, n]` symmetric kernel matrix (not centered).
+    l: `[n, n]` symmetric kernel matrix (not centered).
+    unbiased: use the unbiased estimator (needs `n >= 4`).
+
+  Kernels of raw features with a large common offset have huge entries that
+  carry the offset, which costs float32 precision before any centering can
+  happen; prefer `linear_cka`, which centers the features first.
+
+  Returns:
+    Scalar HSIC estimate. NaN/inf in a kernel propagates.
+
+  Raises:
+    ValueError: shapes differ, are not square, or `n` is too small.
+  """
+  k, l = jnp.asarray(k), jnp.asarray(l)  # noqa: E741
+  if k.shape != l.shape or k.ndim != 2 or k.shape[0] != k.shape[1]:
+    raise ValueError(
+      f'hsic needs two [n, n] matrices of equal shape; got k {k.shape}, '
+      f'l {l.shape}.'
+    )
+  n = _check_rows({'k': k.shape, 'l': l.shape}, unbiased)
+  kc = center_gram(k, unbiased=unbiased)
+  lc = center_gram(l, unbiased=unbiased)
+  norm = float(n * (n - 3) if unbiased else (n - 1) ** 2)
+  return jnp.sum(kc * lc.astype(kc.dtype)) / norm
+
+
+# ---------------------------------------------------------------------------
+# Linear CKA: one reference against one or many candidates.
+# ---------------------------------------------------------------------------
+
+
+def _num_blocks(size: int, min_size: int) -> int:
+  """Blocks to split a symmetric product's `size` x `size` output into."""
+  return max(1, min(_MAX_BLOCKS, size // min_size))
+
+
+def _sym_fraction(size: int, min_size: int) -> float:
+  """Share of a symmetric product's multiply-adds the blocked form does."""
+  b = _num_blocks(size, min_size)
+  return (b + 1) / (2 * b)
+
+
+def _sym_pairs(b: int) -> list[tuple[int, int, float]]:
+  """Upper-triangle block pairs `(i, j, weight)`: off-diagonal counts 2x."""
+  return [(i, j, 1.0 if i == j else 2.0) for i in range(b) for j in range(i, b)]
+
+
+def _split(size: int, b: int) -> list[slice]:
+  edges = [size * i // b for i in range(b + 1)]
+  return [slice(lo, hi) for lo, hi in itertools.pairwise(edges)]
+
+
+def _gram_blocks(z: Array, unbiased: bool) -> tuple[Array, ...]:
+  """Upper-triangle row blocks `K_ij = z_i z_jᵀ` of the Gram `z zᵀ`.
+
+  Only `b(b+1)/2` of the `b²` blocks are formed (a SYRK-like saving; XLA has
+  no symmetric product). With `unbiased`, diagonal blocks get a zero
+  diagonal so that sums run over `i ≠ j` without cancellation.
+  """
+  b = _num_blocks(z.shape[0], _MIN_ROWS)
+  parts = [z[s] for s in _split(z.shape[0], b)]
+  out = []
+  for i, j, _ in _sym_pairs(b):
+    g = _dot(parts[i], parts[j].T)
+    out.append(_zero_diag(g) if unbiased and i == j else g)
+  return tuple(out)
+
+
+def _blocks_inner(n: int, a: Sequence[Array], b: Sequence[Array]) -> Array:
+  """`⟨K, L⟩_F` from matching upper-triangle blocks of symmetric `[n, n]`."""
+  pairs = _sym_pairs(_num_blocks(n, _MIN_ROWS))
+  return sum(w * jnp.sum(ga * gb) for (_, _, w), ga, gb in zip(pairs, a, b))
+
+
+def _feature_self(z: Array) -> Array:
+  """`‖zᵀz‖²_F` from upper-triangle column blocks `z_iᵀ z_j`."""
+  b = _num_blocks(z.shape[1], _MIN_COLS)
+  parts = [z[:, s] for s in _split(z.shape[1], b)]
+  return sum(
+    w * jnp.sum(jnp.square(_dot(parts[i].T, parts[j])))
+    for i, j, w in _sym_pairs(b)
+  )
+
+
+class _Plan(NamedTuple):
+  x: str  # Reference side: 'feature' | 'blocks' | 'gram' (full n x n).
+  y: str  # Candidate side, likewise.
+  cross: str  # 'feature' | 'blocks' | 'gram_x' (tr YᵀKY) | 'gram_y'.
+
+
+def _costs(n: int, dx: int, dy: int, plan: _Plan) -> tuple[float, float]:
+  """Multiply-adds of the reference side and of one candidate (+ cross).
+
+  `n d²` (times the symmetric saving) for a feature-space side, `n² d` for
+  a Gram side, `n dx dy` for the feature-space cross term, `n² d` for
+  `tr(Yᵀ K Y)`, plus a weight for memory-bound `n x n` elementwise passes.
+  """
+  e = _ELEMENTWISE_COST * n * n
+  side = {
+    'feature': lambda d: n * d * d * _sym_fraction(d, _MIN_COLS),
+    'blocks': lambda d: n * n * d * _sym_fraction(n, _MIN_ROWS) + e,
+    'gram': lambda d: n * n * d + e,
+  }
+  cross = {
+    'feature': n * dx * dy,
+    'blocks': e,
+    'gram_x': n * n * dy,
+    'gram_y': n * n * dx,
+  }
+  return side[plan.x](dx), side[plan.y](dy) + cross[plan.cross]
+
+
+def _plan(n: int, dx: int, dy: int, num_y: int, form: Form) -> _Plan:
+  """Chooses the form of each side and of the cross term by cost.
+
+  The reference side is paid once, the candidate side and the cross term
+  `num_y` times (see `_costs`).
+  """
+  if form == 'feature':
+    return _Plan('feature', 'feature', 'feature')
+  if form == 'gram':
+    return _Plan('blocks', 'blocks', 'blocks')
+  if form != 'auto':
+    raise ValueError(f"form must be 'auto', 'feature' or 'gram'; got {form!r}.")
+  options = [
+    _Plan('feature', 'feature', 'feature'),
+    _Plan('blocks', 'blocks', 'blocks'),
+    _Plan('gram', 'feature', 'gram_x'),
+    _Plan('feature', 'gram', 'gram_y'),
+    _Plan('blocks', 'feature', 'feature'),
+    _Plan('feature', 'blocks', 'feature'),
+  ]
+
+  def total(plan):
+    ref, cand = _costs(n, dx, dy, plan)
+    return ref + num_y * cand
+
+  return min(options, key=total)
+
+
+class _Side(NamedTuple):
+  xc: Array  # [n, d] centered, unit mean square.
+  row_sq: Array  # [n] diag of the Gram.
+  gram: Array | tuple[Array, ...] | None  # Full Gram, its blocks, or None.
+  t_self: Array  # Σ_ij K_ij² (biased) or Σ_{i≠j} K_ij² (unbiased).
+
+
+def _side(x: Array, *, form: str, unbiased: bool) -> _Side:
+  """Centers, rescales and computes the self term in the given form."""
+  xc = _normalize(_center(x))
+  row_sq = jnp.sum(xc * xc, axis=1)
+  if form == 'gram':
+    g = _dot(xc, xc.T)
+    g = _zero_diag(g) if unbiased else g
+    return _Side(xc, row_sq, g, jnp.sum(g * g))
+  if form == 'blocks':
+    g = _gram_blocks(xc, unbiased)
+    return _Side(xc, row_sq, g, _blocks_inner(xc.shape[0], g, g))
+  t = _feature_self(xc)
+  if unbiased:
+    t = t - jnp.sum(row_sq * row_sq)
+  return _Side(xc, row_sq, None, t)
+
+
+def _cross_term(a: _Side, b: _Side, how: str, unbiased: bool) -> Array:
+  """`Σ K_ij L_ij` (biased) or `Σ_{i≠j} K_ij L_ij` (unbiased)."""
+  if how == 'blocks':
+    return _blocks_inner(a.xc.shape[0], a.gram, b.gram)
+  if how == 'gram_x':  # tr(Yᵀ K Y) = Σ_ij K_ij L_ij; K̃ excludes i = j.
+    return jnp.sum(b.xc * _dot(a.gram, b.xc))
+  if how == 'gram_y':
+    return jnp.sum(a.xc * _dot(b.gram, a.xc))
+  # ‖XᵀY‖²_F by column blocks of Y: same flops as one product, but XLA's CPU
+  # matmul runs markedly faster on the narrower outputs (and the squares are
+  # summed while a block is still in cache).
+  d = b.xc.shape[1]
+  t = sum(
+    jnp.sum(jnp.square(_dot(a.xc.T, b.xc[:, s])))
+    for s in _split(d, _num_blocks(d, _MIN_COLS))
+  )
+  if unbiased:
+    t = t - jnp.sum(a.row_sq * b.row_sq)
+  return t
+
+
+def _cka_against(
+  ref: _Side, h_ref: Array, y: Array, plan: _Plan, n: int, unbiased: bool
+) -> Array:
+  cand = _side(y, form=plan.y, unbiased=unbiased)
+  t = _cross_term(ref, cand, plan.cross, unbiased)
+  h_xy = _hsic_from_terms(t, ref.row_sq, cand.row_sq, n, unbiased)
+  h_yy = _hsic_from_terms(cand.t_self, cand.row_sq, cand.row_sq, n, unbiased)
+  return _cka_from_hsic(h_xy, h_ref, h_yy)
+
+
+def linear_cka(
+  x: ArrayLike,
+  y: ArrayLike,
+  *,
+  debiased: bool = False,
+  form: Form = 'auto',
+) -> Array:
+  """Linear CKA between two representations of the same `n` examples.
+
+  Columns are centered first; the feature-space or Gram form is chosen by
+  a flop count (feature space once `n` exceeds the widths enough: for equal
+  widths `d` at about `n > 1.8 d`, since it needs three `d x d` products
+  against the Gram form's two symmetric `n x n` ones), see the module
+  docstring.
+
+  Policy (see module docstring): mismatched rows, `n < 2` (`n < 4` if
+  `debiased`) or zero features raise `ValueError`; a constant input gives
+  NaN; NaN/inf inputs give NaN. Use `validate` for eager errors.
+
+  Args:
+    x: `[n, ...]`, flattened to `[n, dx]`.
+    y: `[n, ...]`, flattened to `[n, dy]`.
+    debiased: use the unbiased HSIC estimator (Song et al., 2012) as in
+      Nguyen et al. (2021); default is the papers' biased estimator.
+    form: `'auto'`, or force `'feature'` (`O(n d²)`) or `'gram'`
+      (`O(n² d)`); all give the same value up to rounding.
+
+  Returns:
+    Scalar CKA, dtype float32 (float64 for float64 inputs under x64).
+  """
+  x, y = _as_matrix(x, 'x'), _as_matrix(y, 'y')
+  n = _check_rows({'x': x.shape, 'y': y.shape}, debiased)
+  dtype = _float_dtype(x, y)
+  x, y = x.astype(dtype), y.astype(dtype)
+  plan = _plan(n, x.shape[1], y.shape[1], 1, form)
+  ref = _side(x, form=plan.x, unbiased=debiased)
+  h_xx = _hsic_from_terms(ref.t_self, ref.row_sq, ref.row_sq, n, debiased)
+  return _cka_against(ref, h_xx, y, plan, n, debiased)
+
+
+def linear_cka_one_to_many(
+  ref: ArrayLike,
+  candidates: ArrayLike,
+  *,
+  debiased: bool = False,
+  form: Form = 'auto',
+) -> Array:
+  """Linear CKA of one reference against `k` candidates (for pruning).
+
+  The reference side (centering, scaling, `‖XᵀX‖_F` or its Gram) is
+  computed once; the form for each side is chosen by total flop count over
+  all candidates. Candidates that each need enough work (≥ 2e7
+  multiply-adds) are processed one at a time with `lax.map` (faster on CPU
+  than batched matmuls, and memory stays at one candidate's working set);
+  small ones are vectorized with `vmap`, in chunks when the working set
+  would exceed ~1 GiB. Equal to `[linear_cka(ref, c) for c in candidates]`
+  up to rounding.
+
+  Policy: as `linear_cka`, per candidate (a constant candidate gives NaN in
+  its slot only; a constant reference makes every slot NaN).
+
+  Args:
+    ref: `[n, ...]`, flattened to `[n, d]`.
+    candidates: `[k, n, ...]`, each flattened to `[n, d2]`.
+    debiased: unbiased HSIC estimator (see `linear_cka`).
+    form: `'auto'`, `'feature'` or `'gram'` (see `linear_cka`).
+
+  Returns:
+    `[k]` CKA values.
+  """
+  x = _as_matrix(ref, 'ref')
+  cands = jnp.asarray(candidates)
+  if cands.ndim < 2:
+    raise ValueError(
+      f'candidates must have shape [k, n, ...]; got {cands.shape}.'
+    )
+  num = cands.shape[0]
+  cands = cands.reshape(num, cands.shape[1], -1)
+  if cands.shape[2] == 0:
+    raise ValueError(f'candidates {cands.shape} have zero features.')
+  n = _check_rows({'ref': x.shape, 'candidates[i]': cands.shape[1:]}, debiased)
+  dtype = _float_dtype(x, cands)
+  x, cands = x.astype(dtype), cands.astype(dtype)
+  dx, dy = x.shape[1], cands.shape[2]
+  plan = _plan(n, dx, dy, num, form)
+  side = _side(x, form=plan.x, unbiased=debiased)
+  h_xx = _hsic_from_terms(side.t_self, side.row_sq, side.row_sq, n, debiased)
+  one = functools.partial(
+    _cka_against, side, h_xx, plan=plan, n=n, unbiased=debiased
+  )
+  if _costs(n, dx, dy, plan)[1] >= _SEQUENTIAL_MACS:
+    # Enough work per candidate to keep the machine busy: one candidate at a
+    # time (XLA's CPU batched matmuls are markedly slower than a sequence
+    # of plain ones, and memory stays at one candidate's working set).
+    return jax.lax.map(one, cands)
+  # Small candidates: vectorize, chunked if the working set gets large.
+  per = 2 * n * dy + (2 * n * n if plan.y != 'feature' else dy * dy)
+  per += dx * dy if plan.cross == 'feature' else 0
+  per *= jnp.dtype(dtype).itemsize
+  chunk = max(1, _CHUNK_BYTES // per)
+  if num == 0 or chunk >= num:
+    return jax.vmap(one)(cands)
+  return jax.lax.map(one, cands, batch_size=chunk)
+
+
+# ---------------------------------------------------------------------------
+# RBF CKA.
+# ---------------------------------------------------------------------------
+
+
+def rbf_cka(
+  x: ArrayLike,
+  y: ArrayLike,
+  *,
+  sigma_frac: float = 0.8,
+  debiased: bool = False,
+) -> Array:
+  """CKA with RBF kernels and the median-distance bandwidth (`gram_rbf`).
+
+  Policy: as `linear_cka`; additionally NaN when an input's median
+  pairwise distance is zero. Cost `O(n² (dx + dy + log n))`.
+
+  Args:
+    x: `[n, ...]`, flattened to `[n, dx]`.
+    y: `[n, ...]`, flattened to `[n, dy]`.
+    sigma_frac: bandwidth as a fraction of the median pairwise distance.
+    debiased: unbiased HSIC estimator (needs `n >= 4`).
+
+  Returns:
+    Scalar CKA.
+  """
+  x, y = _as_matrix(x, 'x'), _as_matrix(y, 'y')
+  _check_rows({'x': x.shape, 'y': y.shape}, debiased)
+  dtype = _float_dtype(x, y)
+  kc = center_gram(
+    gram_rbf(x.astype(dtype), sigma_frac=sigma_frac), unbiased=debiased
+  )
+  lc = center_gram(
+    gram_rbf(y.astype(dtype), sigma_frac=sigma_frac), unbiased=debiased
+  )
+  # The estimator's normalization cancels in the ratio.
+  return _cka_from_hsic(jnp.sum(kc * lc), jnp.sum(kc * kc), jnp.sum(lc * lc))
+
+
+# ---------------------------------------------------------------------------
+# Many representations: matrices and minibatch accumulation.
+# ---------------------------------------------------------------------------
+
+
+def _segment_ids(widths: Sequence[int]) -> Array:
+  return jnp.repeat(
+    jnp.arange(len(widths)),
+    jnp.asarray(widths),
+    total_repeat_length=sum(widths),
+  )
+
+
+def _block_sq_sums(c: Array, wa: Sequence[int], wb: Sequence[int]) -> Array:
+  """`[Σa, Σb]` matrix -> `[len(wa), len(wb)]` sums of squares per block.
+
+  Segment sums, not one-hot matmuls: a NaN block must not leak into the
+  others through `NaN * 0`.
+  """
+  sq = jax.ops.segment_sum(c * c, _segment_ids(wa), num_segments=len(wa))
+  return jax.ops.segment_sum(sq.T, _segment_ids(wb), num_segments=len(wb)).T
+
+
+def _pair_terms(
+  xs: Sequence[Array],
+  ys: Sequence[Array] | None,
+  unbiased: bool,
+  form: Form,
+) -> tuple[Array, Array, Array]:
+  """Cross terms of centered representations, all pairs at once.
+
+  Args:
+    xs: `p` centered `[n, d_i]` arrays.
+    ys: `q` centered `[n, e_j]` arrays, or None for `ys = xs`.
+    unbiased: `Σ_{i≠j}` instead of `Σ_ij` (see `_hsic_from_terms`).
+    form: `'auto'`, `'feature'` or `'gram'`.
+
+  Returns:
+    `t` `[p, q]`, `t_xx` `[p]`, `t_yy` `[q]`.
+  """
+  same = ys is None
+  ys = xs if same else ys
+  n = xs[0].shape[0]
+  wx = [a.shape[1] for a in xs]
+  wy = [b.shape[1] for b in ys]
+  if form == 'auto':
+    feat = n * sum(wx) * sum(wy)
+    feat += 0 if same else n * (sum(w * w for w in wx) + sum(w * w for w in wy))
+    gram = n * n * (sum(wx) + (0 if same else sum(wy)))
+    gram += _ELEMENTWISE_COST * n * n * len(xs) * len(ys)
+    form = 'feature' if feat <= gram else 'gram'
+  if form == 'feature':
+    zx = jnp.concatenate(xs, axis=1)
+    zy = zx if same else jnp.concatenate(ys, axis=1)
+    t = _block_sq_sums(_dot(zx.T, zy), wx, wy)
+    if same:
+      t_xx = t_yy = jnp.diagonal(t)
+    else:
+      t_xx = jnp.stack([jnp.sum(jnp.square(_dot(a.T, a))) for a in xs])
+      t_yy = jnp.stack([jnp.sum(jnp.square(_dot(b.T, b))) for b in ys])
+    if unbiased:
+      rx = jnp.stack([jnp.sum(a * a, axis=1) for a in xs])
+      ry = rx if same else jnp.stack([jnp.sum(b * b, axis=1) for b in ys])
+      t = t - _dot(rx, ry.T)
+      t_xx = t_xx - jnp.sum(rx * rx, axis=1)
+      t_yy = t_yy - jnp.sum(ry * ry, axis=1)
+    return t, t_xx, t_yy
+  if form != 'gram':
+    raise ValueError(f"form must be 'auto', 'feature' or 'gram'; got {form!r}.")
+
+  def grams(zs):
+    g = jnp.stack([_dot(z, z.T) for z in zs])
+    return _zero_diag(g) if unbiased else g
+
+  gx = grams(xs)
+  gy = gx if same else grams(ys)
+  flat_x = gx.reshape(len(xs), -1)
+  flat_y = gy.reshape(len(ys), -1)
+  t = _dot(flat_x, flat_y.T)
+  if same:
+    return t, jnp.diagonal(t), jnp.diagonal(t)
+  return t, jnp.sum(flat_x * flat_x, axis=1), jnp.sum(flat_y * flat_y, axis=1)
+
+
+def _prepare_list(
+  reps: Sequence[ArrayLike], name: str, unbiased: bool
+) -> tuple[list[Array], int]:
+  if not isinstance(reps, (list, tuple)):
+    raise TypeError(
+      f'{name} must be a list or tuple of arrays [n, ...] (one per '
+      f'representation); got {type(reps).__name__}.'
+    )
+  if not reps:
+    raise ValueError(f'{name} is empty.')
+  mats = [_as_matrix(r, f'{name}[{i}]') for i, r in enumerate(reps)]
+  n = _check_rows(
+    {f'{name}[{i}]': m.shape for i, m in enumerate(mats)}, unbiased
+  )
+  return mats, n
+
+
+def cka_matrix(
+  reps: Sequence[ArrayLike],
+  *,
+  debiased: bool = False,
+  form: Form = 'auto',
+) -> Array:
+  """Linear CKA between every pair of `m` representations (full batch).
+
+  Representations may have different widths. Feature form computes one
+  `ZᵀZ` of the concatenation `Z = [X_1 ... X_m]` (`O(n D²)`, `D = Σ d_i`);
+  Gram form keeps all `m` Gram matrices (`O(n² D)` time, `O(m n²)` memory).
+
+  Policy: as `linear_cka`; a constant representation gives NaN in its row
+  and column only.
+
+  Args:
+    reps: list of `m` arrays `[n, ...]` (each flattened to `[n, d_i]`).
+    debiased: unbiased HSIC estimator (see `linear_cka`).
+    form: `'auto'`, `'feature'` or `'gram'`.
+
+  Returns:
+    `[m, m]` symmetric CKA matrix; entry `(i, j)` equals
+    `linear_cka(reps[i], reps[j])` up to rounding.
+  """
+  mats, n = _prepare_list(reps, 'reps', debiased)
+  dtype = _float_dtype(*mats)
+  xs = [_normalize(_center(m.astype(dtype))) for m in mats]
+  t, t_diag, _ = _pair_terms(xs, None, debiased, form)
+  rs = jnp.stack([jnp.sum(a * a, axis=1) for a in xs])
+  h = _hsic_from_terms(t, rs[:, None, :], rs[None, :, :], n, debiased)
+  h_diag = _hsic_from_terms(t_diag, rs, rs, n, debiased)
+  return _cka_from_hsic(h, h_diag[:, None], h_diag[None, :])
+
+
+class MinibatchCKAState(NamedTuple):
+  """Running sums for minibatch CKA (Nguyen, Raghu & Kornblith, 2021).
+
+  A pytree of arrays, so it can be carried through `jax.lax.scan`, passed
+  through `jit`, or sharded like any other state.
+
+  Attributes:
+    hsic_xy: `[p, q]` sum over batches of unbiased `HSIC(K_i, L_j)`.
+    hsic_xx: `[p]` sum over batches of unbiased `HSIC(K_i, K_i)`.
+    hsic_yy: `[q]` sum over batches of unbiased `HSIC(L_j, L_j)`.
+    num_batches: `[]` int32 number of batches seen.
+  """
+
+  hsic_xy: Array
+  hsic_xx: Array
+  hsic_yy: Array
+  num_batches: Array
+
+
+def minibatch_cka_init(
+  num_x: int, num_y: int | None = None, *, dtype: jnp.dtype = jnp.float32
+) -> MinibatchCKAState:
+  """Empty accumulator for `num_x x num_y` layer pairs.
+
+  Args:
+    num_x: number of representations on the x side (`p`).
+    num_y: number on the y side (`q`); defaults to `num_x` (self-comparison,
+      use `ys=None` in `minibatch_cka_update`).
+    dtype: accumulation dtype (`jnp.float64` needs x64).
+
+  Returns:
+    A zeroed `MinibatchCKAState`.
+  """
+  num_y = num_x if num_y is None else num_y
+  return MinibatchCKAState(
+    hsic_xy=jnp.zeros((num_x, num_y), dtype),
+    hsic_xx=jnp.zeros((num_x,), dtype),
+    hsic_yy=jnp.zeros((num_y,), dtype),
+    num_batches=jnp.zeros((), jnp.int32),
+  )
+
+
+def minibatch_cka_update(
+  state: MinibatchCKAState,
+  xs: Sequence[ArrayLike],
+  ys: Sequence[ArrayLike] | None = None,
+  *,
+  form: Form = 'auto',
+) -> MinibatchCKAState:
+  """Adds one batch: unbiased HSIC of every layer pair on this batch.
+
+  Each batch contributes Song et al.'s unbiased HSIC computed on that batch
+  alone, so the final ratio (`minibatch_cka_result`) is Nguyen et al.'s
+  minibatch CKA. It is NOT the full-data debiased CKA unless there is a
+  single batch: averaging per-batch estimates drops all cross-batch pairs.
+  The unbiased estimator is invariant to centering, so each batch is
+  centered on its own (for accuracy) without changing the estimate.
+
+  Policy: shape errors raise `ValueError` (batch size `b < 4`, mismatched
+  rows, wrong number of layers); non-finite values propagate NaN into the
+  affected sums; constant layers make `minibatch_cka_result` NaN for them.
+
+  Args:
+    state: accumulator from `minibatch_cka_init`.
+    xs: `p` arrays `[b, ...]` (one per layer, widths may differ).
+    ys: `q` arrays `[b, ...]`, or None to compare `xs` with itself (each
+      Gram computed once).
+    form: `'auto'`, `'feature'` or `'gram'` (per-batch computation).
+
+  Returns:
+    The updated state (same structure and dtypes).
+  """
+  p, q = state.hsic_xx.shape[0], state.hsic_yy.shape[0]
+  mx, b = _prepare_list(xs, 'xs', unbiased=True)
+  if ys is None:
+    my = None
+    if p != q:
+      raise ValueError(
+        f'ys=None needs a square state; got state for {p} x {q} layers.'
+      )
+  else:
+    my, by = _prepare_list(ys, 'ys', unbiased=True)
+    if by != b:
+      raise ValueError(f'xs and ys batches differ in rows: {b} vs {by}.')
+  if len(mx) != p or (my is not None and len(my) != q):
+    raise ValueError(
+      f'State holds {p} x {q} layers; got {len(mx)} xs and '
+      f'{len(my) if my is not None else len(mx)} ys.'
+    )
+  dtype = _float_dtype(*mx, *(my or []))
+  cx = [_center(m.astype(dtype)) for m in mx]
+  cy = None if my is None else [_center(m.astype(dtype)) for m in my]
+  t, t_xx, t_yy = _pair_terms(cx, cy, True, form)
+  rx = jnp.stack([jnp.sum(a * a, axis=1) for a in cx])
+  ry = rx if cy is None else jnp.stack([jnp.sum(a * a, axis=1) for a in cy])
+  h = _hsic_from_terms(t, rx[:, None, :], ry[None, :, :], b, True)
+  h_xx = _hsic_from_terms(t_xx, rx, rx, b, True)
+  h_yy = _hsic_from_terms(t_yy, ry, ry, b, True)
+  acc = state.hsic_xy.dtype
+  return MinibatchCKAState(
+    hsic_xy=state.hsic_xy + h.astype(acc),
+    hsic_xx=state.hsic_xx + h_xx.astype(acc),
+    hsic_yy=state.hsic_yy + h_yy.astype(acc),
+    num_batches=state.num_batches + 1,
+  )
+
+
+def minibatch_cka_result(state: MinibatchCKAState) -> Array:
+  """Minibatch CKA `Σ_b HSIC_xy / sqrt(Σ_b HSIC_xx · Σ_b HSIC_yy)`.
+
+  Equals the ratio of per-batch average unbiased HSICs (the `1/B` factors
+  cancel). NaN where a denominator is zero (constant layer, or no batches
+  yet) or negative (a degenerate estimate).
+
+  Args:
+    state: accumulator after one or more `minibatch_cka_update` calls.
+
+  Returns:
+    `[p, q]` CKA matrix.
+  """
+  return _cka_from_hsic(
+    state.hsic_xy, state.hsic_xx[:, None], state.hsic_yy[None, :]
+  )
+
+
+def minibatch_cka_matrix(
+  reps: Sequence[ArrayLike], *, form: Form = 'auto'
+) -> Array:
+  """Minibatch CKA between all pairs of `m` batched representations.
+
+  Runs `minibatch_cka_update` over the leading (batch index) axis with
+  `jax.lax.scan`.
+
+  Args:
+    reps: list of `m` arrays `[num_batches, b, ...]`, widths may differ.
+    form: `'auto'`, `'feature'` or `'gram'`.
+
+  Returns:
+    `[m, m]` minibatch CKA matrix.
+  """
+  if not isinstance(reps, (list, tuple)) or not reps:
+    raise TypeError(
+      'reps must be a non-empty list of [num_batches, b, ...] arrays.'
+    )
+  reps = [jnp.asarray(r) for r in reps]
+  shapes = {tuple(r.shape[:2]) for r in reps}
+  if any(r.ndim < 2 for r in reps) or len(shapes) != 1:
+    raise ValueError(
+      'reps must share [num_batches, b, ...] leading dims; got '
+      f'{[tuple(r.shape) for r in reps]}.'
+    )
+  dtype = _float_dtype(*reps)
+  state = minibatch_cka_init(len(reps), dtype=dtype)
+
+  def step(s, batch):
+    return minibatch_cka_update(s, list(batch), form=form), None
+
+  state, _ = jax.lax.scan(step, state, tuple(reps))
+  return minibatch_cka_result(state)
+
+
+# ---------------------------------------------------------------------------
+# Eager validation.
+# ---------------------------------------------------------------------------
+
+
+def validate(
+  x: ArrayLike,
+  y: ArrayLike | Sequence[ArrayLike] | None = None,
+  *,
+  debiased: bool = False,
+) -> None:
+  """Raises `ValueError` for inputs on which CKA is undefined.
+
+  Checks shapes (as the CKA functions do) and, on concrete arrays, values:
+  non-finite entries and constant inputs. Under `jit` (tracers) only the
+  shape checks run, and the CKA functions return NaN for bad values.
+
+  Args:
+    x: `[n, ...]` representation.
+    y: optional `[n, ...]` representation, or a sequence of them (e.g.
+      `list(candidates)`).
+    debiased: check `n` against the unbiased estimator's minimum (4).
+
+  Raises:
+    ValueError: naming the problem and the fix.
+  """
+  if y is None:
+    ys = []
+  elif isinstance(y, (list, tuple)):
+    ys = list(y)
+  else:
+    ys = [y]
+  named = {'x': _as_matrix(x, 'x')}
+  for i, a in enumerate(ys):
+    named['y' if len(ys) == 1 else f'y[{i}]'] = _as_matrix(a, 'y')
+  _check_rows({k: v.shape for k, v in named.items()}, debiased)
+  for name, a in named.items():
+    try:
+      bad = int(jnp.size(a) - jnp.count_nonzero(jnp.isfinite(a)))
+      constant = bool(jnp.all(a == a[:1]))
+    except jax.errors.ConcretizationTypeError:
+      continue  # Traced: values are unknown; see the NaN policy.
+    if bad:
+      raise ValueError(
+        f'{name} {tuple(a.shape)} has {bad} non-finite value(s) (NaN/inf); '
+        'CKA would be NaN. Fix: find where they arise (overflow, log of 0, '
+        'diverged training) or drop the affected rows from every input.'
+      )
+    if constant:
+      raise ValueError(
+        f'{name} {tuple(a.shape)} is constant over all {a.shape[0]} rows '
+        '(zero variance in every feature), so CKA is 0/0 and undefined. '
+        'Fix: exclude this representation (e.g. a dead ReLU layer or '
+        'collapsed features) or use more varied examples.'
+      )

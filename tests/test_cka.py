@@ -1,0 +1,711 @@
+"""Tests for `lpjax.cka` against an independent float64 NumPy oracle.
+
+The oracle below is written from the papers' formulas, not from the module:
+HSIC with the explicit centering matrix `H = I - 11ᵀ/n` (Gretton et al.,
+2005), the unbiased HSIC of Song et al. (2012, eq. 5) term by term, and the
+RBF kernel with the median-distance bandwidth (Kornblith et al., 2019; the
+median is taken over distinct pairs, as `lpjax.cka.gram_rbf` documents).
+"""
+
+import functools
+import subprocess
+import sys
+from pathlib import Path
+
+import chex
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+
+from lpjax import cka
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+X64 = functools.partial(jax.enable_x64, True)
+F64_TOL = 1e-6
+F32_TOL = 1e-5
+
+# Module-level jitted entry points: compiles are shared between tests that
+# use the same shapes (eager first calls cost ~3x a jit compile).
+jit_linear = jax.jit(cka.linear_cka, static_argnames=('debiased', 'form'))
+jit_rbf = jax.jit(cka.rbf_cka, static_argnames=('debiased', 'sigma_frac'))
+jit_many = jax.jit(cka.linear_cka_one_to_many, static_argnames=('debiased',))
+
+# ---------------------------------------------------------------------------
+# Oracle (float64 NumPy, from the formulas).
+# ---------------------------------------------------------------------------
+
+
+def np_hsic_biased(k, l):  # noqa: E741
+  n = k.shape[0]
+  h = np.eye(n) - np.ones((n, n)) / n
+  return np.trace(k @ h @ l @ h) / (n - 1) ** 2
+
+
+def np_hsic_unbiased(k, l):  # noqa: E741
+  """Song et al. (2012), eq. 5."""
+  n = k.shape[0]
+  kt = k.copy()
+  lt = l.copy()
+  np.fill_diagonal(kt, 0.0)
+  np.fill_diagonal(lt, 0.0)
+  one = np.ones(n)
+  term1 = np.trace(kt @ lt)
+  term2 = (one @ kt @ one) * (one @ lt @ one) / ((n - 1) * (n - 2))
+  term3 = 2.0 / (n - 2) * (one @ kt @ lt @ one)
+  return (term1 + term2 - term3) / (n * (n - 3))
+
+
+def np_gram_linear(x):
+  x = np.asarray(x, np.float64).reshape(len(x), -1)
+  return x @ x.T
+
+
+def np_gram_rbf(x, sigma_frac=0.8):
+  x = np.asarray(x, np.float64).reshape(len(x), -1)
+  d2 = np.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=-1)
+  median = np.median(np.sqrt(d2[np.triu_indices(len(x), 1)]))
+  return np.exp(-d2 / (2 * (sigma_frac * median) ** 2))
+
+
+def np_cka(k, l, unbiased=False):  # noqa: E741
+  h = np_hsic_unbiased if unbiased else np_hsic_biased
+  return h(k, l) / np.sqrt(h(k, k) * h(l, l))
+
+
+def np_center_columns(x):
+  x = np.asarray(x, np.float64).reshape(len(x), -1)
+  return x - x.mean(axis=0)
+
+
+def np_linear_cka(x, y, unbiased=False, center=True):
+  """Linear CKA from Gram matrices; `center` translates the features first.
+
+  Both estimators are invariant to translating the features (`H` removes
+  it; the U-statistic only sees differences), which
+  `test_oracle_translation_invariance` checks on the raw formulas. Centering
+  first only keeps the float64 oracle accurate when a large offset makes
+  `K`'s entries huge (1e4 x the signal for the ReLU + 100 data).
+  """
+  if center:
+    x, y = np_center_columns(x), np_center_columns(y)
+  return np_cka(np_gram_linear(x), np_gram_linear(y), unbiased)
+
+
+def np_rbf_cka(x, y, unbiased=False, sigma_frac=0.8):
+  return np_cka(
+    np_gram_rbf(x, sigma_frac), np_gram_rbf(y, sigma_frac), unbiased
+  )
+
+
+# ---------------------------------------------------------------------------
+# Data.
+# ---------------------------------------------------------------------------
+
+KINDS = ('gaussian', 'low_rank', 'student_t', 'relu_offset')
+
+
+def make_pair(kind, n, dx, dy, seed=0):
+  """Two correlated representations `[n, dx]`, `[n, dy]` (float64)."""
+  rng = np.random.default_rng(seed)
+  if kind == 'low_rank':
+    z = rng.normal(size=(n, 3)) @ rng.normal(size=(3, dx))
+  elif kind == 'student_t':
+    z = rng.standard_t(df=3, size=(n, dx))
+  else:
+    z = rng.normal(size=(n, dx))
+  w = rng.normal(size=(dx, dy)) / np.sqrt(dx)
+  noise = rng.normal(size=(n, dy))
+  if kind == 'student_t':
+    noise = rng.standard_t(df=3, size=(n, dy))
+  u = z @ w + 0.7 * noise
+  if kind == 'relu_offset':  # ReLU features riding on a large common offset.
+    return np.maximum(z, 0) + 100.0, np.maximum(u, 0) + 100.0
+  return z, u
+
+
+SHAPES = (
+  (40, 7, 13),  # n > d: feature space.
+  (30, 50, 80),  # n < d: Gram form.
+  (400, 300, 800),  # Gram form in 2 x 2 symmetric blocks.
+  (1000, 520, 30),  # Feature space, 2 x 2 symmetric column blocks.
+)
+
+# ---------------------------------------------------------------------------
+# 2. Agreement with the oracle.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('kind', KINDS)
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('debiased', [False, True])
+def test_linear_cka_matches_oracle(kind, shape, debiased):
+  x, y = make_pair(kind, *shape)
+  expected = np_linear_cka(x, y, debiased)
+  with X64():
+    got64 = float(jit_linear(x, y, debiased=debiased))
+  x32, y32 = x.astype(np.float32), y.astype(np.float32)
+  expected32 = np_linear_cka(x32, y32, debiased)
+  got32 = jit_linear(x32, y32, debiased=debiased)
+  assert got32.dtype == jnp.float32
+  assert abs(got64 - expected) < F64_TOL
+  assert abs(float(got32) - expected32) < F32_TOL
+
+
+@pytest.mark.parametrize('unbiased', [False, True])
+def test_oracle_translation_invariance(unbiased):
+  x, y = make_pair('gaussian', 30, 5, 40, seed=16)
+  raw = np_linear_cka(x + 3.0, y - 2.0, unbiased, center=False)
+  assert raw == pytest.approx(np_linear_cka(x, y, unbiased), abs=1e-12)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+@pytest.mark.parametrize('debiased', [False, True])
+def test_rbf_cka_matches_oracle(kind, debiased):
+  x, y = make_pair(kind, 50, 6, 9, seed=1)
+  expected = np_rbf_cka(x, y, debiased, sigma_frac=0.8)
+  with X64():
+    got64 = float(jit_rbf(x, y, debiased=debiased))
+  x32, y32 = x.astype(np.float32), y.astype(np.float32)
+  got32 = float(jit_rbf(x32, y32, debiased=debiased))
+  assert abs(got64 - expected) < F64_TOL
+  assert abs(got32 - np_rbf_cka(x32, y32, debiased)) < F32_TOL
+
+
+@pytest.mark.parametrize('unbiased', [False, True])
+def test_hsic_center_gram_and_kernels_match_oracle(unbiased):
+  x, y = make_pair('gaussian', 25, 4, 6, seed=2)
+
+  @jax.jit
+  def run(x, y):
+    k, l = cka.gram_linear(x), cka.gram_linear(y)  # noqa: E741
+    return dict(
+      k=k,
+      rbf=cka.gram_rbf(x, sigma_frac=0.5),
+      hsic=cka.hsic(k, l, unbiased=unbiased),
+      centered=cka.center_gram(k, unbiased=unbiased),
+      centered_l=cka.center_gram(l, unbiased=unbiased),
+    )
+
+  with X64():
+    got = jax.device_get(run(x, y))
+  k, l = np_gram_linear(x), np_gram_linear(y)  # noqa: E741
+  np.testing.assert_allclose(got['k'], k, rtol=1e-12)
+  np.testing.assert_allclose(got['rbf'], np_gram_rbf(x, 0.5), rtol=1e-10)
+  h = np_hsic_unbiased if unbiased else np_hsic_biased
+  assert got['hsic'] == pytest.approx(h(k, l), rel=1e-10)
+  if not unbiased:
+    hm = np.eye(25) - 1 / 25
+    np.testing.assert_allclose(got['centered'], hm @ k @ hm, atol=1e-10)
+  else:  # <U(K), U(L)> / (n(n-3)) is Song's estimator.
+    inner = np.sum(got['centered'] * got['centered_l'])
+    assert inner / (25 * 22) == pytest.approx(h(k, l), rel=1e-10)
+
+
+# ---------------------------------------------------------------------------
+# 3. Invariants (hypothesis over shapes).
+# ---------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames='debiased')
+def _invariant_values(x, y, q, perm, shift, *, debiased):
+  """CKA of `y` against transformed copies of `x`, and the other checks."""
+  f = functools.partial(cka.linear_cka, debiased=debiased)
+  variants = jnp.stack([x, x @ q, 3.7 * x, x[:, perm], x + shift])
+  return dict(
+    transformed=jax.vmap(lambda a: f(a, y))(variants),
+    yx=f(y, x),
+    xx=f(x, x),
+    feature=f(x, y, form='feature'),
+    gram=f(x, y, form='gram'),
+  )
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(
+  n=st.integers(4, 512),
+  dx=st.integers(1, 300),
+  dy=st.integers(1, 300),
+  debiased=st.booleans(),
+  seed=st.integers(0, 2**32 - 1),
+)
+def test_invariants_hold_over_random_shapes(n, dx, dy, debiased, seed):
+  """Self = 1, symmetry, range, feature = Gram, and the invariances.
+
+  Invariances: orthogonal transform, isotropic scaling, feature permutation
+  and adding a constant to `x` (`y` is left as is; by symmetry that covers
+  transforming either input). One jitted call per example (every check
+  shares its compile, since each new shape is a new compile); float64.
+  """
+  rng = np.random.default_rng(seed)
+  x, y = make_pair('gaussian', n, dx, dy, seed)
+  q = np.linalg.qr(rng.normal(size=(dx, dx)))[0]
+  perm = rng.permutation(dx)
+  shift = rng.normal(size=dx) * 50.0
+  with X64():
+    v = _invariant_values(x, y, q, perm, shift, debiased=debiased)
+    v = jax.device_get(v)
+  t = v['transformed']
+  np.testing.assert_allclose(t, t[0], atol=1e-9, err_msg='invariance')
+  assert v['yx'] == pytest.approx(t[0], abs=1e-10)
+  assert v['xx'] == pytest.approx(1.0, abs=1e-10)
+  assert v['feature'] == pytest.approx(v['gram'], abs=1e-10)
+  assert v['feature'] == pytest.approx(t[0], abs=1e-10)
+  if not debiased:
+    assert -1e-12 <= t[0] <= 1 + 1e-12
+
+
+@pytest.mark.parametrize(
+  'plan',
+  [
+    cka._Plan('feature', 'feature', 'feature'),
+    cka._Plan('blocks', 'blocks', 'blocks'),
+    cka._Plan('gram', 'feature', 'gram_x'),
+    cka._Plan('feature', 'gram', 'gram_y'),
+    cka._Plan('blocks', 'feature', 'feature'),
+    cka._Plan('feature', 'blocks', 'feature'),
+  ],
+)
+def test_every_computation_plan_agrees(monkeypatch, plan):
+  """Each feature/Gram combination the cost model may pick is exact."""
+  # Large enough for 2 x 2 blocks in both forms (n >= 400, d >= 512).
+  x, y = make_pair('gaussian', 400, 520, 530, seed=3)
+  monkeypatch.setattr(cka, '_plan', lambda *a, **k: plan)
+
+  @jax.jit  # A fresh function: the patched plan is not in any jit cache.
+  def run(x, y):
+    return [
+      (
+        cka.linear_cka(x, y, debiased=debiased),
+        cka.linear_cka_one_to_many(x, jnp.stack([y, 2 * y]), debiased=debiased),
+      )
+      for debiased in (False, True)
+    ]
+
+  with X64():
+    got = jax.device_get(run(x, y))
+  for debiased, (single, many) in zip((False, True), got):
+    expected = np_linear_cka(x, y, debiased)
+    assert single == pytest.approx(expected, abs=1e-10)
+    np.testing.assert_allclose(many, expected, atol=1e-10)
+
+
+def test_cost_model_picks_feature_space_when_n_is_large():
+  assert cka._plan(10_000, 64, 64, 1, 'auto').x == 'feature'
+  assert cka._plan(500, 4096, 4096, 1, 'auto').x == 'blocks'
+
+
+# ---------------------------------------------------------------------------
+# 4. Minibatch CKA and CKA matrices.
+# ---------------------------------------------------------------------------
+
+
+def _np_minibatch_cka(xs_batches, ys_batches):
+  """Nguyen et al. (2021): Σ_b HSIC₁ / sqrt(Σ_b HSIC₁ · Σ_b HSIC₁)."""
+  p, q = len(xs_batches), len(ys_batches)
+  nb = xs_batches[0].shape[0]
+  kx = [[np_gram_linear(a[b]) for b in range(nb)] for a in xs_batches]
+  ly = [[np_gram_linear(a[b]) for b in range(nb)] for a in ys_batches]
+  out = np.zeros((p, q))
+  for i in range(p):
+    for j in range(q):
+      xy = sum(np_hsic_unbiased(kx[i][b], ly[j][b]) for b in range(nb))
+      xx = sum(np_hsic_unbiased(kx[i][b], kx[i][b]) for b in range(nb))
+      yy = sum(np_hsic_unbiased(ly[j][b], ly[j][b]) for b in range(nb))
+      out[i, j] = xy / np.sqrt(xx * yy)
+  return out
+
+
+def _layers(n, widths, seed):
+  rng = np.random.default_rng(seed)
+  base = rng.normal(size=(n, 8))
+  return [
+    base @ rng.normal(size=(8, w)) + rng.normal(size=(n, w)) for w in widths
+  ]
+
+
+def test_minibatch_single_batch_equals_full_batch_debiased_cka():
+  xs = _layers(64, (5, 40, 90), seed=4)
+  ys = _layers(64, (7, 70), seed=5)
+
+  @jax.jit
+  def run(xs, ys):
+    state = cka.minibatch_cka_init(3, 2, dtype=jnp.float64)
+    got = cka.minibatch_cka_result(cka.minibatch_cka_update(state, xs, ys))
+    full = [[cka.linear_cka(a, b, debiased=True) for b in ys] for a in xs]
+    return got, jnp.array(full)
+
+  with X64():
+    got, full = jax.device_get(run(xs, ys))
+  np.testing.assert_allclose(got, full, atol=1e-10)
+  oracle = [[np_linear_cka(a, b, True) for b in ys] for a in xs]
+  np.testing.assert_allclose(full, oracle, atol=F64_TOL)
+
+
+@pytest.mark.parametrize('form', ['auto', 'feature', 'gram'])
+def test_minibatch_under_jit_and_scan_equals_batchwise_oracle(form):
+  """Several batches covering the data.
+
+  The exact identity that holds is the ratio of SUMS of per-batch unbiased
+  HSICs (cross-batch pairs are never formed), so that is the oracle; it is
+  not the full-data debiased CKA, which the test also checks it differs from.
+  """
+  nb, b = 4, 24
+  xs = [a.reshape(nb, b, -1) for a in _layers(nb * b, (3, 33), seed=6)]
+  ys = [a.reshape(nb, b, -1) for a in _layers(nb * b, (5, 12, 60), seed=7)]
+  expected = _np_minibatch_cka(xs, ys)
+
+  @jax.jit
+  def run(xs, ys):
+    def step(state, batch):
+      return cka.minibatch_cka_update(state, *batch, form=form), None
+
+    init = cka.minibatch_cka_init(2, 3, dtype=jnp.float64)
+    state, _ = jax.lax.scan(step, init, (xs, ys))
+    return cka.minibatch_cka_result(state), state.num_batches
+
+  with X64():
+    got, count = run(xs, ys)
+    full = cka.linear_cka(xs[1].reshape(nb * b, -1), ys[2].reshape(nb * b, -1))
+  assert int(count) == nb
+  np.testing.assert_allclose(got, expected, atol=F64_TOL)
+  assert abs(float(full) - expected[1, 2]) > 1e-4
+
+
+def test_minibatch_matrix_self_comparison():
+  reps = [a.reshape(3, 20, -1) for a in _layers(60, (4, 30, 9), seed=8)]
+
+  @jax.jit
+  def both(reps):
+    explicit = cka.minibatch_cka_init(3, dtype=jnp.float64)
+    for i in range(3):
+      batch = [r[i] for r in reps]
+      explicit = cka.minibatch_cka_update(explicit, batch, batch)
+    return cka.minibatch_cka_matrix(reps), cka.minibatch_cka_result(explicit)
+
+  with X64():
+    got, explicit = jax.device_get(both(reps))
+  np.testing.assert_allclose(got, _np_minibatch_cka(reps, reps), atol=F64_TOL)
+  np.testing.assert_allclose(got, explicit, atol=1e-12)
+
+
+@pytest.mark.parametrize('debiased', [False, True])
+def test_cka_matrix_equals_pairwise_calls(debiased):
+  """5 representations of different widths, every form, vs pairwise calls."""
+  reps = _layers(50, (1, 6, 20, 64, 130), seed=9)
+
+  @jax.jit
+  def run(reps):
+    f = functools.partial(cka.cka_matrix, debiased=debiased)
+    pairwise = [
+      [jit_linear(a, b, debiased=debiased) for b in reps] for a in reps
+    ]
+    forms = {form: f(reps, form=form) for form in ('auto', 'feature', 'gram')}
+    return forms, jnp.array(pairwise)
+
+  with X64():
+    forms, pairwise = jax.device_get(run(reps))
+  oracle = [[np_linear_cka(a, b, debiased) for b in reps] for a in reps]
+  np.testing.assert_allclose(pairwise, oracle, atol=F64_TOL)
+  for form, got in forms.items():
+    np.testing.assert_allclose(got, pairwise, atol=1e-10, err_msg=form)
+    np.testing.assert_allclose(got, got.T, atol=1e-12, err_msg=form)
+
+
+# ---------------------------------------------------------------------------
+# 5. jit / no-jit variants and vmap.
+# ---------------------------------------------------------------------------
+
+
+class VariantsTest(chex.TestCase):
+  """The same values with and without `jit`, against the oracle."""
+
+  def setUp(self):
+    super().setUp()
+    self.x, self.y = make_pair('relu_offset', 40, 6, 50, seed=10)
+    self.x = self.x.astype(np.float32)
+    self.y = self.y.astype(np.float32)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(False, True)
+  def test_linear_and_rbf(self, debiased):
+    lin = self.variant(functools.partial(cka.linear_cka, debiased=debiased))
+    rbf = self.variant(functools.partial(cka.rbf_cka, debiased=debiased))
+    x, y = self.x, self.y
+    self.assertAlmostEqual(
+      float(lin(x, y)), np_linear_cka(x, y, debiased), delta=F32_TOL
+    )
+    self.assertAlmostEqual(
+      float(rbf(x, y)), np_rbf_cka(x, y, debiased), delta=F32_TOL
+    )
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_one_to_many_and_matrix(self):
+    cands = np.stack([self.y, self.y**2, np.sqrt(self.y)])
+    many = self.variant(cka.linear_cka_one_to_many)(self.x[:, :5], cands)
+    expected = [np_linear_cka(self.x[:, :5], c) for c in cands]
+    np.testing.assert_allclose(many, expected, atol=F32_TOL)
+    mat = self.variant(cka.cka_matrix)([self.x, self.y])
+    self.assertAlmostEqual(
+      float(mat[0, 1]), np_linear_cka(self.x, self.y), delta=F32_TOL
+    )
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_hsic_and_minibatch(self):
+    # Kernels of raw features with a large offset lose float32 precision in
+    # K itself (see `hsic`), so this uses offset-free features.
+    x, y = make_pair('gaussian', 40, 6, 50, seed=10)
+    k, l = np_gram_linear(x), np_gram_linear(y)  # noqa: E741
+    got = self.variant(functools.partial(cka.hsic, unbiased=True))(k, l)
+    self.assertAlmostEqual(
+      float(got) / np_hsic_unbiased(k, l), 1.0, delta=F32_TOL
+    )
+
+    def mb(xs, ys):
+      state = cka.minibatch_cka_init(1, 1)
+      return cka.minibatch_cka_result(cka.minibatch_cka_update(state, xs, ys))
+
+    got = self.variant(mb)([self.x], [self.y])
+    self.assertAlmostEqual(
+      float(got[0, 0]), np_linear_cka(self.x, self.y, True), delta=F32_TOL
+    )
+
+
+@pytest.mark.parametrize('debiased', [False, True])
+def test_vmap_over_27_candidates_and_one_to_many_equal_the_loop(debiased):
+  rng = np.random.default_rng(11)
+  ref = rng.normal(size=(80, 16)).astype(np.float32)
+  cands = (
+    ref[None] @ rng.normal(size=(27, 16, 24))
+    + rng.normal(size=(27, 80, 24)) * rng.uniform(0.1, 3, size=(27, 1, 1))
+  ).astype(np.float32)
+  f = functools.partial(cka.linear_cka, debiased=debiased)
+  loop = np.array([float(f(ref, c)) for c in cands])
+  oracle = np.array([np_linear_cka(ref, c, debiased) for c in cands])
+  vmapped = jax.jit(jax.vmap(f, in_axes=(None, 0)))(ref, cands)
+  many = jax.jit(
+    functools.partial(cka.linear_cka_one_to_many, debiased=debiased)
+  )(ref, cands)
+  np.testing.assert_allclose(loop, oracle, atol=F32_TOL)
+  np.testing.assert_allclose(vmapped, loop, atol=1e-6)
+  np.testing.assert_allclose(many, loop, atol=1e-6)
+  assert np.ptp(loop) > 0.1  # The candidates really differ.
+
+
+@pytest.mark.parametrize(
+  'setting, value',
+  [('_CHUNK_BYTES', 1), ('_SEQUENTIAL_MACS', 0)],
+  ids=['vmap_in_chunks_of_1', 'one_at_a_time'],
+)
+def test_one_to_many_loop_strategies(monkeypatch, setting, value):
+  monkeypatch.setattr(cka, setting, value)
+  rng = np.random.default_rng(12)
+  ref = rng.normal(size=(30, 4)).astype(np.float32)
+  cands = rng.normal(size=(5, 30, 3)).astype(np.float32)
+  fresh = jax.jit(lambda r, c: cka.linear_cka_one_to_many(r, c))
+  np.testing.assert_allclose(
+    fresh(ref, cands), [np_linear_cka(ref, c) for c in cands], atol=F32_TOL
+  )
+
+
+def test_vmap_of_every_function_equals_the_loop():
+  rng = np.random.default_rng(13)
+  xs = rng.normal(size=(3, 12, 5)).astype(np.float32)
+  ys = rng.normal(size=(3, 12, 7)).astype(np.float32)
+  fns = {
+    'linear': cka.linear_cka,
+    'rbf': cka.rbf_cka,
+    'hsic': lambda a, b: cka.hsic(cka.gram_linear(a), cka.gram_rbf(b)),
+    'center': lambda a, b: cka.center_gram(cka.gram_linear(a), unbiased=True),
+    'matrix': lambda a, b: cka.cka_matrix([a, b]),
+    'many': lambda a, b: cka.linear_cka_one_to_many(a, b[None]),
+  }
+
+  def every(a, b):
+    return {name: fn(a, b) for name, fn in fns.items()}
+
+  batched = jax.jit(jax.vmap(every))(xs, ys)
+  loop = jax.jit(lambda xs, ys: [every(a, b) for a, b in zip(xs, ys)])(xs, ys)
+  for name in fns:
+    np.testing.assert_allclose(
+      batched[name],
+      np.stack([r[name] for r in loop]),
+      atol=1e-5,
+      err_msg=name,
+    )
+
+
+def test_dtypes():
+  x, y = make_pair('gaussian', 10, 3, 4)
+
+  def dtype(a, b):
+    return jax.eval_shape(cka.linear_cka, a, b).dtype
+
+  assert dtype(x, y) == jnp.float32  # x64 off: float32.
+  assert dtype(x.astype(np.int32), y) == jnp.float32
+  assert dtype(jnp.asarray(x, jnp.bfloat16), y) == jnp.float32
+  with X64():
+    assert dtype(x, y) == jnp.float64
+    assert dtype(x.astype(np.float32), y.astype(np.float32)) == jnp.float32
+
+
+# ---------------------------------------------------------------------------
+# 6. Numerics at scale.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('debiased', [False, True])
+def test_float32_at_scale_with_large_offset(debiased):
+  """n = 50,000, d = 64, mean 10, std 0.1, correlated (CKA far from 1).
+
+  The oracle is the feature-space formula in float64 with two-pass centering
+  (the n x n H-matrix form is infeasible at this n; the two are shown equal
+  at small n by `test_linear_cka_matches_oracle`).
+  """
+  rng = np.random.default_rng(14)
+  n, d = 50_000, 64
+  z = rng.normal(size=(n, d))
+  mix = rng.normal(size=(d, d)) / np.sqrt(d)
+  x = (10.0 + 0.1 * z).astype(np.float32)
+  y = (10.0 + 0.1 * (0.6 * z @ mix + 0.8 * rng.normal(size=(n, d)))).astype(
+    np.float32
+  )
+  xc = x.astype(np.float64)
+  yc = y.astype(np.float64)
+  xc -= xc.mean(0)
+  yc -= yc.mean(0)
+
+  def h(a, b):
+    t = np.sum((a.T @ b) ** 2)
+    if not debiased:
+      return t
+    ka, kb = np.sum(a * a, 1), np.sum(b * b, 1)
+    return t - n / (n - 2) * ka @ kb + ka.sum() * kb.sum() / ((n - 1) * (n - 2))
+
+  expected = h(xc, yc) / np.sqrt(h(xc, xc) * h(yc, yc))
+  assert 0.1 < expected < 0.9
+  f = jax.jit(functools.partial(cka.linear_cka, debiased=debiased))
+  got = f(x, y)
+  assert got.dtype == jnp.float32
+  assert abs(float(got) - expected) < 1e-5
+  many = jax.jit(cka.linear_cka_one_to_many)(x, y[None])
+  if not debiased:
+    assert abs(float(many[0]) - expected) < 1e-5
+
+
+# ---------------------------------------------------------------------------
+# 7. Bad inputs: the documented error or value.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  'call',
+  [
+    lambda a, b: cka.linear_cka(a, b),
+    lambda a, b: cka.rbf_cka(a, b),
+    lambda a, b: cka.linear_cka_one_to_many(a, b[None]),
+    lambda a, b: cka.cka_matrix([a, b]),
+    lambda a, b: cka.validate(a, b),
+  ],
+)
+def test_mismatched_rows_raise_naming_the_shapes(call):
+  a, b = np.ones((10, 3)), np.ones((11, 4))
+  with pytest.raises(ValueError, match=r'\(10, 3\).*\(11, 4\)'):
+    call(a, b)
+  with pytest.raises(ValueError, match='11'):
+    jax.jit(call)(a, b)
+
+
+def test_too_few_rows_raise():
+  rng = np.random.default_rng(15)
+  one, two = rng.normal(size=(1, 3)), rng.normal(size=(2, 3))
+  with pytest.raises(ValueError, match='n >= 2'):
+    cka.linear_cka(one, one)
+  assert np.isfinite(jit_linear(two, two))
+  three, four = rng.normal(size=(3, 3)), rng.normal(size=(4, 3))
+  for call in (
+    lambda a: cka.linear_cka(a, a, debiased=True),
+    lambda a: cka.rbf_cka(a, a, debiased=True),
+    lambda a: cka.validate(a, debiased=True),
+    lambda a: cka.minibatch_cka_update(cka.minibatch_cka_init(1), [a]),
+  ):
+    with pytest.raises(ValueError, match='n >= 4'):
+      call(three)
+    with pytest.raises(ValueError, match='n >= 4'):
+      jax.jit(call)(three)
+  assert np.isfinite(jit_linear(four, four, debiased=True))
+
+
+@jax.jit
+def _all_results(x, y):
+  """Every entry point on (x, y), in one compile shared by the tests below."""
+  out = {}
+  for debiased in (False, True):
+    for form in ('feature', 'gram'):
+      f = functools.partial(cka.linear_cka, debiased=debiased, form=form)
+      out[f'linear_{debiased}_{form}'] = f(x, y)
+    out[f'rbf_{debiased}'] = cka.rbf_cka(x, y, debiased=debiased)
+  out['many'] = cka.linear_cka_one_to_many(y, jnp.stack([y**2, x, 2 * y]))
+  out['matrix'] = cka.cka_matrix([y, x, y**2])
+  state = cka.minibatch_cka_init(2, 1)
+  state = cka.minibatch_cka_update(state, [y, x], [y**2])
+  out['minibatch'] = cka.minibatch_cka_result(state)[:, 0]
+  return out
+
+
+def _check_bad_input_results(out):
+  """NaN wherever the bad `x` enters, finite values elsewhere."""
+  out = jax.device_get(out)
+  for name, value in out.items():
+    if name.startswith(('linear', 'rbf')):
+      assert np.isnan(value), name
+  many, mat, mb = out['many'], out['matrix'], out['minibatch']
+  assert np.isnan(many[1]) and np.isfinite(many[[0, 2]]).all()
+  assert np.isnan(mat[1]).all() and np.isnan(mat[:, 1]).all()
+  assert np.isfinite(mat[np.ix_([0, 2], [0, 2])]).all()
+  assert np.isfinite(mb[0]) and np.isnan(mb[1])
+
+
+@pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])
+def test_non_finite_input(bad):
+  x, y = make_pair('gaussian', 20, 5, 5)
+  x[3, 1] = bad
+  with pytest.raises(ValueError, match='non-finite'):
+    cka.validate(x, y)
+  with pytest.raises(ValueError, match='non-finite'):
+    cka.validate(y, [y, x])
+  _check_bad_input_results(_all_results(x, y))
+
+
+def test_constant_input():
+  x, y = make_pair('gaussian', 20, 5, 5)
+  const = np.full_like(x, 3.25)
+  with pytest.raises(ValueError, match='constant'):
+    cka.validate(const, y)
+  cka.validate(x, [y, x**2])  # Good inputs pass.
+  _check_bad_input_results(_all_results(const, y))
+  # Eager (un-jitted) calls: NaN too, never a number.
+  assert np.isnan(cka.linear_cka(y, const))
+  assert np.isnan(cka.minibatch_cka_result(cka.minibatch_cka_init(1))).all()
+
+
+def test_validate_is_shape_only_under_jit():
+  x, y = make_pair('gaussian', 20, 4, 5)
+  jax.jit(cka.validate)(np.full_like(x, 1.0), y)  # Values unknown: no raise.
+
+
+# ---------------------------------------------------------------------------
+# 8. Light import.
+# ---------------------------------------------------------------------------
+
+
+def test_import_is_light():
+  code = (
+    'import sys, lpjax.cka\n'
+    "heavy = [m for m in ('flax', 'optax', 'tensorflow') if m in sys.modules]\n"
+    'assert not heavy, heavy\n'
+  )
+  subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, check=True)
