@@ -127,36 +127,51 @@ def _peers():
 # ---------------------------------------------------------------------------
 
 
-def _settle():
-  # Lets the other runtimes' spinning worker threads go idle between calls.
-  time.sleep(0.05)
+# A method whose last call was shorter than this gets one untimed call before
+# its timed ones in every round: it wakes that runtime's worker threads
+# (parked while the other methods ran) so that short calls are not charged
+# a thread wake-up, and it lets the previous runtime's spinning threads stop.
+_REWARM_BELOW_S = 0.25
 
 
 def time_round_robin(
-  fns: dict[str, Callable[[], object]], repeats: int, warmup: set[str]
+  fns: dict[str, Callable[[], object]],
+  rounds: int,
+  burst: int,
+  compile_first: set[str],
+  cold_ok: bool = False,
 ) -> tuple[dict[str, float], dict[str, object]]:
-  """Median wall time per function; functions alternate within a repeat."""
-  values = {}
-  for name in warmup:
-    values[name] = fns[name]()
-    _settle()
+  """Median wall time per function over `rounds x burst` timed calls.
+
+  Rounds alternate the functions, so load changes on a shared machine hit
+  all of them alike; within a round a function runs `burst` times back to
+  back. `compile_first` get one untimed call up front (jit compile);
+  `cold_ok` skips the untimed re-warm call in the first round (for shapes
+  where one call takes seconds).
+  """
+  values = {name: fns[name]() for name in compile_first}
   times = {name: [] for name in fns}
-  for _ in range(repeats):
+  last = {name: (1e9 if cold_ok else 0.0) for name in fns}
+  for _ in range(rounds):
     for name, fn in fns.items():
-      start = time.perf_counter()
-      values[name] = fn()
-      times[name].append(time.perf_counter() - start)
-      _settle()
+      if last[name] < _REWARM_BELOW_S:
+        values[name] = fn()
+      for _ in range(burst):
+        start = time.perf_counter()
+        values[name] = fn()
+        last[name] = time.perf_counter() - start
+        times[name].append(last[name])
   return {k: statistics.median(v) for k, v in times.items()}, values
 
 
-def _repeats(n: int, d: int, quick: bool) -> int:
+def _schedule(n: int, d: int, quick: bool) -> tuple[int, int]:
+  """(rounds, burst) by problem size."""
   if quick:
-    return 1
+    return 1, 1
   work = n * d * max(n, d)
   if work <= 1e9:
-    return 15
-  return 5 if work <= 1e10 else 3 if work <= 2e11 else 2
+    return 3, 5
+  return (5, 1) if work <= 1e10 else (3, 1) if work <= 2e11 else (2, 1)
 
 
 def _data(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -183,7 +198,8 @@ def bench_single(shapes, args, torch, peers):
     x, y = _data(n, d)
     xj, yj = jax.device_put(x), jax.device_put(y)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    reps = _repeats(n, d, args.quick)
+    rounds, burst = _schedule(n, d, args.quick)
+    reps = rounds * burst
     big = n * d * max(n, d) > 2e11
     fns = {
       'lpjax': lambda xj=xj, yj=yj: float(_block(jl)(xj, yj)),
@@ -198,10 +214,9 @@ def bench_single(shapes, args, torch, peers):
       fns['numpy-f64'] = lambda x=x, y=y: numpy_cka(x, y)
     for name, fn, _ in peers:
       fns[name] = lambda fn=fn, xt=xt, yt=yt: fn(xt, yt)
-    # Compile (lpjax) is excluded; the others get a warm-up unless the shape
-    # is large (one call then takes seconds, and there is nothing to warm).
-    warm = {'lpjax', 'lpjax-deb'} | (set() if big else set(fns))
-    times, values = time_round_robin(fns, reps, warm)
+    times, values = time_round_robin(
+      fns, rounds, burst, {'lpjax', 'lpjax-deb'}, cold_ok=big
+    )
     values['f64'] = values.get('numpy-f64', None)
     if values['f64'] is None:
       values['f64'] = numpy_cka(x, y)
@@ -267,7 +282,7 @@ def _bench_batched_shape(n, d, args, torch, peers, jitted):
       f'skipped: {k} Grams of {n}x{n} exceed --native_batch_bytes'
     )
   reps = 1 if args.quick else 3
-  times, values = time_round_robin(fns, reps, set(jitted))
+  times, values = time_round_robin(fns, reps, 1, set(jitted))
   values['f64'] = values['numpy-f64']
   values['f64-deb'] = [numpy_cka(ref, c, debiased=True) for c in cands]
   return dict(n=n, d=d, reps=reps, times=times, values=values, skipped=skipped)
@@ -296,7 +311,7 @@ def bench_matmul(args, torch):
     'lpjax': lambda: _block(jl)(xj, yj),
   }
   reps = 1 if args.quick else 3
-  times, _ = time_round_robin(fns, reps, set(fns))
+  times, _ = time_round_robin(fns, reps, 1, {'jax', 'lpjax'}, cold_ok=True)
   plan = lpcka._plan(n, d, d, 1, 'auto')
   b = lpcka._num_blocks(d, lpcka._MIN_COLS)
   # Multiply-adds the chosen plan executes (symmetric blocks included).
@@ -523,9 +538,11 @@ def render(args, single, batched, mm, torch, load):
     '* Versions: ' + ', '.join(f'{k} {v}' for k, v in vers.items()) + '.',
     '* Data: `x` standard normal `[n, d]` float32, `y = x W / √d + noise`; '
     'every method gets the same float32 arrays.',
-    '* Times: median over repeats (15 / 5 / 3 / 2 by size; 3 for the '
-    'batched case), compile excluded for lpjax (jit, float32, block_until_ready); '
-    'methods alternate within each repeat.',
+    '* Times: median of 15 / 5 / 3 / 2 timed calls by size (3 for the '
+    'batched case), compile excluded for lpjax (jit, float32, '
+    'block_until_ready). Methods alternate round by round; a method whose '
+    'calls are short (< 0.25 s) gets one untimed call at the start of each '
+    'round, so no one is charged a thread wake-up after another runtime ran.',
     "* `lpjax` = `linear_cka` (biased, the papers' estimator); `lpjax-deb` "
     '= debiased. pytorch-cka only offers the debiased estimator, ckatorch '
     "is called with its default (biased). Last column: each method's "

@@ -131,7 +131,7 @@ SHAPES = (
   (40, 7, 13),  # n > d: feature space.
   (30, 50, 80),  # n < d: Gram form.
   (400, 300, 800),  # Gram form in 2 x 2 symmetric blocks.
-  (1000, 520, 30),  # Feature space, 2 x 2 symmetric column blocks.
+  (600, 520, 30),  # Feature space, 2 x 2 symmetric column blocks.
 )
 
 # ---------------------------------------------------------------------------
