@@ -131,6 +131,12 @@ class FakeWriter:
 def test_learns_separable_problem(setup):
   images, labels = _synthetic(128, seed=1)
   history, writer = [], FakeWriter()
+  # The jitted step is cached per (weight decay, mesh) and shared with other
+  # tests in this process: count the compiles this run adds.
+  step_fn = train.jit_train_step(
+    weight_decay=WEIGHT_DECAY, mesh=train.make_mesh()
+  )
+  compiles_before = step_fn._cache_size()
   state = train.fit(
     _state(setup),
     ArrayDataset(images, labels),
@@ -154,12 +160,8 @@ def test_learns_separable_problem(setup):
   assert int(state.step) == 32
   assert [s for s, _ in writer.scalars] == [8, 16, 24, 32]
   assert writer.scalars[-1][1]['accuracy'] == last['accuracy']
-  # One compile for the whole run: the state's static tree never changes.
-  step_fn = train.jit_train_step(
-    weight_decay=WEIGHT_DECAY, mesh=train.make_mesh()
-  )
-  if hasattr(step_fn, '_cache_size'):
-    assert step_fn._cache_size() == 1
+  # At most one compile for the whole run: the static tree never changes.
+  assert step_fn._cache_size() - compiles_before <= 1
 
 
 def test_l2_penalty_sums_exactly_the_conv_kernels(setup):
