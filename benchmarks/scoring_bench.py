@@ -1,22 +1,26 @@
-"""One-call candidate scoring vs a loop of per-candidate forwards.
+"""One-call candidate scoring vs loops of per-candidate forwards.
 
 ResNet-56 (CIFAR, 32x32), all 24 candidates, N calibration images (default
-5,000). Both sides compute the same scores (checked):
+5,000). Every method computes the same 24 scores (checked against the first):
 
-* `one_call`: `lpjax.scoring.score_candidates`: one jitted XLA computation
-  (forwards vmapped over the 24 skip masks, lax.map over data batches, CKA
-  fused in);
-* `loop`: for each candidate, surgery to delete the block, then a jitted
-  forward of the smaller model in data batches and a CKA on the host: the way
-  the papers' Keras code does it (one model per candidate). Each smaller model
-  is a different shape, so its compile is part of the loop's cost; it is
-  reported separately.
+* `one_call`: `lpjax.scoring.score_candidates` with its default shared-prefix
+  pass: one jitted XLA computation (the model with `fanout=True`, lax.map over
+  data batches, CKA fused in);
+* `one_call_masked`: the same call with `candidate_chunk=25`: the full
+  forward vmapped over the 25 skip masks;
+* `loop_surgery`: for each candidate, surgery to delete the block, then a
+  jitted forward of the smaller model in data batches and a CKA: the way the
+  papers' Keras code does it (one model per candidate). Each smaller model is
+  a different shape, so it compiles 24 times; the first call includes that;
 * `loop_masked`: for each candidate, the same jitted full-model forward with
   a different skip mask (one compile), then CKA.
 
-  python benchmarks/scoring_bench.py --n=5000 --repeats=3
+  python benchmarks/scoring_bench.py --n=5000 --repeats=1
 
-Medians of `--repeats` timed runs after one warm-up (compile) run.
+`first call` includes compilation: what a pruning iteration pays, since each
+removal changes the arch (one compile for `one_call`, 24 for `loop_surgery`).
+`median` is over `--repeats` further calls (0: first calls only). Images are random normal (the cost does not depend on the values); the
+weights are a fresh init.
 """
 
 import os
@@ -37,21 +41,29 @@ from lpjax import cka, models, scoring, surgery
 
 _N = flags.DEFINE_integer('n', 5000, 'Calibration images.')
 _BATCH = flags.DEFINE_integer('batch', 500, 'Images per forward.')
-_CHUNK = flags.DEFINE_integer('chunk', 0, 'Candidate chunk (0 = all).')
+_CHUNK = flags.DEFINE_integer(
+  'chunk', 0, 'Masks per vmap in one_call_masked (0 = all at once).'
+)
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repeats.')
 _DEPTH = flags.DEFINE_integer('depth', 56, 'CIFAR ResNet depth.')
+_METHODS = flags.DEFINE_list(
+  'methods',
+  'one_call,one_call_masked,loop_surgery,loop_masked',
+  'Which methods, in order (the first is the reference for scores).',
+)
 
 
 def _time(fn, repeats):
+  """(result, first-call seconds, median of `repeats` more calls or None)."""
   t0 = time.perf_counter()
-  first = fn()
-  compile_and_run = time.perf_counter() - t0
+  out = fn()
+  first = time.perf_counter() - t0
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
     out = fn()
     times.append(time.perf_counter() - t0)
-  return first, out, compile_and_run, statistics.median(times)
+  return out, first, statistics.median(times) if times else None
 
 
 def main(argv):
@@ -61,11 +73,18 @@ def main(argv):
   x = np.random.default_rng(0).normal(size=(_N.value, 32, 32, 3))
   x = x.astype(np.float32)
   b = _BATCH.value
-  chunk = _CHUNK.value or None
+  chunk = _CHUNK.value
 
   def one_call():
+    return scoring.score_candidates(arch, variables, x, data_batch_size=b)
+
+  def one_call_masked():
     return scoring.score_candidates(
-      arch, variables, x, data_batch_size=b, candidate_chunk=chunk
+      arch,
+      variables,
+      x,
+      data_batch_size=b,
+      candidate_chunk=chunk or len(arch.candidates) + 1,
     )
 
   model = models.build_model(arch)
@@ -94,7 +113,9 @@ def main(argv):
     ref = features(pooled, variables, None)
     out = {}
     for name in arch.candidates:
-      small_arch, small_vars = surgery.remove_blocks(arch, variables, [name])
+      small_arch, small_vars = surgery.remove_blocks(
+        arch, variables, [name], enforce_floor=False
+      )
       small = models.build_model(small_arch)
       fn = _surgery_fns.setdefault(
         small_arch,
@@ -108,30 +129,49 @@ def main(argv):
     return out
 
   _surgery_fns: dict = {}
+  methods = {
+    'one_call': one_call,
+    'one_call_masked': one_call_masked,
+    'loop_surgery': loop_surgery,
+    'loop_masked': loop_masked,
+  }
+  unknown = set(_METHODS.value) - set(methods)
+  if unknown:
+    raise app.UsageError(f'Unknown methods {sorted(unknown)}; {list(methods)}')
   r = _REPEATS.value
   print(
     f'ResNet-{_DEPTH.value}, {len(arch.candidates)} candidates, n={_N.value}, '
     f'batch {b}, jax {jax.__version__}, {jax.devices()[0].device_kind}, '
-    f'{os.cpu_count()} cores, {platform.processor() or platform.machine()}',
+    f'{os.cpu_count()} cores, {platform.processor() or platform.machine()}, '
+    f'load average {os.getloadavg()[0]:.2f}',
     flush=True,
   )
   rows = []
-  for name, fn in (
-    ('one_call', one_call),
-    ('loop_masked', loop_masked),
-    ('loop_surgery', loop_surgery),
-  ):
-    _first, out, cold, warm = _time(fn, r)
+  for name in _METHODS.value:
+    out, cold, warm = _time(methods[name], r)
     rows.append((name, cold, warm, out))
-    print(f'{name:>13}: first call {cold:.2f}s, median {warm:.2f}s', flush=True)
+    print(f'{name:>15}: first call {cold:.2f}s, median {_s(warm)}', flush=True)
   ref = np.array(list(rows[0][3].values()))
   for name, _, _, out in rows[1:]:
     diff = np.max(np.abs(ref - np.array(list(out.values()))))
-    print(f'max |score difference| one_call vs {name}: {diff:.2e}')
-  print('\n| method | first call (s) | median (s) | one_call speed-up |')
-  print('|---|---|---|---|')
+    print(f'max |score difference| {rows[0][0]} vs {name}: {diff:.2e}')
+  print(f'load average at the end {os.getloadavg()[0]:.2f}')
+  base = rows[0]
+  print(
+    f'\n| method | first call (s) | median of {r} more (s) | '
+    f'first call / {base[0]} | median / {base[0]} |'
+  )
+  print('|---|---|---|---|---|')
   for name, cold, warm, _ in rows:
-    print(f'| {name} | {cold:.2f} | {warm:.2f} | {warm / rows[0][2]:.2f}x |')
+    median = '-' if warm is None else f'{warm:.2f}'
+    ratio = '-' if warm is None else f'{warm / base[2]:.2f}x'
+    print(
+      f'| {name} | {cold:.2f} | {median} | {cold / base[1]:.2f}x | {ratio} |'
+    )
+
+
+def _s(seconds):
+  return '-' if seconds is None else f'{seconds:.2f}s'
 
 
 if __name__ == '__main__':

@@ -66,7 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.prune.calibration_examples = 5000  # images the criterion scores on
   c.prune.calibration_split = 'train'  # train | holdout
   c.prune.data_batch_size = 500  # images per forward while scoring
-  c.prune.candidate_chunk = 0  # candidate forwards at once; 0 = all
+  # 0: all candidates in one shared-prefix pass (least work); k > 0: k masked
+  # full forwards at a time (bounded memory, about twice the work).
+  c.prune.candidate_chunk = 0
   c.prune.finetune_epochs = 200  # after each removal (papers: 200)
   c.prune.finetune_learning_rate = 0.01
 

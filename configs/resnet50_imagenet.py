@@ -33,7 +33,7 @@ def get_config():
   c.prune.target_blocks = 8
   c.prune.calibration_examples = 10_000
   c.prune.data_batch_size = 100
-  c.prune.candidate_chunk = 4
+  c.prune.candidate_chunk = 0  # shared prefix: at most 13 streams of 100
   c.prune.finetune_epochs = 5
   c.prune.finetune_learning_rate = 1e-3
   return c

@@ -72,14 +72,35 @@ def build_arch(
   return arch_lib.get_arch(config.model, **kwargs)
 
 
+# Integer fields and their least valid value.
+_COUNTS = {
+  'train.batch_size': 1,
+  'train.eval_batch_size': 1,
+  'baseline.epochs': 0,
+  'prune.calibration_examples': 1,
+  'prune.data_batch_size': 1,
+  'prune.candidate_chunk': 0,
+  'prune.finetune_epochs': 0,
+}
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Fails fast on names and targets that cannot work, before any work.
 
   Raises:
     KeyError: unknown criterion, model, dataset or style (listing valid ones).
-    ValueError: a bad baseline source or a target beyond the floor.
+    ValueError: a bad count (batch size, epochs, ...), a bad baseline
+      source or a target beyond the floor.
   """
   criteria.get_criterion(config.prune.criterion)
+  for field, least in _COUNTS.items():
+    group, key = field.split('.')
+    value = config[group][key]
+    if not isinstance(value, int) or value < least:
+      raise ValueError(
+        f'{field} must be an integer >= {least}; got {value!r}. '
+        f'Set it with --config.{field}=N.'
+      )
   if config.dataset not in input_pipeline.DATASETS:
     raise KeyError(
       f'Unknown dataset {config.dataset!r}; valid datasets: '

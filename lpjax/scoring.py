@@ -3,10 +3,25 @@
 `candidate_representations` runs the unpruned forward and, for every
 candidate block, the forward with that block skipped, and returns the chosen
 representation of each: `[1 + num_candidates, n, ...]`. It is one jitted XLA
-computation: the forward pass is `vmap`ped over a stack of one-hot skip masks
-(parameters broadcast) and `lax.map`ped over batches of the calibration data,
-so memory stays bounded by `data_batch_size` images x `candidate_chunk`
-candidates at a time. Every forward is in eval mode and sees the same images.
+computation, `lax.map`ped over batches of the calibration data, with two
+ways to evaluate the candidates:
+
+* shared prefix (`candidate_chunk=None`, the default): one pass of the model
+  with `fanout=True`. Everything before candidate i is the same for the
+  unpruned model and the model without i, so it is computed once; at each
+  candidate the batch gains a stream that carries the block's input past
+  it. For the CIFAR ResNets this is about half the work of the masked
+  forwards (ResNet-56: 327 block evaluations instead of 627; a loop of
+  separate forwards of the 24 smaller models and the full one does 651).
+* masked (`candidate_chunk=c`): the full forward `vmap`ped over one-hot skip
+  masks, `c` masks at a time (`lax.map`), so memory is bounded by
+  `data_batch_size` images x `c` forwards. About twice the arithmetic (vmap
+  shares only the blocks before the first candidate); for models whose
+  fanout does not fit in memory.
+
+Both give the same numbers (tested), equal to a loop of separate forwards
+of the surgered models. Every forward is in eval mode and sees the same
+images.
 
 `score_candidates` turns those into per-candidate scores with a similarity
 function (1 - linear CKA against the unpruned representation, by default).
@@ -42,6 +57,11 @@ def _representations_fn(
   candidate_chunk: int | None,
 ):
   """Un-jitted (variables, xs) -> [1 + K, n, ...], composed below."""
+  if candidate_chunk is not None and candidate_chunk < 1:
+    raise ValueError(
+      f'candidate_chunk must be None (shared-prefix pass) or a positive '
+      f'number of masked forwards; got {candidate_chunk}.'
+    )
   model = models.build_model(arch)
   num = len(arch.candidates)
   # Row 0 skips nothing (the reference); row 1 + i skips candidate i.
@@ -56,7 +76,12 @@ def _representations_fn(
     return reps[representation]
 
   def batch(variables, x):
-    if candidate_chunk is None or candidate_chunk >= num + 1:
+    if candidate_chunk is None:
+      reps = models.representations(
+        model, variables, x, [representation], fanout=True
+      )
+      return reps[representation]
+    if candidate_chunk >= num + 1:
       return jax.vmap(one, in_axes=(None, None, 0))(variables, x, masks)
     return jax.lax.map(
       lambda m: one(variables, x, m), masks, batch_size=candidate_chunk
@@ -119,7 +144,9 @@ def candidate_representations(
       `lpjax.models.representations`).
     data_batch_size: images per forward pass; the largest divisor of `n` not
       above it is used.
-    candidate_chunk: forwards evaluated together (`None`: all at once).
+    candidate_chunk: `None` (default): every candidate in one shared-prefix
+      pass (least work). An int: masked forwards, that many at a time
+      (bounds memory at about twice the work).
     mesh: optional device mesh with a `'data'` axis; images are sharded
       along their batch dimension.
 

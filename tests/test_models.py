@@ -118,6 +118,67 @@ def test_skip_equals_delete(net):
       assert not np.allclose(unskipped, want, atol=1e-4)
 
 
+def _assert_float32_close(got, want):
+  """Equal up to float32 summation order (batch size changes conv kernels)."""
+  want = np.asarray(want)
+  scale = max(1.0, float(np.abs(want).max()))
+  np.testing.assert_allclose(got, want, atol=2e-6 * scale, rtol=1e-5)
+
+
+def test_fanout_equals_one_forward_per_removal(net):
+  """Shared-prefix fanout == the unpruned forward + one per deleted block."""
+  arch, _, variables, x = net
+  names = models.representation_names(arch)
+  got = jax.jit(
+    lambda v, x: models.representations(
+      models.build_model(arch), v, x, names, fanout=True
+    )
+  )(variables, x)
+  k = len(arch.candidates)
+  for i, removed in enumerate([None, *arch.candidates]):
+    if removed is None:
+      small_arch, small_vars = arch, variables
+    else:
+      small_arch, small_vars = surgery.remove_blocks(
+        arch, variables, [removed]
+      )
+    small = models.build_model(small_arch)
+    kept = models.representation_names(small_arch)
+    want = models.representations(small, small_vars, x, kept)
+    for name in names:
+      assert got[name].shape[:2] == (1 + k, len(x))
+      if name == removed:
+        # A deleted block's output is its input: the previous block's output.
+        prev = names[names.index(name) - 1]
+        _assert_float32_close(got[name][i], want[prev])
+      else:
+        _assert_float32_close(got[name][i], want[name])
+  # The removals differ from the unpruned model (so the test can fail).
+  assert not np.allclose(got['logits'][0], got['logits'][1], atol=1e-4)
+
+
+def test_skip_mask_and_fanout_agree_on_block_outputs(net):
+  """A skipped block's captured output is its input, as in fanout."""
+  arch, _, variables, x = net
+  model = models.build_model(arch)
+  names = models.representation_names(arch)
+  fan = models.representations(model, variables, x, names, fanout=True)
+  for i, cand in enumerate(arch.candidates[:2]):
+    mask = jnp.asarray(arch.skip_mask([cand]))
+    masked = models.representations(model, variables, x, names, skip=mask)
+    for name in names:
+      _assert_float32_close(masked[name], fan[name][1 + i])
+
+
+def test_fanout_is_eval_only(net):
+  arch, _, variables, x = net
+  model = models.build_model(arch)
+  with pytest.raises(ValueError, match='train=True'):
+    model.apply(
+      variables, x, train=True, fanout=True, mutable=['batch_stats']
+    )
+
+
 def test_surgery_is_pure_and_exact(net):
   arch, image_shape, variables, _ = net
   before = jax.tree.map(np.array, variables)

@@ -207,6 +207,16 @@ def test_target_beyond_the_floor_fails_first(tiny, tmp_path, key, value):
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.parametrize(
+  'key, value',
+  [('prune.data_batch_size', 0), ('prune.candidate_chunk', -1)],
+)
+def test_bad_counts_fail_first(tiny, tmp_path, key, value):
+  with pytest.raises(ValueError, match=f'{key} must be an integer'):
+    pipeline.Pipeline(_config(tiny[0], **{key: value}), str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
+
+
 def test_unprepared_dataset(tiny, tmp_path):
   c = _config(tiny[0], dataset='cifar10', data_dir=str(tmp_path / 'tfds'))
   t0 = time.time()

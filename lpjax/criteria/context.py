@@ -24,7 +24,8 @@ class Context:
     iteration: pruning iteration (1-based), for stochastic criteria.
     representation: which representation similarity criteria compare.
     data_batch_size: images per forward pass while scoring.
-    candidate_chunk: forwards evaluated together (`None`: all at once).
+    candidate_chunk: `None`: every candidate in one shared-prefix pass;
+      an int: that many masked forwards at a time (see `lpjax.scoring`).
     mesh: optional device mesh for data-parallel scoring.
   """
 

@@ -50,6 +50,7 @@ def representations(
   names: Sequence[str] = ('pooled',),
   *,
   skip: jax.Array | None = None,
+  fanout: bool = False,
 ) -> dict[str, jax.Array]:
   """Named representations of `x` in eval mode, from one forward pass.
 
@@ -58,7 +59,12 @@ def representations(
     variables: its `{'params', 'batch_stats'}`.
     x: images `[batch, height, width, channels]`.
     names: which representations; see the module docstring.
-    skip: optional skip mask, as for the model.
+    skip: optional skip mask, as for the model. A skipped block's output is
+      its input.
+    fanout: evaluate the unpruned model and every single-candidate removal
+      in one shared-prefix pass (see `ResNet`); every representation then
+      gets a leading axis `[1 + K, batch, ...]`: index 0 is the unpruned
+      model, index 1 + i the model without `arch.candidates[i]`.
 
   Returns:
     `{name: array}` for every requested name.
@@ -88,6 +94,7 @@ def representations(
     x,
     train=False,
     skip=skip,
+    fanout=fanout,
     capture_intermediates=capture,
     mutable=['intermediates'],
   )
@@ -100,7 +107,24 @@ def representations(
       out[n] = inter['pooled'][0]
     else:
       out[n] = inter[n]['__call__'][0]
+    if fanout:
+      out[n] = _unstack_streams(model.arch, n, out[n], x.shape[0])
   return out
+
+
+def _unstack_streams(arch, name, rep, batch):
+  """`[S * batch, ...]` fanout rows -> `[1 + K, batch, ...]`.
+
+  A block's output holds the streams of the candidates up to and including
+  it; removing a later candidate leaves it equal to the unpruned stream.
+  """
+  rep = rep.reshape(-1, batch, *rep.shape[1:])
+  missing = 1 + len(arch.candidates) - rep.shape[0]
+  if missing:
+    rep = jax.numpy.concatenate(
+      [rep, jax.numpy.broadcast_to(rep[:1], (missing, *rep.shape[1:]))]
+    )
+  return rep
 
 
 def init_variables(

@@ -9,11 +9,13 @@ variables and renames nothing.
 passes its input through unchanged, exactly as if it had been deleted (every
 candidate has an identity shortcut and its input is already a ReLU output, so
 ReLU(x + 0) = x). One compiled function therefore evaluates any skip set, and
-`jax.vmap` over masks evaluates many.
+`jax.vmap` over masks evaluates many. `fanout=True` evaluates the unpruned
+model and every single-candidate removal in one pass that shares the layers
+before each candidate (about half the work of the masked forwards).
 
 The model returns logits `[batch, num_classes]` and sows the pooled features
 `[batch, width]` into the `intermediates` collection as `pooled`; every block's
-output can be captured with `capture_intermediates` (see
+output (after skipping, if skipped) can be captured with `capture_intermediates` (see
 `lpjax.models.representations`).
 """
 
@@ -68,15 +70,41 @@ class BasicBlock(nn.Module):
   style: arch_lib.Style
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    *,
+    train: bool,
+    skip: jax.Array | None = None,
+    passthrough: int = 0,
+  ) -> jax.Array:
+    """The block's output, or its input where skipped.
+
+    Args:
+      x: input `[batch, height, width, channels]`.
+      train: BatchNorm mode.
+      skip: optional traced boolean scalar; true returns `x` unchanged (only
+        valid for identity blocks).
+      passthrough: static; if positive, the first `passthrough` rows of `x`
+        are appended unchanged after the output rows (the shared-prefix
+        evaluation of `ResNet(..., fanout=True)`).
+    """
     conv, norm = _layers(self.style, train)
+    y = self._residual(x, conv, norm)
+    y = nn.relu(y + self._shortcut(x, conv, norm))
+    if skip is not None:
+      y = jnp.where(skip, x, y)
+    if passthrough:
+      y = jnp.concatenate([y, x[:passthrough]])
+    return y
+
+  def _residual(self, x, conv, norm):
     s = (self.stride, self.stride)
     pad = _pad3x3(self.style, self.stride)
     y = conv(self.inner, (3, 3), strides=s, padding=pad, name='conv1')(x)
     y = nn.relu(norm(name='bn1')(y))
     y = conv(self.width, (3, 3), padding='SAME', name='conv2')(y)
-    y = norm(name='bn2')(y)
-    return nn.relu(y + self._shortcut(x, conv, norm))
+    return norm(name='bn2')(y)
 
   def _shortcut(self, x, conv, norm):
     if not self.project:
@@ -97,9 +125,7 @@ class Bottleneck(BasicBlock):
 
   inner2: int = 0
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    conv, norm = _layers(self.style, train)
+  def _residual(self, x, conv, norm):
     on3 = self.style.bottleneck_stride_on_3x3
     s1 = (1, 1) if on3 else (self.stride, self.stride)
     s3 = (self.stride, self.stride) if on3 else (1, 1)
@@ -109,8 +135,7 @@ class Bottleneck(BasicBlock):
     y = conv(self.inner2, (3, 3), strides=s3, padding=pad, name='conv2')(y)
     y = nn.relu(norm(name='bn2')(y))
     y = conv(self.width, (1, 1), padding='VALID', name='conv3')(y)
-    y = norm(name='bn3')(y)
-    return nn.relu(y + self._shortcut(x, conv, norm))
+    return norm(name='bn3')(y)
 
 
 BLOCK_TYPES = (BasicBlock, Bottleneck)
@@ -132,6 +157,7 @@ class ResNet(nn.Module):
     *,
     train: bool = False,
     skip: jax.Array | None = None,
+    fanout: bool = False,
   ) -> jax.Array:
     """Logits for a batch of images.
 
@@ -140,9 +166,19 @@ class ResNet(nn.Module):
       train: BatchNorm uses batch statistics and updates `batch_stats`.
       skip: optional boolean mask `[len(arch.candidates)]`; a true entry
         turns that candidate block into the identity. May be traced.
+      fanout: evaluate the unpruned model and, at once, the model without
+        each single candidate block, computing what they share only once:
+        at every candidate the running batch gains `batch` rows that carry
+        the unpruned model's input to that block past it. Eval mode only.
+        The output is stream-major, `[(1 + K) * batch, ...]` for K
+        candidates: rows `[0, batch)` are the unpruned model, rows
+        `[(1 + i) * batch, (2 + i) * batch)` the model without candidate i.
+        Blocks before candidate i are evaluated once for all of them, so the
+        work is about half that of K + 1 masked forwards.
 
     Returns:
-      Logits `[batch, num_classes]`.
+      Logits `[batch, num_classes]` (`[(1 + K) * batch, num_classes]` with
+      `fanout`).
     """
     arch = self.arch
     cands = arch.candidates
@@ -151,6 +187,13 @@ class ResNet(nn.Module):
         f'skip must have shape ({len(cands)},) = one entry per candidate '
         f'block {list(cands)}; got shape {jnp.shape(skip)}.'
       )
+    if fanout and (train or skip is not None):
+      raise ValueError(
+        'fanout evaluates every single-block removal of the eval-mode model; '
+        'it cannot be combined with train=True (BatchNorm would mix the '
+        'streams) or with a skip mask.'
+      )
+    batch = x.shape[0]
     conv, norm = _layers(arch.style, train)
     if arch.family == 'resnet_cifar':
       x = conv(arch.stem_width, (3, 3), padding='SAME', name='stem_conv')(x)
@@ -179,14 +222,15 @@ class ResNet(nn.Module):
           style=arch.style,
           name=block.name,
         )
-        if arch.family == 'resnet_cifar':
-          y = BasicBlock(**kw)(x, train=train)
-        else:
-          y = Bottleneck(inner2=block.widths[1], **kw)(x, train=train)
+        route = dict(train=train)
         if skip is not None and not first:
-          x = jnp.where(skip[cands.index(block.name)], x, y)
+          route['skip'] = skip[cands.index(block.name)]
+        if fanout and not first:
+          route['passthrough'] = batch  # the unpruned stream comes first
+        if arch.family == 'resnet_cifar':
+          x = BasicBlock(**kw)(x, **route)
         else:
-          x = y
+          x = Bottleneck(inner2=block.widths[1], **kw)(x, **route)
         in_width = stage.width
 
     pooled = jnp.mean(x, axis=(1, 2))
