@@ -97,9 +97,7 @@ class Checkpoints:
       ) from e
     return arch, dict(out['meta'])
 
-  def restore(
-    self, abstract_state: Any = None, step: int | None = None
-  ) -> Any:
+  def restore(self, abstract_state: Any = None, step: int | None = None) -> Any:
     """The state of `step` (default: the latest).
 
     Args:

@@ -139,9 +139,7 @@ def test_fanout_equals_one_forward_per_removal(net):
     if removed is None:
       small_arch, small_vars = arch, variables
     else:
-      small_arch, small_vars = surgery.remove_blocks(
-        arch, variables, [removed]
-      )
+      small_arch, small_vars = surgery.remove_blocks(arch, variables, [removed])
     small = models.build_model(small_arch)
     kept = models.representation_names(small_arch)
     want = models.representations(small, small_vars, x, kept)
@@ -174,9 +172,7 @@ def test_fanout_is_eval_only(net):
   arch, _, variables, x = net
   model = models.build_model(arch)
   with pytest.raises(ValueError, match='train=True'):
-    model.apply(
-      variables, x, train=True, fanout=True, mutable=['batch_stats']
-    )
+    model.apply(variables, x, train=True, fanout=True, mutable=['batch_stats'])
 
 
 def test_surgery_is_pure_and_exact(net):
