@@ -1,26 +1,30 @@
 """One-call candidate scoring vs loops of per-candidate forwards.
 
-ResNet-56 (CIFAR, 32x32), all 24 candidates, N calibration images (default
-5,000). Every method computes the same 24 scores (checked against the first):
+A CIFAR ResNet (default ResNet-56, 32x32 inputs, all 24 candidates), N
+calibration images (default 5,000). Every method computes the same scores
+(checked against the first):
 
 * `one_call`: `lpjax.scoring.score_candidates` with its default shared-prefix
   pass: one jitted XLA computation (the model with `fanout=True`, lax.map over
   data batches, CKA fused in);
-* `one_call_masked`: the same call with `candidate_chunk=25`: the full
-  forward vmapped over the 25 skip masks;
+* `one_call_masked`: the same call with `candidate_chunk` = all masks (or
+  `--chunk`): the full forward vmapped over the 1 + K skip masks;
 * `loop_surgery`: for each candidate, surgery to delete the block, then a
   jitted forward of the smaller model in data batches and a CKA: the way the
   papers' Keras code does it (one model per candidate). Each smaller model is
-  a different shape, so it compiles 24 times; the first call includes that;
+  a different shape, so it compiles once per candidate; the first call
+  includes that;
 * `loop_masked`: for each candidate, the same jitted full-model forward with
   a different skip mask (one compile), then CKA.
 
-  python benchmarks/scoring_bench.py --n=5000 --repeats=1
+  python benchmarks/scoring_bench.py --n=5000 --repeats=0
+  python benchmarks/scoring_bench.py --depth=20 --n=500 --batch=250
 
 `first call` includes compilation: what a pruning iteration pays, since each
-removal changes the arch (one compile for `one_call`, 24 for `loop_surgery`).
-`median` is over `--repeats` further calls (0: first calls only). Images are random normal (the cost does not depend on the values); the
-weights are a fresh init.
+removal changes the arch (one compile for `one_call`, one per candidate for
+`loop_surgery`). `median` is over `--repeats` further calls (0: first calls
+only). Images are random normal (the cost does not depend on the values);
+the weights are a fresh init.
 """
 
 import os
