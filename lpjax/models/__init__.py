@@ -17,6 +17,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from lpjax import arch as arch_lib
 from lpjax.models import resnet
@@ -121,8 +122,8 @@ def _unstack_streams(arch, name, rep, batch):
   rep = rep.reshape(-1, batch, *rep.shape[1:])
   missing = 1 + len(arch.candidates) - rep.shape[0]
   if missing:
-    rep = jax.numpy.concatenate(
-      [rep, jax.numpy.broadcast_to(rep[:1], (missing, *rep.shape[1:]))]
+    rep = jnp.concatenate(
+      [rep, jnp.broadcast_to(rep[:1], (missing, *rep.shape[1:]))]
     )
   return rep
 

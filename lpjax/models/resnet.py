@@ -15,8 +15,8 @@ before each candidate (about half the work of the masked forwards).
 
 The model returns logits `[batch, num_classes]` and sows the pooled features
 `[batch, width]` into the `intermediates` collection as `pooled`; every block's
-output (after skipping, if skipped) can be captured with `capture_intermediates` (see
-`lpjax.models.representations`).
+output (its input, if skipped) can be captured with `capture_intermediates`
+(see `lpjax.models.representations`).
 """
 
 from __future__ import annotations
