@@ -5,6 +5,9 @@ three times scores every candidate block by 1 - CKA, removes the lowest and
 fine-tunes, down to the floor of two blocks per stage.
 
   python main.py --config=configs/quickstart.py --workdir=/tmp/lpjax_quickstart
+
+Expected (measured on a 2-core CPU): 1 min 35 s; test accuracy 99.44 %
+unpruned and 99.44 % after removing three blocks (34.93 % fewer FLOPs).
 """
 
 from configs import base
