@@ -21,11 +21,24 @@ def reference_dir() -> Path:
   """
   path = Path(os.environ.get('LPJAX_REFERENCE_DIR') or DEFAULT_REFERENCE_DIR)
   if not path.is_dir():
-    message = (
+    _absent(
       f'Reference folder {path} is absent (set LPJAX_REFERENCE_DIR to the '
       "'shared/reference' folder)"
     )
-    if os.environ.get('LPJAX_REQUIRE_REFERENCE') == '1':
-      pytest.fail(f'{message}; LPJAX_REQUIRE_REFERENCE=1 needs it.', False)
-    pytest.skip(message)
   return path
+
+
+@pytest.fixture(scope='session')
+def keras_dir(reference_dir) -> Path:
+  """The authors' Keras models and their recorded outputs."""
+  path = reference_dir / 'keras'
+  if not (path / 'reference_meta.json').is_file():
+    _absent(f'Keras reference models are absent from {path}')
+  return path
+
+
+def _absent(message: str) -> None:
+  """Skips, or fails where `LPJAX_REQUIRE_REFERENCE=1`."""
+  if os.environ.get('LPJAX_REQUIRE_REFERENCE') == '1':
+    pytest.fail(f'{message}; LPJAX_REQUIRE_REFERENCE=1 needs it.', False)
+  pytest.skip(message)

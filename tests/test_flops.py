@@ -116,16 +116,15 @@ def test_xla_count_explained():
   ],
 )
 def test_authors_pruned_models_reproduce_the_papers_reductions(
-  reference_dir, stem, expected
+  keras_dir, stem, expected
 ):
   from lpjax.interop import keras_h5
 
-  keras = reference_dir / 'keras'
   base, _ = keras_h5.load_keras_model(
-    keras / 'resnet56_baseline.json', keras / 'resnet56_baseline.h5'
+    keras_dir / 'resnet56_baseline.json', keras_dir / 'resnet56_baseline.h5'
   )
   arch, _ = keras_h5.load_keras_model(
-    keras / f'{stem}.json', keras / f'{stem}.h5'
+    keras_dir / f'{stem}.json', keras_dir / f'{stem}.h5'
   )
   assert flops.cost(base).macs == 125_747_840
   red = flops.reduction(arch, base)

@@ -8,7 +8,6 @@ Keras-format files written here (round trip and error messages; hermetic).
 import dataclasses
 import json
 import math
-import os
 
 import h5py
 import jax
@@ -33,17 +32,6 @@ TOLERANCE = 1e-4
 
 
 # --- The published models -----------------------------------------------------
-
-
-@pytest.fixture(scope='module')
-def keras_dir(reference_dir):
-  path = reference_dir / 'keras'
-  if not (path / 'reference_meta.json').is_file():
-    message = f'Keras reference models are absent from {path}'
-    if os.environ.get('LPJAX_REQUIRE_REFERENCE') == '1':
-      pytest.fail(f'{message}; LPJAX_REQUIRE_REFERENCE=1 needs them.', False)
-    pytest.skip(message)
-  return path
 
 
 @pytest.fixture(scope='module')

@@ -164,15 +164,14 @@ def test_random_criterion_reproducible(trained_like):
   assert a != f(_ctx(variables, x, seed=1, iteration=3))
 
 
-def test_cka_criterion_on_the_authors_resnet56(reference_dir):
+def test_cka_criterion_on_the_authors_resnet56(keras_dir):
   """One score per candidate block of the authors' baseline (24)."""
   from lpjax.interop import keras_h5
 
-  keras = reference_dir / 'keras'
   arch, variables = keras_h5.load_keras_model(
-    keras / 'resnet56_baseline.json', keras / 'resnet56_baseline.h5'
+    keras_dir / 'resnet56_baseline.json', keras_dir / 'resnet56_baseline.h5'
   )
-  x = np.load(keras / 'reference_outputs.npz')['inputs'][:64]
+  x = np.load(keras_dir / 'reference_outputs.npz')['inputs'][:64]
   scores = criteria.get_criterion('cka')(
     criteria.Context(arch, variables, x, np.zeros(64), data_batch_size=64)
   )
