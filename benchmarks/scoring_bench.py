@@ -167,15 +167,15 @@ def main(argv):
   )
   print('|---|---|---|---|---|')
   for name, cold, warm, _ in rows:
-    median = '-' if warm is None else f'{warm:.2f}'
-    ratio = '-' if warm is None else f'{warm / base[2]:.2f}x'
+    ratio = None if warm is None else warm / base[2]
     print(
-      f'| {name} | {cold:.2f} | {median} | {cold / base[1]:.2f}x | {ratio} |'
+      f'| {name} | {cold:.2f} | {_s(warm, "")} | {cold / base[1]:.2f}x | '
+      f'{_s(ratio, "x")} |'
     )
 
 
-def _s(seconds):
-  return '-' if seconds is None else f'{seconds:.2f}s'
+def _s(value, unit='s'):
+  return '-' if value is None else f'{value:.2f}{unit}'
 
 
 if __name__ == '__main__':

@@ -173,6 +173,10 @@ def test_fanout_is_eval_only(net):
   model = models.build_model(arch)
   with pytest.raises(ValueError, match='train=True'):
     model.apply(variables, x, train=True, fanout=True, mutable=['batch_stats'])
+  with pytest.raises(ValueError, match='skip mask'):
+    model.apply(
+      variables, x, skip=jnp.zeros(len(arch.candidates), bool), fanout=True
+    )
 
 
 def test_surgery_is_pure_and_exact(net):
