@@ -40,8 +40,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lpjax import arch as arch_lib
 from lpjax import cka, models, scoring, surgery
+from lpjax.models import resnet
 
 _N = flags.DEFINE_integer('n', 5000, 'Calibration images.')
 _BATCH = flags.DEFINE_integer('batch', 500, 'Images per forward.')
@@ -72,7 +72,7 @@ def _time(fn, repeats):
 
 def main(argv):
   del argv
-  arch = arch_lib.resnet_cifar(_DEPTH.value)
+  arch = resnet.resnet_cifar(_DEPTH.value)
   variables = models.init_variables(arch, 0, (32, 32, 3))
   x = np.random.default_rng(0).normal(size=(_N.value, 32, 32, 3))
   x = x.astype(np.float32)

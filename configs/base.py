@@ -28,12 +28,23 @@ def get_config() -> ml_collections.ConfigDict:
   c.synthetic.num_train = 256
   c.synthetic.num_test = 128
 
-  # --- Model (lpjax.arch) ---
-  c.model = 'resnet56'  # resnet{6n+2} (CIFAR) | resnet50/101/152 (ImageNet)
+  # --- Model (lpjax.models: the family registry) ---
+  # resnet{6n+2} (CIFAR) | resnet50/101/152 (ImageNet) | vit
+  c.model = 'resnet56'
+  c.min_blocks_per_stage = 2  # pruning floor per stage (papers: 2)
+  # ResNets only:
   c.width = 0  # stem / first-stage width; 0 = family default (16 or 64)
   c.blocks_per_stage = ()  # explicit blocks per stage; () = from the depth
   c.style = 'keras'  # keras (the papers' models) | keras_imagenet | pytorch
-  c.min_blocks_per_stage = 2  # pruning floor (papers: 2)
+  # ViT only (lpjax.models.vit; the image shape comes from the dataset):
+  c.vit = ml_collections.ConfigDict()
+  c.vit.patch = 4  # patch side in pixels
+  c.vit.width = 192  # token width (a multiple of heads)
+  c.vit.depth = 12  # encoder layers, every one a pruning candidate
+  c.vit.heads = 3
+  c.vit.mlp = 768  # MLP inner width
+  c.vit.pool = 'cls'  # cls (class token) | mean (mean over patch tokens)
+  c.vit.dropout = 0.0
 
   # --- Baseline: the unpruned model pruning starts from ---
   c.baseline = ml_collections.ConfigDict()
@@ -50,7 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.learning_rate = 0.01  # papers: SGD lr 0.01
   c.train.momentum = 0.9
   c.train.nesterov = True
-  c.train.weight_decay = 1e-4  # L2 on conv kernels, in the loss (papers)
+  c.train.weight_decay = 1e-4  # L2 coefficient, in the loss (papers: 1e-4)
+  # Which weights the L2 covers: conv_kernels (papers) | kernels (Dense too)
+  c.train.weight_decay_mask = 'conv_kernels'
   c.train.schedule = 'step'  # step (/10 at 50 % and 75 %) | cosine | constant
   c.train.warmup_epochs = 0
   c.train.augment = True  # pad-and-crop (+ flip where the dataset allows)
@@ -58,8 +71,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Pruning ---
   c.prune = ml_collections.ConfigDict()
-  c.prune.criterion = 'cka'  # cka | random | l1
-  c.prune.representation = 'pooled'  # pooled | logits | a block name
+  # The pruning method: any name in lpjax.methods.METHODS (cka | random |
+  # l1 | ...). Its own hyperparameters live in c.prune.<name>, below.
+  c.prune.criterion = 'cka'
+  # What similarity methods compare: pooled | logits | stem | a unit name
+  c.prune.representation = 'pooled'
   # Stop when either target is reached (0 = unused; both 0 = to the floor).
   c.prune.target_blocks = 0  # blocks removed in total
   c.prune.target_flops_reduction = 0.0  # percent
@@ -71,6 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.prune.candidate_chunk = 0
   c.prune.finetune_epochs = 200  # after each removal (papers: 200)
   c.prune.finetune_learning_rate = 0.01
+  # Methods' own hyperparameters (Context.hparams), one group per method.
+  c.prune.cka = ml_collections.ConfigDict()
+  c.prune.cka.debiased = False  # True: unbiased HSIC (Song et al. 2012)
 
   # --- Bookkeeping ---
   c.checkpoint_max_to_keep = 2

@@ -1,4 +1,4 @@
-"""FLOPs and parameters of an `Arch`, in the papers' convention.
+"""FLOPs and parameters of an `Arch`, in the papers' convention, any family.
 
 The pruning papers (Pons et al. 2024 and the group's later work) count
 "FLOPs" as the multiply-accumulates of convolutions, `H_out * W_out * C_in *
@@ -8,9 +8,12 @@ ReLU, additions, pooling and biases are ignored. Parameters follow Keras'
 In this convention every CIFAR identity block costs 4,718,592 MACs at 32x32
 and ResNet-56 costs 125,747,840.
 
-`macs` reads the shapes from the model itself (intercepting every `nn.Conv`
-and `nn.Dense` call under `jax.eval_shape`), so it cannot drift from the
-model. `xla_flops` reports XLA's own count of the compiled forward pass for
+For families without a closed form (the ResNets), the MACs are read from the
+model itself (intercepting every `nn.Conv` and `nn.Dense` call under
+`jax.eval_shape`, each counted at every output position), so they cannot
+drift from the model. A family may give a closed form instead
+(`Family.macs`: the ViT's counts attention's T² terms, which no layer call
+shows). `xla_flops` reports XLA's own count of the compiled forward pass for
 comparison. It differs from `2 * macs` for two reasons, both measured in
 `tests/test_flops.py`: XLA does not count the taps of a padded convolution
 that fall on the zero padding (at 32x32 and below this is several percent of
@@ -34,11 +37,6 @@ import jax.numpy as jnp
 from lpjax import arch as arch_lib
 from lpjax import models
 
-DEFAULT_IMAGE_SHAPES = {
-  'resnet_cifar': (32, 32, 3),
-  'resnet_imagenet': (224, 224, 3),
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class Cost:
@@ -55,13 +53,14 @@ class Cost:
   trainable_params: int
 
 
-def _image_shape(arch, image_shape):
-  return tuple(image_shape or DEFAULT_IMAGE_SHAPES[arch.family])
+def _input_shape(arch, input_shape):
+  return tuple(input_shape or models.default_input_shape(arch))
 
 
 @functools.lru_cache(maxsize=256)
-def _cost(arch: arch_lib.Arch, image_shape: tuple[int, ...]) -> Cost:
+def _cost(arch: arch_lib.Arch, input_shape: tuple[int, ...]) -> Cost:
   model = models.build_model(arch)
+  family = models.get_family(arch.family)
   total = [0]
 
   def count(next_fun, args, kwargs, context):
@@ -72,16 +71,19 @@ def _cost(arch: arch_lib.Arch, image_shape: tuple[int, ...]) -> Cost:
       # Per example: every output position does prod(kernel.shape) MACs.
       total[0] += math.prod(out.shape[1:-1]) * math.prod(kernel.shape)
     elif context.method_name == '__call__' and isinstance(mdl, nn.Dense):
-      total[0] += math.prod(mdl.variables['params']['kernel'].shape)
+      kernel = mdl.variables['params']['kernel']
+      total[0] += math.prod(out.shape[1:-1]) * math.prod(kernel.shape)
     return out
+
+  x = jnp.zeros((1, *input_shape), family.input_dtype)
 
   def init():
     with nn.intercept_methods(count):
-      return model.init(
-        jax.random.key(0), jnp.zeros((1, *image_shape)), train=False
-      )
+      return model.init(jax.random.key(0), x, train=False)
 
   shapes = jax.eval_shape(init)
+  if family.macs is not None:
+    total[0] = family.macs(arch, input_shape)
 
   def size(tree):
     return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
@@ -93,25 +95,26 @@ def _cost(arch: arch_lib.Arch, image_shape: tuple[int, ...]) -> Cost:
   )
 
 
-def cost(arch: arch_lib.Arch, image_shape: Sequence[int] | None = None) -> Cost:
-  """MACs and parameter counts of `arch` on `[H, W, C]` images.
+def cost(arch: arch_lib.Arch, input_shape: Sequence[int] | None = None) -> Cost:
+  """MACs and parameter counts of `arch` for one example.
 
   Args:
     arch: the network.
-    image_shape: input `[height, width, channels]`; default 32x32x3 for
-      CIFAR ResNets and 224x224x3 for ImageNet ones.
+    input_shape: per-example input shape (`[height, width, channels]` for
+      images); default: the family's (32x32x3 for CIFAR ResNets, 224x224x3
+      for ImageNet ones, the ViT's own image shape).
   """
-  return _cost(arch, _image_shape(arch, image_shape))
+  return _cost(arch, _input_shape(arch, input_shape))
 
 
 def reduction(
   arch: arch_lib.Arch,
   baseline: arch_lib.Arch,
-  image_shape: Sequence[int] | None = None,
+  input_shape: Sequence[int] | None = None,
 ) -> dict[str, float]:
   """Percent FLOPs and parameter reduction of `arch` relative to `baseline`."""
-  a = cost(arch, image_shape)
-  b = cost(baseline, image_shape)
+  a = cost(arch, input_shape)
+  b = cost(baseline, input_shape)
   return {
     'flops_reduction': 100.0 * (1.0 - a.macs / b.macs),
     'params_reduction': 100.0 * (1.0 - a.params / b.params),
@@ -120,7 +123,7 @@ def reduction(
 
 def xla_flops(
   arch: arch_lib.Arch,
-  image_shape: Sequence[int] | None = None,
+  input_shape: Sequence[int] | None = None,
   *,
   batch: int = 1,
 ) -> float:
@@ -128,10 +131,11 @@ def xla_flops(
 
   Compiles the forward pass (seconds on CPU for deep models).
   """
-  shape = _image_shape(arch, image_shape)
+  shape = _input_shape(arch, input_shape)
   model = models.build_model(arch)
   variables = models.variable_shapes(arch, shape)
-  x = jax.ShapeDtypeStruct((batch, *shape), jnp.float32)
+  dtype = models.get_family(arch.family).input_dtype
+  x = jax.ShapeDtypeStruct((batch, *shape), dtype)
   fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
   analysis = fn.lower(variables, x).compile().cost_analysis()
   if isinstance(analysis, list):  # Older jax returned one dict per device.

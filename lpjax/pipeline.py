@@ -1,13 +1,22 @@
-"""The pruning run: baseline -> {score, remove, fine-tune, evaluate}* -> report.
+"""The pruning run: baseline -> {decide, edit, fine-tune, evaluate}* -> report.
+
+Every piece of training is a **stage** (`Pipeline.stage`): one directory of
+orbax checkpoints, created by an `init` function (train from scratch, load,
+or decide and apply an edit), step 0 saved right after it, step `e` after
+training epoch `e`, the last marked complete with the stage's record. A
+stage that finds its directory resumes; a complete one just restores. The
+baseline, every iteration's fine-tune and the probe children a method trains
+(`Context.finetune`) are all stages.
 
 Layout of a run's workdir:
 
-* `baseline/`: orbax checkpoints of the unpruned model (one per training
-  epoch while it trains; the last one is marked complete);
-* `iter_001/`, `iter_002/`, ...: one directory per pruning iteration. Step 0
-  is saved right after surgery (with the criterion's scores and the removed
-  block), step `e` after fine-tuning epoch `e`; the last is marked complete
-  and carries the iteration's record;
+* `baseline/`: the unpruned model;
+* `iter_001/`, `iter_002/`, ...: one stage per pruning iteration. Its
+  `init` calls the method (`lpjax.methods`), which returns a `Decision`
+  (an `Edit` plus scores), and applies the edit (`lpjax.surgery.apply`);
+  the edit is recorded, so every intermediate model is the baseline plus a
+  replay of the recorded edits (`replay_edits`);
+* `iter_001_<name>/`: probe children a method fine-tuned in iteration 1;
 * `results.json`, `report.md`, `*.png`: derived from the checkpoints'
   records after every iteration;
 * `tb/`: TensorBoard scalars.
@@ -23,9 +32,12 @@ al. 2024, Alg. 1).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -36,9 +48,9 @@ from absl import logging
 from lpjax import arch as arch_lib
 from lpjax import (
   checkpointing,
-  criteria,
   flops,
   input_pipeline,
+  methods,
   models,
   surgery,
   train,
@@ -49,27 +61,6 @@ SOURCES = ('train', 'checkpoint', 'keras')
 
 
 # --- Configuration checks -----------------------------------------------------
-
-
-def build_arch(
-  config: ml_collections.ConfigDict, num_classes: int
-) -> arch_lib.Arch:
-  """The unpruned `Arch` a config asks for (source 'train' or 'checkpoint')."""
-  if config.style not in arch_lib.STYLES:
-    raise KeyError(
-      f'Unknown style {config.style!r}; valid styles: '
-      f'{sorted(arch_lib.STYLES)}.'
-    )
-  kwargs: dict[str, Any] = dict(
-    num_classes=num_classes,
-    style=arch_lib.STYLES[config.style],
-    min_blocks_per_stage=config.min_blocks_per_stage,
-  )
-  if config.width:
-    kwargs['width'] = config.width
-  if config.blocks_per_stage:
-    kwargs['blocks_per_stage'] = tuple(config.blocks_per_stage)
-  return arch_lib.get_arch(config.model, **kwargs)
 
 
 # Integer fields and their least valid value.
@@ -85,14 +76,16 @@ _COUNTS = {
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Fails fast on names and targets that cannot work, before any work.
+  """Fails fast on names and values that cannot work, before any work.
 
   Raises:
-    KeyError: unknown criterion, model, dataset or style (listing valid ones).
+    KeyError: unknown criterion, model, dataset (listing valid ones).
     ValueError: a bad count (batch size, epochs, ...), a bad baseline
-      source or a target beyond the floor.
+      source or weight-decay mask.
   """
-  criteria.get_criterion(config.prune.criterion)
+  methods.get_method(config.prune.criterion)
+  if config.baseline.source == 'train':
+    models.get_arch(config.model)  # KeyError listing the valid models.
   for field, least in _COUNTS.items():
     group, key = field.split('.')
     value = config[group][key]
@@ -101,6 +94,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f'{field} must be an integer >= {least}; got {value!r}. '
         f'Set it with --config.{field}=N.'
       )
+  if config.train.weight_decay_mask not in train.DECAY_MASKS:
+    raise ValueError(
+      f'Unknown train.weight_decay_mask {config.train.weight_decay_mask!r}; '
+      f'valid: {list(train.DECAY_MASKS)}.'
+    )
   if config.dataset not in input_pipeline.DATASETS:
     raise KeyError(
       f'Unknown dataset {config.dataset!r}; valid datasets: '
@@ -119,13 +117,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     )
   if config.baseline.source == 'checkpoint' and not config.baseline.path:
     raise ValueError('baseline.source=checkpoint needs baseline.path.')
-  if config.baseline.source == 'train':
-    # Models from a file are checked once loaded (`_load_baseline`).
-    check_target(config, build_arch(config, num_classes=10))
 
 
 def check_target(
-  config: ml_collections.ConfigDict, arch: arch_lib.Arch
+  config: ml_collections.ConfigDict,
+  arch: arch_lib.Arch,
+  input_shape: Any = None,
 ) -> None:
   """Raises if the pruning target is beyond what the floor allows."""
   p = config.prune
@@ -135,24 +132,33 @@ def check_target(
   if p.target_blocks > most:
     raise ValueError(
       f'prune.target_blocks={p.target_blocks} is beyond the floor: '
-      f'{arch.summary()} keeps >= {arch.min_blocks_per_stage} blocks per '
-      f'stage, so at most {most} blocks can be removed.'
+      f'{arch.summary()} keeps >= {arch.min_blocks_per_stage} units per '
+      f'stage, so at most {most} units can be removed.'
     )
   if p.target_flops_reduction:
-    floor = arch.without(
-      [
-        b.name
-        for s in arch.stages
-        for b in s.blocks[arch.min_blocks_per_stage :]
-      ]
-    )
-    best = flops.reduction(floor, arch)['flops_reduction']
+    best = flops.reduction(arch.floor(), arch, input_shape)['flops_reduction']
     if p.target_flops_reduction > best + 1e-9:
       raise ValueError(
         f'prune.target_flops_reduction={p.target_flops_reduction}% is '
-        f'beyond the floor: removing every removable block of '
+        f'beyond the floor: removing every removable unit of '
         f'{arch.summary()} reduces FLOPs by {best:.2f}% at most.'
       )
+
+
+def replay_edits(
+  results: dict[str, Any], arch: arch_lib.Arch, variables: Any, upto: int
+) -> tuple[arch_lib.Arch, Any]:
+  """The model right after iteration `upto`'s edit, from the baseline.
+
+  Applies the edits `results.json` recorded for iterations 1..`upto` to the
+  baseline `(arch, variables)`. Without fine-tuning (`finetune_epochs=0`)
+  this is the model of every checkpoint of the run; with it, the
+  architectures agree and the variables are those of the edits alone.
+  """
+  edits = [
+    surgery.Edit.from_dict(rec['edit']) for rec in results['iterations'][:upto]
+  ]
+  return surgery.replay(arch, variables, edits)
 
 
 # --- The run ------------------------------------------------------------------
@@ -168,6 +174,8 @@ def _state_tree(state: train.TrainState) -> dict[str, Any]:
 
 
 def _variables(state: train.TrainState) -> dict[str, Any]:
+  if not state.batch_stats:  # a family without BatchNorm
+    return {'params': state.params}
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
@@ -210,10 +218,8 @@ class Pipeline:
   workdir: str
 
   def __post_init__(self):
-    check_config(self.config)
-    self.workdir = os.path.abspath(self.workdir)
-    os.makedirs(self.workdir, exist_ok=True)
     c = self.config
+    check_config(c)
     self.dataset = input_pipeline.load(
       c.dataset,
       data_dir=c.data_dir or None,
@@ -224,6 +230,11 @@ class Pipeline:
       holdout=c.holdout,
     )
     self.info = self.dataset.info
+    if c.baseline.source == 'train':
+      # Models from a file are checked once loaded (`_load_baseline`).
+      check_target(c, self._new_arch(), self.info.image_shape)
+    self.workdir = os.path.abspath(self.workdir)
+    os.makedirs(self.workdir, exist_ok=True)
     self.mesh = train.make_mesh()
     self.steps_per_epoch = self.dataset.steps_per_epoch(c.train.batch_size)
     self.writer = _Writer(os.path.join(self.workdir, 'tb'))
@@ -232,24 +243,22 @@ class Pipeline:
 
   # --- Pieces ---
 
+  def _new_arch(self) -> arch_lib.Arch:
+    return models.arch_from_config(
+      self.config, self.info.num_classes, self.info.image_shape
+    )
+
   def _tx(self, epochs: int, learning_rate: float):
     t = self.config.train
+    total = max(1, epochs * self.steps_per_epoch)
     return train.make_optimizer(
       learning_rate=learning_rate,
-      total_steps=max(1, epochs * self.steps_per_epoch),
+      total_steps=total,
       momentum=t.momentum,
       nesterov=t.nesterov,
       schedule=t.schedule,
-      warmup_steps=t.warmup_epochs * self.steps_per_epoch,
+      warmup_steps=min(t.warmup_epochs * self.steps_per_epoch, total - 1),
     )
-
-  def _baseline_tx(self):
-    c = self.config
-    return self._tx(c.baseline.epochs, c.train.learning_rate)
-
-  def _finetune_tx(self):
-    p = self.config.prune
-    return self._tx(p.finetune_epochs, p.finetune_learning_rate)
 
   def _new_state(self, arch, variables, tx) -> train.TrainState:
     return train.create_train_state(models.build_model(arch), variables, tx)
@@ -258,11 +267,7 @@ class Pipeline:
     shape = self.info.image_shape
     return jax.eval_shape(
       lambda: _state_tree(
-        self._new_state(
-          arch,
-          models.init_variables(arch, 0, shape),
-          tx,
-        )
+        self._new_state(arch, models.init_variables(arch, 0, shape), tx)
       )
     )
 
@@ -286,8 +291,9 @@ class Pipeline:
 
   def _record(self, arch, state, base_arch, base_acc=None, **extra):
     ev = self._evaluate(state)
-    cost = flops.cost(arch, self.info.image_shape)
-    red = flops.reduction(arch, base_arch, self.info.image_shape)
+    shape = self.info.image_shape
+    cost = flops.cost(arch, shape)
+    red = flops.reduction(arch, base_arch, shape)
     rec = {
       'blocks_per_stage': list(arch.blocks_per_stage),
       'macs': cost.macs,
@@ -301,94 +307,109 @@ class Pipeline:
     rec.update(extra)
     return rec
 
-  def _fit(
-    self, state, *, epochs, start_epoch, seed, ck, arch, meta, finish, prefix
-  ):
-    """Fine-tunes/trains with a checkpoint after every epoch."""
-
-    def on_epoch_end(st, epoch, metrics):
-      m = dict(meta, epoch=epoch + 1, complete=False)
-      if epoch + 1 == epochs:
-        m = dict(m, complete=True, record=finish(st))
-      ck.save(epoch + 1, state=_state_tree(st), arch=arch, meta=m)
-      if m['complete']:
-        meta['record'] = m['record']
-
-    t = self.config.train
-    return train.fit(
-      state,
-      _Augmenting(self.dataset, t.augment),
-      epochs=epochs,
-      batch_size=t.batch_size,
-      seed=seed,
-      weight_decay=t.weight_decay,
-      start_epoch=start_epoch,
-      mesh=self.mesh,
-      on_epoch_end=on_epoch_end,
-      log_every_steps=t.log_every_steps,
-      writer=self.writer.with_prefix(prefix),
-      description=prefix.rstrip('/'),
-    )
-
   # --- Stages ---
 
-  def baseline(self):
-    """Trains, loads or resumes the unpruned model: `(arch, state, record)`."""
-    c = self.config
-    tx = self._baseline_tx()
+  def stage(
+    self,
+    name: str,
+    *,
+    init: Callable[[], tuple[arch_lib.Arch, Any, dict[str, Any]]],
+    epochs: int,
+    learning_rate: float,
+    seed: int,
+    finish: Callable[[arch_lib.Arch, train.TrainState, dict[str, Any]], Any],
+  ) -> tuple[arch_lib.Arch, train.TrainState, dict[str, Any]]:
+    """One resumable unit of training in `workdir/name`.
+
+    Args:
+      name: the stage's directory name.
+      init: `() -> (arch, variables, meta)`: the model the stage starts from
+        and what to record about it; called only if the stage has no
+        checkpoint yet (its result is saved as step 0 at once).
+      epochs: training epochs (0: the stage only records `init`'s model).
+      learning_rate: peak learning rate of the stage's schedule.
+      seed: data order and dropout of the stage.
+      finish: `(arch, trained state, meta) -> record`, stored with the last
+        checkpoint.
+
+    Returns:
+      `(arch, state, meta)` with `meta['record']` set, the same whether the
+      stage ran now, resumed or was complete already.
+    """
+    tx = self._tx(epochs, learning_rate)
     ck = checkpointing.Checkpoints(
-      os.path.join(self.workdir, 'baseline'),
-      max_to_keep=c.checkpoint_max_to_keep,
+      os.path.join(self.workdir, name),
+      max_to_keep=self.config.checkpoint_max_to_keep,
     )
     with ck:
       if ck.latest_step() is not None:
         arch, state, meta = self._restore(ck, tx)
         if meta.get('complete'):
-          logging.info('Baseline: restored from %s.', ck.directory)
-          return arch, state, meta['record']
+          logging.info('%s: restored from %s.', name, ck.directory)
+          return arch, state, meta
         start = int(meta['epoch'])
-        logging.info('Baseline: resuming training at epoch %d.', start)
+        logging.info('%s: resuming training at epoch %d.', name, start)
       else:
-        arch, variables = self._load_baseline()
+        arch, variables, meta = init()
         state = self._new_state(arch, variables, tx)
+        start = None
+      meta['started'] = time.time()
+
+      def save(step, st, complete):
+        m = dict(meta, epoch=step, complete=complete)
+        if complete:
+          meta['record'] = m['record'] = finish(arch, st, meta)
+        ck.save(step, state=_state_tree(st), arch=arch, meta=m)
+
+      if start is None:  # `init` ran: keep its result before training.
+        save(0, state, complete=epochs == 0)
         start = 0
-      meta = {'started': time.time()}
-      epochs = c.baseline.epochs if c.baseline.source == 'train' else 0
-
-      def finish(st):
-        return self._record(
-          arch,
-          st,
-          arch,
-          iteration=0,
-          seconds=time.time() - meta['started'],
-        )
-
       if start < epochs:
-        state = self._fit(
+        t = self.config.train
+        state = train.fit(
           state,
+          _Augmenting(self.dataset, t.augment),
           epochs=epochs,
+          batch_size=t.batch_size,
+          seed=seed,
+          weight_decay=t.weight_decay,
+          decay=t.weight_decay_mask,
           start_epoch=start,
-          seed=c.seed,
-          ck=ck,
-          arch=arch,
-          meta=meta,
-          finish=finish,
-          prefix='baseline/',
+          mesh=self.mesh,
+          on_epoch_end=lambda st, e, _: save(e + 1, st, e + 1 == epochs),
+          log_every_steps=t.log_every_steps,
+          writer=self.writer.with_prefix(f'{name}/'),
+          description=name,
         )
-      else:
-        meta['record'] = finish(state)
-        ck.save(
-          0,
-          state=_state_tree(state),
-          arch=arch,
-          meta=dict(meta, epoch=0, complete=True),
-        )
-      return arch, state, meta['record']
+      return arch, state, meta
+
+  def baseline(self):
+    """Trains, loads or resumes the unpruned model: `(arch, state, record)`."""
+    c = self.config
+
+    def init():
+      arch, variables = self._load_baseline()
+      return arch, variables, {}
+
+    def finish(arch, st, meta):
+      return self._record(
+        arch, st, arch, iteration=0, seconds=time.time() - meta['started']
+      )
+
+    arch, state, meta = self.stage(
+      'baseline',
+      init=init,
+      epochs=c.baseline.epochs if c.baseline.source == 'train' else 0,
+      learning_rate=c.train.learning_rate,
+      seed=c.seed,
+      finish=finish,
+    )
+    return arch, state, meta['record']
 
   def _load_baseline(self):
     c = self.config
     src = c.baseline.source
+    shape = self.info.image_shape
     if src == 'keras':
       from lpjax.interop import keras_h5
 
@@ -398,16 +419,16 @@ class Pipeline:
       arch = dataclasses.replace(
         arch, min_blocks_per_stage=c.min_blocks_per_stage
       )
-      check_target(c, arch)
+      check_target(c, arch, shape)
       return arch, variables
     if src == 'checkpoint':
       with checkpointing.Checkpoints(c.baseline.path) as src_ck:
-        arch, state, _ = self._restore(src_ck, self._baseline_tx())
-      check_target(c, arch)
+        tx = self._tx(c.baseline.epochs, c.train.learning_rate)
+        arch, state, _ = self._restore(src_ck, tx)
+      check_target(c, arch, shape)
       return arch, _variables(state)
-    arch = build_arch(c, self.info.num_classes)
-    variables = models.init_variables(arch, c.seed, self.info.image_shape)
-    return arch, variables
+    arch = self._new_arch()
+    return arch, models.init_variables(arch, c.seed, shape)
 
   def calibration(self):
     if self._calibration is None:
@@ -419,105 +440,97 @@ class Pipeline:
       )
     return self._calibration
 
+  def context(self, k: int, arch, state) -> methods.Context:
+    """What the method of iteration `k` sees of the model `(arch, state)`."""
+    c, p = self.config, self.config.prune
+    calib = self.calibration()
+    hparams = p.get(p.criterion)
+    return methods.Context(
+      arch=arch,
+      variables=_variables(state),
+      inputs=calib['image'],
+      labels=calib['label'],
+      loss_fn=train.eval_loss_fn(state.apply_fn, state.batch_stats),
+      key=jax.random.fold_in(jax.random.key(c.seed), k),
+      hparams=hparams.to_dict() if hparams is not None else {},
+      seed=c.seed,
+      iteration=k,
+      representation=p.representation,
+      data_batch_size=p.data_batch_size,
+      candidate_chunk=p.candidate_chunk or None,
+      mesh=self.mesh,
+      finetune=functools.partial(self._probe, k),
+    )
+
+  def _probe(self, k, name, arch, variables, *, epochs=None):
+    """`Context.finetune`: trains a probe child as stage `iter_<k>_<name>`."""
+    p = self.config.prune
+    epochs = p.finetune_epochs if epochs is None else epochs
+    _, state, _ = self.stage(
+      f'iter_{k:03d}_{name}',
+      init=lambda: (arch, variables, {}),
+      epochs=epochs,
+      learning_rate=p.finetune_learning_rate,
+      seed=self.config.seed + 1000 * k + zlib.crc32(name.encode()) % 997,
+      finish=lambda *_: {},
+    )
+    return _variables(state)
+
   def iteration(self, k, parent_arch, parent_state, base_arch, base_acc):
     """Pruning iteration `k` (1-based), resumed if it was started."""
     c, p = self.config, self.config.prune
-    tx = self._finetune_tx()
-    ck = checkpointing.Checkpoints(
-      os.path.join(self.workdir, f'iter_{k:03d}'),
-      max_to_keep=c.checkpoint_max_to_keep,
+
+    def init():
+      t0 = time.time()
+      decision = methods.get_method(p.criterion)(
+        self.context(k, parent_arch, parent_state)
+      )
+      seconds_scoring = time.time() - t0
+      logging.info(
+        'Iteration %d: %s scores %s; edit %s (%.1fs).',
+        k,
+        p.criterion,
+        {n: round(v, 6) for n, v in decision.scores.items()},
+        decision.edit.to_dict(),
+        seconds_scoring,
+      )
+      arch, variables = surgery.apply(
+        parent_arch, _variables(parent_state), decision.edit
+      )
+      probe = self._new_state(arch, variables, self._tx(0, 0.0))
+      meta = {
+        'removed': list(decision.edit.remove),
+        'edit': decision.edit.to_dict(),
+        'scores': dict(decision.scores),
+        'diagnostics': dict(decision.diagnostics),
+        'accuracy_before_finetune': self._evaluate(probe)['accuracy'],
+        'seconds_scoring': seconds_scoring,
+      }
+      return arch, variables, meta
+
+    def finish(arch, st, meta):
+      keep = ('removed', 'edit', 'scores', 'diagnostics')
+      return self._record(
+        arch,
+        st,
+        base_arch,
+        base_acc,
+        iteration=k,
+        **{key: meta[key] for key in keep},
+        accuracy_before_finetune=meta['accuracy_before_finetune'],
+        seconds_scoring=meta['seconds_scoring'],
+        seconds_finetune=time.time() - meta['started'],
+      )
+
+    arch, state, meta = self.stage(
+      f'iter_{k:03d}',
+      init=init,
+      epochs=p.finetune_epochs,
+      learning_rate=p.finetune_learning_rate,
+      seed=c.seed + 1000 * k,
+      finish=finish,
     )
-    with ck:
-      if ck.latest_step() is not None:
-        arch, state, meta = self._restore(ck, tx)
-        if meta.get('complete'):
-          return arch, state, meta['record']
-        start = int(meta['epoch'])
-        logging.info(
-          'Iteration %d: resuming fine-tuning at epoch %d.', k, start
-        )
-      else:
-        t0 = time.time()
-        calib = self.calibration()
-        scores = criteria.get_criterion(p.criterion)(
-          criteria.Context(
-            arch=parent_arch,
-            variables=_variables(parent_state),
-            images=calib['image'],
-            labels=calib['label'],
-            seed=c.seed,
-            iteration=k,
-            representation=p.representation,
-            data_batch_size=p.data_batch_size,
-            candidate_chunk=p.candidate_chunk or None,
-            mesh=self.mesh,
-          )
-        )
-        allowed = parent_arch.removable()
-        chosen = min(allowed, key=lambda name: scores[name])
-        seconds_scoring = time.time() - t0
-        logging.info(
-          'Iteration %d: %s scores %s; removing %s (%.1fs).',
-          k,
-          p.criterion,
-          {n: round(s, 6) for n, s in scores.items()},
-          chosen,
-          seconds_scoring,
-        )
-        arch, variables = surgery.remove_blocks(
-          parent_arch, _variables(parent_state), [chosen]
-        )
-        state = self._new_state(arch, variables, tx)
-        meta = {
-          'removed': [chosen],
-          'scores': scores,
-          'accuracy_before_finetune': self._evaluate(state)['accuracy'],
-          'seconds_scoring': seconds_scoring,
-        }
-        ck.save(
-          0,
-          state=_state_tree(state),
-          arch=arch,
-          meta=dict(meta, epoch=0, complete=False),
-        )
-        start = 0
-      meta['started'] = time.time()
-
-      def finish(st):
-        return self._record(
-          arch,
-          st,
-          base_arch,
-          base_acc,
-          iteration=k,
-          removed=meta['removed'],
-          scores=meta['scores'],
-          accuracy_before_finetune=meta['accuracy_before_finetune'],
-          seconds_scoring=meta['seconds_scoring'],
-          seconds_finetune=time.time() - meta['started'],
-        )
-
-      if p.finetune_epochs > 0:
-        state = self._fit(
-          state,
-          epochs=p.finetune_epochs,
-          start_epoch=start,
-          seed=c.seed + 1000 * k,
-          ck=ck,
-          arch=arch,
-          meta=meta,
-          finish=finish,
-          prefix=f'iter_{k:03d}/',
-        )
-      else:
-        meta['record'] = finish(state)
-        ck.save(
-          1,
-          state=_state_tree(state),
-          arch=arch,
-          meta=dict(meta, epoch=0, complete=True),
-        )
-      return arch, state, meta['record']
+    return arch, state, meta['record']
 
   def _done(self, arch, base_arch, removed) -> bool:
     p = self.config.prune
@@ -548,12 +561,13 @@ class Pipeline:
       'iterations': [],
     }
     self._save_results(results)
-    arch, k = base_arch, 0
-    while not self._done(arch, base_arch, k):
+    arch, k, removed = base_arch, 0, 0
+    while not self._done(arch, base_arch, removed):
       k += 1
       arch, state, rec = self.iteration(
         k, arch, state, base_arch, base_rec['test_accuracy']
       )
+      removed += len(rec['removed'])
       results['iterations'].append(rec)
       self.writer.with_prefix('prune/').write_scalars(
         k,

@@ -1,4 +1,4 @@
-"""Representations of every single-block removal, in one compiled call.
+"""Representations of every single-unit removal, in one compiled call.
 
 `candidate_representations` runs the unpruned forward and, for every
 candidate block, the forward with that block skipped, and returns the chosen
@@ -6,7 +6,9 @@ representation of each: `[1 + num_candidates, n, ...]`. It is one jitted XLA
 computation, `lax.map`ped over batches of the calibration data, with two
 ways to evaluate the candidates:
 
-* shared prefix (`candidate_chunk=None`, the default): one pass of the model
+* shared prefix (`candidate_chunk=None`, the default, for families with a
+  `fanout` pass; the others get every masked forward at once): one pass of
+  the model
   with `fanout=True`. Everything before candidate i is the same for the
   unpruned model and the model without i, so it is computed once; at each
   candidate the batch gains a stream that carries the block's input past
@@ -25,6 +27,13 @@ images.
 
 `score_candidates` turns those into per-candidate scores with a similarity
 function (1 - linear CKA against the unpruned representation, by default).
+`map_batches` is the same compiled batching for any other per-batch
+statistic of a model (e.g. every unit's input and output, for ShortGPT's
+block influence).
+
+Inputs are cast to the family's input dtype (float images and series, int
+tokens); representations of any rank are flattened per example
+(`[n, H, W, C]` or `[n, T, D]` -> `[n, features]`) before the similarity.
 
 Compiled functions are cached per (model, representation, chunking, shapes),
 so re-scoring a model of the same arch after fine-tuning does not retrace.
@@ -34,6 +43,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,10 +55,6 @@ from lpjax import cka, models
 
 # (reference [n, ...], candidates [k, n, ...]) -> similarity [k].
 SimilarityFn = Callable[[jax.Array, jax.Array], jax.Array]
-
-
-def _flatten(r):
-  return r.reshape(*r.shape[:-3], -1) if r.ndim > 3 else r
 
 
 def _representations_fn(
@@ -63,6 +69,7 @@ def _representations_fn(
       f'number of masked forwards; got {candidate_chunk}.'
     )
   model = models.build_model(arch)
+  fanout = models.get_family(arch.family).fanout
   num = len(arch.candidates)
   # Row 0 skips nothing (the reference); row 1 + i skips candidate i.
   masks = jnp.concatenate(
@@ -76,19 +83,19 @@ def _representations_fn(
     return reps[representation]
 
   def batch(variables, x):
-    if candidate_chunk is None:
+    if candidate_chunk is None and fanout:
       reps = models.representations(
         model, variables, x, [representation], fanout=True
       )
       return reps[representation]
-    if candidate_chunk >= num + 1:
+    if candidate_chunk is None or candidate_chunk >= num + 1:
       return jax.vmap(one, in_axes=(None, None, 0))(variables, x, masks)
     return jax.lax.map(
       lambda m: one(variables, x, m), masks, batch_size=candidate_chunk
     )
 
   def run(variables, xs):
-    # xs: [num_batches, batch, H, W, C] -> [num_batches, 1 + K, batch, ...]
+    # xs: [num_batches, batch, ...] -> [num_batches, 1 + K, batch, ...]
     out = jax.lax.map(lambda x: batch(variables, x), xs)
     out = jnp.moveaxis(out, 1, 0)  # [1 + K, num_batches, batch, ...]
     return out.reshape(out.shape[0], -1, *out.shape[3:])
@@ -139,14 +146,15 @@ def candidate_representations(
   Args:
     arch: the network; its `candidates` define the order of the output.
     variables: `{'params', 'batch_stats'}`.
-    images: calibration images `[n, H, W, C]`.
-    representation: `'pooled'`, `'logits'` or a block name (see
+    images: calibration inputs `[n, ...]` (images, series or tokens).
+    representation: `'pooled'`, `'logits'`, `'stem'` or a unit name (see
       `lpjax.models.representations`).
     data_batch_size: images per forward pass; the largest divisor of `n` not
       above it is used.
     candidate_chunk: `None` (default): every candidate in one shared-prefix
-      pass (least work). An int: masked forwards, that many at a time
-      (bounds memory at about twice the work).
+      pass (least work; families without one: every masked forward at
+      once). An int: masked forwards, that many at a time (bounds memory at
+      about twice the work).
     mesh: optional device mesh with a `'data'` axis; images are sharded
       along their batch dimension.
 
@@ -167,8 +175,12 @@ def _prepare(arch, variables, images, representation, data_batch_size, mesh):
       f'valid names: {list(models.representation_names(arch))}.'
     )
   if not arch.candidates:
-    raise ValueError(f'{arch.summary()} has no candidate blocks to score.')
-  images = np.asarray(images, np.float32)
+    raise ValueError(f'{arch.summary()} has no candidate units to score.')
+  return _batched(arch, variables, images, data_batch_size, mesh)
+
+
+def _batched(arch, variables, inputs, data_batch_size, mesh):
+  images = np.asarray(inputs, models.get_family(arch.family).input_dtype)
   n = images.shape[0]
   devices = mesh.size if mesh is not None else 1
   b = _batch_size(n, data_batch_size, devices)
@@ -179,9 +191,15 @@ def _prepare(arch, variables, images, representation, data_batch_size, mesh):
   return variables, xs
 
 
+def flatten(ref: jax.Array, cands: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`[n, ...]`, `[k, n, ...]` -> `[n, d]`, `[k, n, d]` (features per example)."""
+  n = ref.shape[0]
+  return ref.reshape(n, -1), cands.reshape(*cands.shape[:2], -1)
+
+
 def cka_similarity(ref: jax.Array, cands: jax.Array) -> jax.Array:
   """Linear CKA (papers' biased form) of `ref` against each candidate."""
-  return cka.linear_cka_one_to_many(_flatten(ref), _flatten(cands))
+  return cka.linear_cka_one_to_many(*flatten(ref, cands))
 
 
 def score_candidates(
@@ -195,29 +213,79 @@ def score_candidates(
   candidate_chunk: int | None = None,
   mesh: Mesh | None = None,
 ) -> dict[str, float]:
-  """`1 - similarity(unpruned, without block)` for every candidate block.
+  """`1 - similarity(unpruned, without unit)` for every candidate unit.
 
-  Lower = removing the block changes the representation less = more
-  removable. Scores are keyed by block name, never by position.
+  Lower = removing the unit changes the representation less = more
+  removable. Scores are keyed by unit id, never by position.
 
   Args:
     arch, variables, images, representation, data_batch_size,
     candidate_chunk, mesh: as for `candidate_representations`.
-    similarity: maps (reference `[n, d]`, candidates `[k, n, d]`) to `[k]`.
+    similarity: maps (reference `[n, ...]`, candidates `[k, n, ...]`) to
+      `[k]` (see `flatten`).
 
   Returns:
-    `{block_name: score}` in network order.
+    `{unit_id: score}` in network order.
+
+  Raises:
+    FloatingPointError: naming the candidates whose scores are not finite.
   """
   fn = _compiled_scores(arch, representation, candidate_chunk, similarity)
   inputs = _prepare(
     arch, variables, images, representation, data_batch_size, mesh
   )
-  scores = np.asarray(fn(*inputs), np.float64)
+  return checked_scores(arch.candidates, fn(*inputs))
+
+
+def checked_scores(names, values) -> dict[str, float]:
+  """`{name: float64 score}`; raises if any score is NaN or infinite."""
+  scores = np.asarray(values, np.float64)
   if not np.all(np.isfinite(scores)):
-    bad = [c for c, s in zip(arch.candidates, scores) if not np.isfinite(s)]
+    bad = [c for c, s in zip(names, scores) if not np.isfinite(s)]
     raise FloatingPointError(
       f'Scores of {bad} are not finite: the representation is constant or '
       'non-finite on the calibration data (a collapsed or diverged model, '
       'or too few calibration examples).'
     )
-  return dict(zip(arch.candidates, scores.tolist()))
+  return dict(zip(names, scores.tolist()))
+
+
+# (model, variables, x [b, ...]) -> any pytree of arrays.
+BatchFn = Callable[[Any, Any, jax.Array], Any]
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_map(arch, fn):
+  model = models.build_model(arch)
+  return jax.jit(
+    lambda variables, xs: jax.lax.map(lambda x: fn(model, variables, x), xs)
+  )
+
+
+def map_batches(
+  fn: BatchFn,
+  arch: arch_lib.Arch,
+  variables,
+  inputs: np.ndarray | jax.Array,
+  *,
+  data_batch_size: int = 500,
+  mesh: Mesh | None = None,
+) -> Any:
+  """`fn` on every batch of `inputs`, in one compiled call.
+
+  Args:
+    fn: `fn(model, variables, x)` for a batch `x` `[b, ...]`, returning a
+      pytree of arrays; a module-level function (it keys the compile cache,
+      so the same `(arch, fn)` never retraces).
+    arch, variables: the model.
+    inputs: `[n, ...]`, cast to the family's input dtype.
+    data_batch_size: examples per batch; the largest divisor of `n` not
+      above it is used, so every batch has the same size.
+    mesh: optional device mesh with a `'data'` axis.
+
+  Returns:
+    `fn`'s pytree with a leading `[num_batches]` axis.
+  """
+  return _compiled_map(arch, fn)(
+    *_batched(arch, variables, inputs, data_batch_size, mesh)
+  )

@@ -1,13 +1,20 @@
-"""Training and evaluation of (pruned) ResNets: SGD, L2, data parallelism.
+"""Training and evaluation of any model family: SGD, L2, data parallelism.
 
 The recipe follows the papers' Keras models: SGD with Nesterov momentum 0.9,
 the learning rate divided by 10 at 50 % and 75 % of the run, and an L2 penalty
-`weight_decay * sum(w**2)` on every convolution kernel (Keras'
-`kernel_regularizer=l2(1e-4)`); Dense layers and BatchNorm are not
-regularised.
+`weight_decay * sum(w**2)` in the loss. Which weights the penalty covers is a
+mask (`DECAY_MASKS`): the papers' `'conv_kernels'` (Keras'
+`kernel_regularizer=l2(1e-4)` on convolutions; Dense layers and BatchNorm
+not regularised) or `'kernels'` (every kernel, Dense included: what a
+transformer wants).
 
-Steps are module-level pure functions (`train_step`, `eval_step`). They are
-jitted once per (mesh, weight decay) by `jit_train_step` / `jit_eval_step`
+Models with and without BatchNorm train alike (`batch_stats` is an empty
+tree for the latter), and dropout draws from a `'dropout'` RNG derived from
+(seed, step), so a resumed run draws the same masks.
+
+Steps are module-level pure functions (`loss_fn`, `train_step`,
+`eval_step`). They are jitted once per (mesh, loss settings) by
+`jit_train_step` / `jit_eval_step`
 with explicit shardings: the state is replicated over a one-axis `'data'`
 mesh of every device and the batch is split along its first axis. Under
 `jax.jit` this is plain data parallelism: gradients and BatchNorm batch
@@ -47,7 +54,8 @@ class TrainState(train_state.TrainState):
   """Train state with BatchNorm statistics.
 
   Attributes:
-    batch_stats: the model's `batch_stats` collection.
+    batch_stats: the model's `batch_stats` collection (`{}` without
+      BatchNorm).
   """
 
   batch_stats: Any = None
@@ -205,22 +213,48 @@ def make_optimizer(
 # --- Steps --------------------------------------------------------------------
 
 
-def l2_penalty(params: Any) -> jax.Array:
-  """Sum of squares of every convolution kernel.
+DECAY_MASKS = ('conv_kernels', 'kernels')
 
-  Selects the leaves named `kernel` with 4 dimensions (`[kh, kw, in, out]`):
-  every `nn.Conv` kernel, but neither Dense kernels (2-D) nor biases nor
-  BatchNorm scales.
+
+def decay_mask(params: Any, which: str = 'conv_kernels') -> Any:
+  """Which leaves of `params` the L2 penalty covers (a tree of bools).
 
   Args:
     params: a `params` tree.
+    which: `'conv_kernels'`: leaves named `kernel` with 4 dimensions (every
+      `nn.Conv` kernel; the papers' Keras models). `'kernels'`: every leaf
+      named `kernel` (convolutions and Dense layers, not biases, norms or
+      embeddings).
+
+  Raises:
+    ValueError: for an unknown mask name, listing the valid ones.
+  """
+  if which not in DECAY_MASKS:
+    raise ValueError(
+      f'Unknown weight-decay mask {which!r}; valid masks: {DECAY_MASKS}.'
+    )
+
+  def covered(path, leaf):
+    kernel = _leaf_name(path) == 'kernel'
+    return kernel and (which == 'kernels' or jnp.ndim(leaf) == 4)
+
+  return jax.tree_util.tree_map_with_path(covered, params)
+
+
+def l2_penalty(params: Any, which: str = 'conv_kernels') -> jax.Array:
+  """Sum of squares of the leaves `decay_mask(params, which)` selects.
+
+  Args:
+    params: a `params` tree.
+    which: a mask name from `DECAY_MASKS` (default: convolution kernels).
 
   Returns:
     A float32 scalar.
   """
   total = jnp.zeros((), jnp.float32)
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    if _leaf_name(path) == 'kernel' and jnp.ndim(leaf) == 4:
+  mask = decay_mask(params, which)
+  for leaf, on in zip(jax.tree.leaves(params), jax.tree.leaves(mask)):
+    if on:
       total += jnp.sum(jnp.square(leaf.astype(jnp.float32)))
   return total
 
@@ -236,42 +270,113 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   )
 
 
+def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+  if batch_stats:
+    return {'params': params, 'batch_stats': batch_stats}
+  return {'params': params}
+
+
+def loss_fn(
+  params: Any,
+  batch_stats: Any,
+  batch: Batch,
+  *,
+  apply_fn: Callable[..., Any],
+  train: bool = True,
+  rng: jax.Array | None = None,
+  weight_decay: float = 0.0,
+  decay: str = 'conv_kernels',
+) -> tuple[jax.Array, dict[str, Any]]:
+  """`mean cross-entropy + weight_decay * l2_penalty(params, decay)`.
+
+  Args:
+    params: the model's `params`.
+    batch_stats: its `batch_stats` (`{}` for models without BatchNorm).
+    batch: `{'image': [B, ...] inputs, 'label': [B] int32}`.
+    apply_fn: the model's `apply`.
+    train: training mode (batch statistics, dropout) or eval mode.
+    rng: the `'dropout'` key (training mode only; `None`: no dropout RNG).
+    weight_decay: the L2 coefficient.
+    decay: which weights the penalty covers (`DECAY_MASKS`).
+
+  Returns:
+    The total loss and `{'loss': mean cross-entropy, 'l2': unweighted
+    penalty, 'logits': [B, classes], 'batch_stats': the updated statistics
+    (unchanged in eval mode)}`.
+  """
+  variables = _variables(params, batch_stats)
+  if train:
+    rngs = {'dropout': rng} if rng is not None else {}
+    logits, updates = apply_fn(
+      variables, batch['image'], train=True, rngs=rngs, mutable=['batch_stats']
+    )
+    batch_stats = updates.get('batch_stats', batch_stats)
+  else:
+    logits = apply_fn(variables, batch['image'], train=False)
+  loss = jnp.mean(_cross_entropy(logits, batch['label']))
+  l2 = l2_penalty(params, decay)
+  aux = {'loss': loss, 'l2': l2, 'logits': logits, 'batch_stats': batch_stats}
+  return loss + weight_decay * l2, aux
+
+
+def eval_loss_fn(
+  apply_fn: Callable[..., Any], batch_stats: Any
+) -> Callable[[Any, Batch], jax.Array]:
+  """`(params, batch) -> mean cross-entropy` in eval mode, no penalty.
+
+  The loss pruning methods differentiate (e.g. GradNorm): BatchNorm uses its
+  running statistics and dropout is off, so gradients do not depend on how
+  the calibration data are batched.
+  """
+
+  def fn(params: Any, batch: Batch) -> jax.Array:
+    return loss_fn(params, batch_stats, batch, apply_fn=apply_fn, train=False)[
+      1
+    ]['loss']
+
+  return fn
+
+
 def train_step(
-  state: TrainState, batch: Batch, *, weight_decay: float
+  state: TrainState,
+  batch: Batch,
+  *,
+  weight_decay: float,
+  decay: str = 'conv_kernels',
+  dropout_seed: int = 0,
 ) -> tuple[TrainState, Metrics]:
-  """One SGD step on `cross_entropy + weight_decay * l2_penalty`.
+  """One SGD step on `loss_fn` (cross-entropy + L2).
 
   Args:
     state: the train state.
-    batch: `{'image': [B, H, W, C] float32, 'label': [B] int32}`.
+    batch: `{'image': [B, ...], 'label': [B] int32}`.
     weight_decay: the L2 coefficient (the papers: 1e-4).
+    decay: which weights the penalty covers (`DECAY_MASKS`).
+    dropout_seed: the dropout key of step `s` is
+      `fold_in(key(dropout_seed), s)`.
 
   Returns:
     The new state and scalar metrics: `loss` (mean cross-entropy, without
     the penalty), `accuracy`, `l2` (the unweighted penalty, before the step)
     and `grad_norm` (global norm of the total gradient).
   """
-
-  def loss_fn(params):
-    logits, updates = state.apply_fn(
-      {'params': params, 'batch_stats': state.batch_stats},
-      batch['image'],
-      train=True,
-      mutable=['batch_stats'],
-    )
-    loss = jnp.mean(_cross_entropy(logits, batch['label']))
-    l2 = l2_penalty(params)
-    return loss + weight_decay * l2, (loss, l2, logits, updates)
-
-  grads, (loss, l2, logits, updates) = jax.grad(loss_fn, has_aux=True)(
-    state.params
+  rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+  grads, aux = jax.grad(loss_fn, has_aux=True)(
+    state.params,
+    state.batch_stats,
+    batch,
+    apply_fn=state.apply_fn,
+    train=True,
+    rng=rng,
+    weight_decay=weight_decay,
+    decay=decay,
   )
-  state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+  state = state.apply_gradients(grads=grads, batch_stats=aux['batch_stats'])
+  accuracy = jnp.mean(jnp.argmax(aux['logits'], -1) == batch['label'])
   metrics = {
-    'loss': loss,
+    'loss': aux['loss'],
     'accuracy': accuracy.astype(jnp.float32),
-    'l2': l2,
+    'l2': aux['l2'],
     'grad_norm': optax.global_norm(grads),
   }
   return state, metrics
@@ -290,9 +395,7 @@ def eval_step(state: TrainState, batch: Batch) -> Metrics:
     examples only, so the host can aggregate padded batches exactly.
   """
   logits = state.apply_fn(
-    {'params': state.params, 'batch_stats': state.batch_stats},
-    batch['image'],
-    train=False,
+    _variables(state.params, state.batch_stats), batch['image'], train=False
   )
   labels = batch['label']
   mask = batch.get('mask')
@@ -366,9 +469,13 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 @functools.cache
 def jit_train_step(
-  *, weight_decay: float, mesh: Mesh
+  *,
+  weight_decay: float,
+  mesh: Mesh,
+  decay: str = 'conv_kernels',
+  dropout_seed: int = 0,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """`train_step` jitted for `mesh`, cached per (mesh, weight decay).
+  """`train_step` jitted for `mesh`, cached per (mesh, loss settings).
 
   It compiles once per (model, optimizer, batch shape). The input state is
   not donated, so states handed to callbacks (checkpointers, best-model
@@ -376,7 +483,12 @@ def jit_train_step(
   """
   replicated = NamedSharding(mesh, P())
   return jax.jit(
-    functools.partial(train_step, weight_decay=float(weight_decay)),
+    functools.partial(
+      train_step,
+      weight_decay=float(weight_decay),
+      decay=decay,
+      dropout_seed=int(dropout_seed),
+    ),
     in_shardings=(replicated, NamedSharding(mesh, P(DATA_AXIS))),
     out_shardings=(replicated, replicated),
   )
@@ -443,8 +555,7 @@ def fit(
   mesh: Mesh | None = None,
   on_epoch_end: Callable[[TrainState, int, Metrics], None] | None = None,
   log_every_steps: int | None = 100,
-  eval_fn: Callable[[TrainState], Mapping[str, Any]] | None = None,
-  eval_every_epochs: int = 1,
+  decay: str = 'conv_kernels',
   writer: Any = None,
   description: str = 'train',
 ) -> TrainState:
@@ -462,18 +573,15 @@ def fit(
       `steps_per_epoch(batch_size)` (for progress and ETA).
     epochs: the epoch to stop before (total epochs of the run).
     batch_size: global batch size; a multiple of the mesh's device count.
-    seed: data-order seed.
-    weight_decay: L2 coefficient on convolution kernels.
+    seed: data-order and dropout seed.
+    weight_decay: L2 coefficient.
     start_epoch: the first epoch to run.
     mesh: the data-parallel mesh (default: `make_mesh()`).
     on_epoch_end: called as `on_epoch_end(state, epoch, metrics)` after each
       epoch, e.g. to checkpoint.
     log_every_steps: log progress every this many steps (None or 0: only
       once per epoch).
-    eval_fn: optional `eval_fn(state) -> {name: value}` run after every
-      `eval_every_epochs` epochs and after the last; its results enter the
-      epoch metrics as `eval_{name}`.
-    eval_every_epochs: evaluation period in epochs.
+    decay: which weights the L2 penalty covers (`DECAY_MASKS`).
     writer: optional `clu.metric_writers.MetricWriter` (or anything with
       `write_scalars(step, scalars)`); the epoch metrics are written at the
       global step, under their own names (`loss`, `eval_accuracy`, ...).
@@ -488,7 +596,9 @@ def fit(
     ValueError: if an epoch yields no batches.
   """
   mesh = make_mesh() if mesh is None else mesh
-  step_fn = jit_train_step(weight_decay=weight_decay, mesh=mesh)
+  step_fn = jit_train_step(
+    weight_decay=weight_decay, mesh=mesh, decay=decay, dropout_seed=seed
+  )
   state = replicate(state, mesh)
   steps_per_epoch = None
   if hasattr(dataset, 'steps_per_epoch'):
@@ -523,11 +633,6 @@ def fit(
     epoch_time = time.perf_counter() - t0
     epoch_times.append(epoch_time)
     metrics = tracker.summary(epoch_time)
-    if eval_fn is not None and (
-      (epoch + 1) % eval_every_epochs == 0 or epoch == epochs - 1
-    ):
-      for k, v in eval_fn(state).items():
-        metrics[f'eval_{k}'] = v
     eta = (epochs - epoch - 1) * float(np.median(epoch_times))
     logging.info(
       '%s: epoch %d/%d done in %.1fs (%.2f steps/s): %s; ETA %s.',

@@ -2,8 +2,8 @@
 
 import pytest
 
-from lpjax import arch as arch_lib
 from lpjax import flops
+from lpjax.models import resnet
 
 # ALGORITHMS §1.5 / the papers' compute_flops (multiply-accumulates).
 PAPER_MACS = {
@@ -17,19 +17,19 @@ KERAS_PARAMS = {32: 470_218, 44: 665_994, 56: 861_770, 110: 1_742_762}
 
 @pytest.mark.parametrize('depth', sorted(PAPER_MACS))
 def test_cifar_resnets_match_the_papers(depth):
-  c = flops.cost(arch_lib.resnet_cifar(depth))
+  c = flops.cost(resnet.resnet_cifar(depth))
   assert c.macs == PAPER_MACS[depth]
   assert c.params == KERAS_PARAMS[depth]
 
 
 def test_resnet50_matches_keras():
-  c = flops.cost(arch_lib.resnet_imagenet(50))
+  c = flops.cost(resnet.resnet_imagenet(50))
   assert c.macs == 3_857_973_248
   assert c.trainable_params == 25_583_592  # Keras ResNet50 trainable params
 
 
 def test_every_identity_block_costs_the_same():
-  a = arch_lib.resnet_cifar(56)
+  a = resnet.resnet_cifar(56)
   base = flops.cost(a)
   per_stage_params = {1: 4_768, 2: 18_752, 3: 74_368}
   for name in a.candidates:
@@ -39,7 +39,7 @@ def test_every_identity_block_costs_the_same():
 
 
 def test_bottleneck_block_costs_218m():
-  a = arch_lib.resnet_imagenet(50)
+  a = resnet.resnet_imagenet(50)
   delta = flops.cost(a).macs - flops.cost(a.without(['stage3_block05'])).macs
   assert delta == 218_365_952
 
@@ -49,7 +49,7 @@ def test_bottleneck_block_costs_218m():
   [((6, 3, 8), 37.52), ((2, 2, 3), 75.05), ((2, 2, 2), 78.80)],
 )
 def test_papers_reductions(per_stage, expected):
-  a = arch_lib.resnet_cifar(56)
+  a = resnet.resnet_cifar(56)
   pruned = a.without(
     b.name for s, stage in zip(per_stage, a.stages) for b in stage.blocks[s:]
   )
@@ -59,7 +59,7 @@ def test_papers_reductions(per_stage, expected):
 
 
 def test_filter_pruning_reduces_macs_linearly():
-  a = arch_lib.resnet_cifar(20)
+  a = resnet.resnet_cifar(20)
   b = a.with_widths('stage2_block01', [16])  # 32 -> 16 filters in conv1
   # Stage 2 runs at 16x16. conv1: 16*16*9*32 MACs per output filter; conv2:
   # 16*16*9*32 per input channel.
@@ -98,7 +98,7 @@ def _in_bounds_macs(depth, size=32):
 
 def test_xla_count_explained():
   """XLA = 2 x in-bounds MACs + a few percent of elementwise work."""
-  a = arch_lib.resnet_cifar(20)
+  a = resnet.resnet_cifar(20)
   xla = flops.xla_flops(a)
   papers = flops.cost(a).macs
   ratio_all = xla / (2 * papers)

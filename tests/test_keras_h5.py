@@ -14,9 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from lpjax import arch as arch_lib
 from lpjax import models
 from lpjax.interop import KerasImportError, load_keras_model
+from lpjax.models import resnet
 
 MODELS = (
   'resnet56_baseline',
@@ -79,8 +79,8 @@ def test_blocks_and_element_count_match_keras(loaded, reference):
 def test_arch_and_style(loaded):
   _, arch, variables, _ = loaded
   assert arch.family == 'resnet_cifar'
-  assert arch.style == arch_lib.KERAS_STYLE
-  assert arch.num_classes == 10 and arch.stem_width == 16
+  assert resnet.style_of(arch) == resnet.KERAS_STYLE
+  assert arch.num_classes == 10 and arch.option('stem_width') == 16
   assert [(s.width, s.stride) for s in arch.stages] == [
     (16, 1),
     (32, 2),
@@ -166,7 +166,7 @@ def _keras_files(tmp_path, arch, variables, *, edit=None, image=8, seed=0):
   rng = np.random.default_rng(seed)
   numbers = iter(rng.permutation(10_000))
   layers, weights = [], {}
-  style = arch.style
+  style = resnet.style_of(arch)
 
   def add(kind, inputs, config, w=None):
     name = f'{kind.lower()}_{next(numbers)}'
@@ -266,8 +266,8 @@ def _keras_files(tmp_path, arch, variables, *, edit=None, image=8, seed=0):
   return json_path, h5_path
 
 
-def _tiny(style=arch_lib.KERAS_STYLE):
-  arch = arch_lib.resnet_cifar(
+def _tiny(style=resnet.KERAS_STYLE):
+  arch = resnet.resnet_cifar(
     blocks_per_stage=(1, 2, 3), width=4, num_classes=3, style=style
   )
   arch = arch.with_widths('stage2_block01', (3,))  # One filter-pruned block.
@@ -284,9 +284,9 @@ def _tiny(style=arch_lib.KERAS_STYLE):
 @pytest.mark.parametrize(
   'style',
   [
-    arch_lib.KERAS_STYLE,
+    resnet.KERAS_STYLE,
     dataclasses.replace(
-      arch_lib.KERAS_STYLE,
+      resnet.KERAS_STYLE,
       bn_epsilon=1e-5,
       bn_momentum=0.9,
       projection_bn=True,

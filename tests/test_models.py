@@ -11,12 +11,11 @@ import pytest
 
 from lpjax import arch as arch_lib
 from lpjax import models, surgery
+from lpjax.models import resnet
 
 # Tiny networks: few blocks, narrow, small images (each shape = one compile).
-CIFAR = arch_lib.resnet_cifar(
-  blocks_per_stage=(4, 3, 3), width=4, num_classes=5
-)
-BOTTLENECK = arch_lib.resnet_imagenet(
+CIFAR = resnet.resnet_cifar(blocks_per_stage=(4, 3, 3), width=4, num_classes=5)
+BOTTLENECK = resnet.resnet_imagenet(
   blocks_per_stage=(3, 3), width=4, num_classes=5
 )
 CIFAR_IMAGE = (8, 8, 3)
@@ -74,13 +73,13 @@ def net(request):
 
 
 def test_candidates_follow_the_papers_rule():
-  a = arch_lib.resnet_cifar(56)
+  a = resnet.resnet_cifar(56)
   assert len(a.candidates) == 24  # 8 per stage
   assert 'stage1_block00' not in a.candidates
   assert 'stage2_block00' not in a.candidates
   assert a.max_removable() == 21  # ALGORITHMS §1.2: ResNet56 -> 21 blocks
-  assert arch_lib.resnet_cifar(110).max_removable() == 48
-  assert arch_lib.resnet_imagenet(50).max_removable() == 8
+  assert resnet.resnet_cifar(110).max_removable() == 48
+  assert resnet.resnet_imagenet(50).max_removable() == 8
   smallest = a.without([c for c in a.candidates if not c.endswith('01')])
   assert smallest.blocks_per_stage == (2, 2, 2)
   assert smallest.removable() == ()
@@ -93,10 +92,10 @@ def test_arch_json_round_trip():
 
 
 def test_get_arch_names():
-  assert arch_lib.get_arch('resnet110').blocks_per_stage == (18, 18, 18)
-  assert arch_lib.get_arch('resnet50').family == 'resnet_imagenet'
+  assert models.get_arch('resnet110').blocks_per_stage == (18, 18, 18)
+  assert models.get_arch('resnet50').family == 'resnet_imagenet'
   with pytest.raises(KeyError, match='resnet56'):
-    arch_lib.get_arch('vgg16')
+    models.get_arch('vgg16')
 
 
 def test_skip_equals_delete(net):
@@ -198,9 +197,9 @@ def test_surgery_is_pure_and_exact(net):
 
 def test_remove_blocks_errors():
   v = models.variable_shapes(CIFAR, CIFAR_IMAGE)
-  with pytest.raises(ValueError, match='no such block'):
+  with pytest.raises(ValueError, match='no such unit'):
     surgery.remove_blocks(CIFAR, v, ['stage9_block01'])
-  with pytest.raises(ValueError, match='never a candidate'):
+  with pytest.raises(ValueError, match='not candidates'):
     surgery.remove_blocks(CIFAR, v, ['stage2_block00'])
   with pytest.raises(ValueError, match='below the floor'):
     surgery.remove_blocks(CIFAR, v, ['stage2_block01', 'stage2_block02'])
@@ -300,7 +299,7 @@ def test_skip_mask_shape_checked():
 
 @pytest.mark.parametrize(
   'arch',
-  [arch_lib.resnet_cifar(20), arch_lib.resnet_imagenet(50)],
+  [resnet.resnet_cifar(20), resnet.resnet_imagenet(50)],
   ids=['cifar', 'imagenet'],
 )
 def test_skip_mask_orders_candidates(arch):

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lpjax import arch as arch_lib
-from lpjax import criteria, models, scoring, surgery
+from lpjax import methods, models, scoring, surgery
+from lpjax.models import resnet
 
-ARCH = arch_lib.resnet_cifar(blocks_per_stage=(3, 3, 3), width=4)
+ARCH = resnet.resnet_cifar(blocks_per_stage=(3, 3, 3), width=4)
 IMAGE = (8, 8, 3)
 
 
@@ -133,20 +133,28 @@ def test_constant_representation_raises(trained_like):
 
 
 def test_registry_lists_valid_names():
-  assert {'cka', 'random', 'l1'} <= set(criteria.CRITERIA)
-  with pytest.raises(KeyError, match=r"\['cka', 'l1', 'random'"):
-    criteria.get_criterion('hrank')
+  assert {'cka', 'random', 'l1'} <= set(methods.METHODS)
+  with pytest.raises(KeyError, match=r"valid criteria: \[.*'cka', 'l1'"):
+    methods.get_method('hrank')
 
 
 def _ctx(variables, x, **kw):
-  return criteria.Context(
-    arch=ARCH, variables=variables, images=x, labels=np.zeros(len(x)), **kw
+  return methods.Context(
+    arch=ARCH, variables=variables, inputs=x, labels=np.zeros(len(x)), **kw
   )
+
+
+def _scores(name, ctx):
+  decision = methods.get_method(name)(ctx)
+  # The method removes the lowest-scoring removable unit.
+  (removed,) = decision.edit.remove
+  assert removed == min(ctx.arch.removable(), key=decision.scores.get)
+  return decision.scores
 
 
 def test_l1_criterion_matches_numpy(trained_like):
   variables, x = trained_like
-  got = criteria.get_criterion('l1')(_ctx(variables, x))
+  got = _scores('l1', _ctx(variables, x))
   for name in ARCH.candidates:
     block = variables['params'][name]
     want = sum(
@@ -158,10 +166,9 @@ def test_l1_criterion_matches_numpy(trained_like):
 
 def test_random_criterion_reproducible(trained_like):
   variables, x = trained_like
-  f = criteria.get_criterion('random')
-  a = f(_ctx(variables, x, seed=1, iteration=2))
-  assert a == f(_ctx(variables, x, seed=1, iteration=2))
-  assert a != f(_ctx(variables, x, seed=1, iteration=3))
+  a = _scores('random', _ctx(variables, x, seed=1, iteration=2))
+  assert a == _scores('random', _ctx(variables, x, seed=1, iteration=2))
+  assert a != _scores('random', _ctx(variables, x, seed=1, iteration=3))
 
 
 def test_cka_criterion_on_the_authors_resnet56(keras_dir):
@@ -172,8 +179,9 @@ def test_cka_criterion_on_the_authors_resnet56(keras_dir):
     keras_dir / 'resnet56_baseline.json', keras_dir / 'resnet56_baseline.h5'
   )
   x = np.load(keras_dir / 'reference_outputs.npz')['inputs'][:64]
-  scores = criteria.get_criterion('cka')(
-    criteria.Context(arch, variables, x, np.zeros(64), data_batch_size=64)
+  scores = _scores(
+    'cka',
+    methods.Context(arch, variables, x, np.zeros(64), data_batch_size=64),
   )
   assert len(scores) == 24 == len(arch.candidates)
   assert all(0.0 <= s <= 1.0 for s in scores.values())
@@ -188,8 +196,9 @@ def test_sharded_scoring_matches_single_device(tmp_path):
     """
       import json, sys
       import jax, numpy as np
-      from lpjax import arch as arch_lib, models, scoring, train
-      arch = arch_lib.resnet_cifar(blocks_per_stage=(3, 3, 3), width=4)
+      from lpjax import models, scoring, train
+      from lpjax.models import resnet
+      arch = resnet.resnet_cifar(blocks_per_stage=(3, 3, 3), width=4)
       v = models.init_variables(arch, 0, (8, 8, 3))
       x = np.random.default_rng(0).normal(size=(64, 8, 8, 3)).astype('f4')
       mesh = train.make_mesh()

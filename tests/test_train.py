@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from lpjax import arch as arch_lib
 from lpjax import models, train
+from lpjax.models import resnet
 
 IMAGE_SHAPE = (8, 8, 3)
 NUM_CLASSES = 4
@@ -34,7 +34,7 @@ NUM_CONV_KERNELS = 11
 
 
 def _arch():
-  return arch_lib.resnet_cifar(
+  return resnet.resnet_cifar(
     num_classes=NUM_CLASSES, width=4, blocks_per_stage=[2, 1, 1]
   )
 

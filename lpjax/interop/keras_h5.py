@@ -44,6 +44,7 @@ import numpy as np
 
 from lpjax import arch as arch_lib
 from lpjax import models
+from lpjax.models import resnet
 
 # Keras BatchNormalization weight -> (flax collection, flax name).
 _BN_WEIGHTS = {
@@ -516,7 +517,7 @@ def _make_arch(
       raise KerasImportError(f'BatchNormalization {bn.name!r} has no scale.')
   projections = [b for b in net.blocks if b.proj_conv is not None]
   style = dataclasses.replace(
-    arch_lib.KERAS_STYLE,
+    resnet.KERAS_STYLE,
     conv_bias=bool(
       _uniform(
         {c.name: bool(c.config.get('use_bias', True)) for c in convs},
@@ -535,19 +536,19 @@ def _make_arch(
         'a BN after the projection',
       )
       if projections
-      else arch_lib.KERAS_STYLE.projection_bn
+      else resnet.KERAS_STYLE.projection_bn
     ),
     symmetric_padding=False,
   )
   try:
-    return arch_lib.Arch(
-      family='resnet_cifar',
-      stages=tuple(
+    return resnet.make_arch(
+      'resnet_cifar',
+      tuple(
         arch_lib.Stage(
           width=st['width'],
           stride=st['stride'],
           blocks=tuple(
-            arch_lib.Block(s, int(i), (int(b.conv1.config['filters']),))
+            resnet.make_block(s, int(i), (int(b.conv1.config['filters']),))
             for i, b in zip(ids, st['blocks'])
           ),
         )
@@ -625,7 +626,9 @@ def _read_variables(
 ) -> dict[str, Any]:
   params: dict[str, Any] = {}
   stats: dict[str, Any] = {}
-  conv_names = ('kernel', 'bias') if arch.style.conv_bias else ('kernel',)
+  conv_names = (
+    ('kernel', 'bias') if resnet.style_of(arch).conv_bias else ('kernel',)
+  )
 
   def conv(layer):
     return weights(layer, conv_names)

@@ -1,18 +1,24 @@
-"""Models built from an `Arch`, and named representations.
+"""Model families, and named representations of their models.
 
-`build_model(arch)` returns the linen module for `arch.family`. The
-representations pruning criteria compare are named:
+`FAMILIES` is the registry: one `Family` per kind of model (see
+`lpjax.models.family` for what a family provides). `build_model(arch)`
+returns the linen module for `arch.family`; `get_arch(name)` builds an
+unpruned `Arch` by name. The representations pruning methods compare are
+named, for every family:
 
-* `'pooled'`: globally pooled features before the classifier `[batch, width]`
-  (the papers' choice);
+* `'stem'`: the input to the first unit (after the stem convolution, or the
+  token embeddings), `[batch, ...]`;
+* `'pooled'`: the features before the classifier `[batch, width]` (the
+  papers' choice);
 * `'logits'`: the classifier output `[batch, num_classes]`;
-* a block name such as `'stage2_block07'`: that block's output
-  `[batch, height, width, channels]`.
+* a unit name such as `'stage2_block07'` or `'layer05'`: that unit's output
+  (its input, if skipped), e.g. `[batch, height, width, channels]` or
+  `[batch, tokens, width]`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -20,28 +26,84 @@ import jax
 import jax.numpy as jnp
 
 from lpjax import arch as arch_lib
-from lpjax.models import resnet
+from lpjax.models import resnet, vit
+from lpjax.models.family import Family
 
-# Family -> module class. Adding a family = one module + one line here.
-MODELS: dict[str, Callable[[arch_lib.Arch], nn.Module]] = {
-  'resnet_cifar': resnet.ResNet,
-  'resnet_imagenet': resnet.ResNet,
+# Registry name -> family. Adding a family = one module + one line here.
+FAMILIES: dict[str, Family] = {
+  f.name: f for f in (resnet.CIFAR, resnet.IMAGENET, vit.VIT)
 }
 
 
-def build_model(arch: arch_lib.Arch) -> nn.Module:
-  """The linen module for `arch`; `KeyError` listing families if unknown."""
+def get_family(name: str) -> Family:
+  """The family called `name`; `KeyError` listing the valid ones."""
   try:
-    return MODELS[arch.family](arch)
+    return FAMILIES[name]
   except KeyError:
     raise KeyError(
-      f'No model for family {arch.family!r}; known: {sorted(MODELS)}.'
+      f'Unknown model family {name!r}; known families: {sorted(FAMILIES)}.'
     ) from None
+
+
+def build_model(arch: arch_lib.Arch) -> nn.Module:
+  """The linen module for `arch`.
+
+  Raises:
+    KeyError: for an unknown family (listing the known ones).
+    ValueError: for an `Arch` its family cannot build.
+  """
+  family = get_family(arch.family)
+  family.check(arch)
+  return family.module(arch)
+
+
+def get_arch(name: str, **kwargs: Any) -> arch_lib.Arch:
+  """An unpruned `Arch` by model name: `resnet56`, `resnet50`, `vit`.
+
+  Keyword arguments go to the family's constructor
+  (`lpjax.models.resnet.resnet_cifar`, `lpjax.models.vit.vit`).
+
+  Raises:
+    KeyError: for an unknown name, listing the valid ones.
+  """
+  if name == 'vit':
+    return vit.vit(**kwargs)
+  try:
+    return resnet.get_arch(name, **kwargs)
+  except KeyError:
+    raise KeyError(
+      f'Unknown model {name!r}; valid models: {(*resnet.NAMES, "vit")}.'
+    ) from None
+
+
+def arch_from_config(
+  config: Any, num_classes: int, input_shape: Sequence[int]
+) -> arch_lib.Arch:
+  """The unpruned `Arch` an experiment config asks for (`config.model`).
+
+  `config.model` is `'vit'` (options in `config.vit`) or a ResNet name
+  (options `width`, `blocks_per_stage`, `style`); `min_blocks_per_stage` is
+  the floor for every family.
+
+  Raises:
+    KeyError: for an unknown model or style, listing the valid ones.
+  """
+  if config.model == 'vit':
+    family = vit.VIT
+  else:
+    get_arch(config.model)  # KeyError listing every valid model name.
+    family = resnet.CIFAR
+  return family.from_config(config, num_classes, tuple(input_shape))
+
+
+def default_input_shape(arch: arch_lib.Arch) -> tuple[int, ...]:
+  """The family's default per-example input shape for `arch`."""
+  return tuple(get_family(arch.family).default_input_shape(arch))
 
 
 def representation_names(arch: arch_lib.Arch) -> tuple[str, ...]:
   """Every representation name `representations` accepts for `arch`."""
-  return ('pooled', 'logits', *(b.name for b in arch.blocks))
+  return ('stem', 'pooled', 'logits', *(b.name for b in arch.blocks))
 
 
 def representations(
@@ -58,12 +120,13 @@ def representations(
   Args:
     model: a module from `build_model`.
     variables: its `{'params', 'batch_stats'}`.
-    x: images `[batch, height, width, channels]`.
+    x: inputs `[batch, ...]` (images, series or tokens).
     names: which representations; see the module docstring.
     skip: optional skip mask, as for the model. A skipped block's output is
       its input.
     fanout: evaluate the unpruned model and every single-candidate removal
-      in one shared-prefix pass (see `ResNet`); every representation then
+      in one shared-prefix pass (families with `fanout`, see
+      `lpjax.models.resnet.ResNet`); every representation then
       gets a leading axis `[1 + K, batch, ...]`: index 0 is the unpruned
       model, index 1 + i the model without `arch.candidates[i]`.
 
@@ -81,14 +144,12 @@ def representations(
       f'Representations {missing} do not exist in this model; valid names: '
       f'{list(valid)}.'
     )
-  wanted = set(names)
+  units = {b.name for b in model.arch.blocks}.intersection(names)
 
   def capture(mdl: nn.Module, method: str) -> bool:
-    return (
-      method == '__call__'
-      and isinstance(mdl, resnet.BLOCK_TYPES)
-      and mdl.name in wanted
-    )
+    # Unit ids are unique module names (`Arch` checks it), so the name
+    # alone finds the unit.
+    return method == '__call__' and mdl.name in units
 
   logits, state = model.apply(
     variables,
@@ -104,8 +165,8 @@ def representations(
   for n in names:
     if n == 'logits':
       out[n] = logits
-    elif n == 'pooled':
-      out[n] = inter['pooled'][0]
+    elif n in ('pooled', 'stem'):
+      out[n] = inter[n][0]
     else:
       out[n] = inter[n]['__call__'][0]
     if fanout:
@@ -129,31 +190,39 @@ def _unstack_streams(arch, name, rep, batch):
 
 
 def init_variables(
-  arch: arch_lib.Arch, rng: jax.Array | int, image_shape: Sequence[int]
+  arch: arch_lib.Arch,
+  rng: jax.Array | int,
+  input_shape: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-  """Fresh `{'params', 'batch_stats'}` for `arch` on `[H, W, C]` images.
+  """Fresh variables (`{'params'}`, plus `'batch_stats'` where used) for `arch`.
 
   Args:
     arch: the network.
     rng: a PRNG key, or an int seed. An int seed draws from the `'rbg'` PRNG,
       whose initialiser compiles about 3x faster on CPU than threefry's
       (measured: 3.8 s vs 12 s for a 9-block ResNet).
-    image_shape: `[height, width, channels]`.
+    input_shape: per-example input shape (`[height, width, channels]` for
+      images); default: the family's.
   """
   if isinstance(rng, int):
     rng = jax.random.key(rng, impl='rbg')
   model = build_model(arch)
-  x = jax.numpy.zeros((1, *image_shape), jax.numpy.float32)
+  x = _dummy_input(arch, input_shape)
   # Jitted: eager init dispatches every op separately (seconds for ResNet-56).
   return dict(jax.jit(lambda r: model.init(r, x, train=False))(rng))
 
 
+def _dummy_input(arch, input_shape):
+  shape = input_shape or default_input_shape(arch)
+  return jnp.zeros((1, *shape), get_family(arch.family).input_dtype)
+
+
 def variable_shapes(
-  arch: arch_lib.Arch, image_shape: Sequence[int]
+  arch: arch_lib.Arch, input_shape: Sequence[int] | None = None
 ) -> dict[str, Any]:
   """`jax.eval_shape` of `init`: the exact tree a model of `arch` expects."""
   model = build_model(arch)
-  x = jax.ShapeDtypeStruct((1, *image_shape), jax.numpy.float32)
+  x = _dummy_input(arch, input_shape)
   return jax.eval_shape(
-    lambda x: dict(model.init(jax.random.key(0), x, train=False)), x
+    lambda: dict(model.init(jax.random.key(0), x, train=False))
   )

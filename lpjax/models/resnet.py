@@ -21,19 +21,67 @@ output (its input, if skipped) can be captured with `capture_intermediates`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from lpjax import arch as arch_lib
+from lpjax.models import family as family_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Style:
+  """Layer details that differ between the papers' Keras models and PyTorch.
+
+  Attributes:
+    conv_bias: every convolution has a bias (Keras models: True).
+    bn_epsilon: BatchNorm epsilon (Keras 1e-3, PyTorch 1e-5).
+    bn_momentum: BatchNorm running-average momentum (Keras 0.99, PyTorch 0.9).
+    projection_bn: the projection shortcut has a BatchNorm after its 1x1 conv.
+    bottleneck_stride_on_3x3: in a bottleneck the stride sits on the 3x3 conv
+      (torchvision "v1.5") instead of the first 1x1 conv (Keras ResNet50).
+    symmetric_padding: pad strided 3x3 convolutions by one pixel on every
+      side (PyTorch `padding=1`) instead of TensorFlow's "SAME", which pads
+      only the bottom/right when the input size is even.
+  """
+
+  conv_bias: bool = True
+  bn_epsilon: float = 1e-3
+  bn_momentum: float = 0.99
+  projection_bn: bool = False
+  bottleneck_stride_on_3x3: bool = False
+  symmetric_padding: bool = False
+
+
+# The papers' Keras CIFAR ResNets (template_architectures.py in their code).
+KERAS_STYLE = Style()
+# Keras' ResNet50 (keras.applications): conv bias, BN after the projection.
+KERAS_IMAGENET_STYLE = Style(bn_epsilon=1.001e-5, projection_bn=True)
+PYTORCH_STYLE = Style(
+  conv_bias=False,
+  bn_epsilon=1e-5,
+  bn_momentum=0.9,
+  projection_bn=True,
+  bottleneck_stride_on_3x3=True,
+  symmetric_padding=True,
+)
+STYLES = {
+  'keras': KERAS_STYLE,
+  'keras_imagenet': KERAS_IMAGENET_STYLE,
+  'pytorch': PYTORCH_STYLE,
+}
+
 
 # Keras' he_normal for convolutions (truncated normal, fan-in, scale 2).
 _CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal')
 
 
-def _layers(style: arch_lib.Style, train: bool):
+def _layers(style: Style, train: bool):
   conv = functools.partial(
     nn.Conv, use_bias=style.conv_bias, kernel_init=_CONV_INIT
   )
@@ -46,7 +94,7 @@ def _layers(style: arch_lib.Style, train: bool):
   return conv, norm
 
 
-def _pad3x3(style: arch_lib.Style, stride: int):
+def _pad3x3(style: Style, stride: int):
   if stride > 1 and style.symmetric_padding:
     return ((1, 1), (1, 1))
   return 'SAME'
@@ -67,7 +115,7 @@ class BasicBlock(nn.Module):
   inner: int
   stride: int
   project: bool
-  style: arch_lib.Style
+  style: Style
 
   @nn.compact
   def __call__(
@@ -194,13 +242,15 @@ class ResNet(nn.Module):
         'streams) or with a skip mask.'
       )
     batch = x.shape[0]
-    conv, norm = _layers(arch.style, train)
+    style = style_of(arch)
+    stem_width = arch.option('stem_width')
+    conv, norm = _layers(style, train)
     if arch.family == 'resnet_cifar':
-      x = conv(arch.stem_width, (3, 3), padding='SAME', name='stem_conv')(x)
+      x = conv(stem_width, (3, 3), padding='SAME', name='stem_conv')(x)
       x = nn.relu(norm(name='stem_bn')(x))
     else:
       x = conv(
-        arch.stem_width,
+        stem_width,
         (7, 7),
         strides=(2, 2),
         padding=((3, 3), (3, 3)),
@@ -209,7 +259,8 @@ class ResNet(nn.Module):
       x = nn.relu(norm(name='stem_bn')(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
-    in_width = arch.stem_width
+    self.sow('intermediates', 'stem', x)
+    in_width = stem_width
     for stage in arch.stages:
       for block in stage.blocks:
         first = block.index == 0
@@ -219,13 +270,13 @@ class ResNet(nn.Module):
           inner=block.widths[0],
           stride=stride,
           project=first and (stride != 1 or in_width != stage.width),
-          style=arch.style,
+          style=style,
           name=block.name,
         )
         route = dict(train=train)
-        if skip is not None and not first:
+        if skip is not None and block.candidate:
           route['skip'] = skip[cands.index(block.name)]
-        if fanout and not first:
+        if fanout and block.candidate:
           route['passthrough'] = batch  # the unpruned stream comes first
         if arch.family == 'resnet_cifar':
           x = BasicBlock(**kw)(x, **route)
@@ -240,3 +291,261 @@ class ResNet(nn.Module):
       kernel_init=nn.initializers.glorot_uniform(),
       name='head',
     )(pooled)
+
+
+# --- Architectures as data --------------------------------------------------
+
+
+def block_name(stage: int, index: int) -> str:
+  """The module name of a block: `stage2_block07`."""
+  return f'stage{stage}_block{index:02d}'
+
+
+def make_block(stage: int, index: int, widths: Sequence[int]) -> arch_lib.Block:
+  """A ResNet block; the papers' rule decides whether it is a candidate.
+
+  A block is removable iff its shortcut is an identity and it has a
+  predecessor in its stage, i.e. it is not the first block of its stage (the
+  first block of stage 1 has no predecessor; every other first block
+  downsamples or projects). Pons et al. 2024, their `rebuild_layers.py`.
+  """
+  return arch_lib.Block(
+    stage=stage,
+    index=index,
+    widths=tuple(int(w) for w in widths),
+    name=block_name(stage, index),
+    candidate=index > 0,
+  )
+
+
+def style_of(arch: arch_lib.Arch) -> Style:
+  """The `Style` recorded in a ResNet `Arch`'s options."""
+  fields = {f.name for f in dataclasses.fields(Style)}
+  return Style(**{k: v for k, v in arch.options if k in fields})
+
+
+def _options(style: Style, stem_width: int) -> dict[str, Any]:
+  return {**dataclasses.asdict(style), 'stem_width': int(stem_width)}
+
+
+def make_arch(
+  family: str,
+  stages: Sequence[arch_lib.Stage],
+  *,
+  num_classes: int,
+  stem_width: int,
+  style: Style,
+  min_blocks_per_stage: int = arch_lib.DEFAULT_MIN_BLOCKS_PER_STAGE,
+) -> arch_lib.Arch:
+  """A ResNet `Arch` from its stages (e.g. read from a Keras file).
+
+  Raises:
+    ValueError: for stages a ResNet cannot have (a stage without its first
+      block, the wrong number of inner widths).
+  """
+  arch = arch_lib.Arch(
+    family=family,
+    stages=tuple(stages),
+    num_classes=num_classes,
+    options=_options(style, stem_width),
+    min_blocks_per_stage=min_blocks_per_stage,
+  )
+  _check(arch)
+  return arch
+
+
+def resnet_cifar(
+  depth: int = 56,
+  *,
+  num_classes: int = 10,
+  width: int = 16,
+  style: Style = KERAS_STYLE,
+  blocks_per_stage: Sequence[int] | None = None,
+  min_blocks_per_stage: int = arch_lib.DEFAULT_MIN_BLOCKS_PER_STAGE,
+) -> arch_lib.Arch:
+  """The CIFAR ResNet of He et al. 2016 (depth = 6n + 2), as in the papers.
+
+  Args:
+    depth: 20, 32, 44, 56, 110, ... (any 6n + 2); ignored when
+      `blocks_per_stage` is given.
+    num_classes: classifier outputs.
+    width: stem and first-stage width; stages are width, 2x, 4x.
+    style: layer details (default: the papers' Keras models).
+    blocks_per_stage: explicit blocks per stage (tiny test models).
+    min_blocks_per_stage: pruning floor.
+
+  Returns:
+    The unpruned `Arch`.
+  """
+  if blocks_per_stage is None:
+    if depth < 8 or (depth - 2) % 6:
+      raise ValueError(
+        f'CIFAR ResNet depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, '
+        f'110, ...); got {depth}.'
+      )
+    blocks_per_stage = [(depth - 2) // 6] * 3
+  widths = [width, 2 * width, 4 * width]
+  stages = tuple(
+    arch_lib.Stage(
+      width=w,
+      stride=st,
+      blocks=tuple(make_block(s, i, (w,)) for i in range(n)),
+    )
+    for s, (w, st, n) in enumerate(
+      zip(widths, [1, 2, 2], blocks_per_stage), start=1
+    )
+  )
+  return make_arch(
+    'resnet_cifar',
+    stages,
+    num_classes=num_classes,
+    stem_width=width,
+    style=style,
+    min_blocks_per_stage=min_blocks_per_stage,
+  )
+
+
+_IMAGENET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+
+def resnet_imagenet(
+  depth: int = 50,
+  *,
+  num_classes: int = 1000,
+  width: int = 64,
+  style: Style = KERAS_IMAGENET_STYLE,
+  blocks_per_stage: Sequence[int] | None = None,
+  min_blocks_per_stage: int = arch_lib.DEFAULT_MIN_BLOCKS_PER_STAGE,
+) -> arch_lib.Arch:
+  """The bottleneck ImageNet ResNet (50/101/152) of He et al. 2016.
+
+  Stage `s` has bottleneck width `width * 2**(s-1)` and output width four
+  times that; the first block of every stage projects.
+
+  Args:
+    depth: 50, 101 or 152; ignored when `blocks_per_stage` is given.
+    num_classes: classifier outputs.
+    width: stem width and first-stage bottleneck width.
+    style: layer details (default: Keras' ResNet50).
+    blocks_per_stage: explicit blocks per stage (tiny test models).
+    min_blocks_per_stage: pruning floor.
+
+  Returns:
+    The unpruned `Arch`.
+  """
+  if blocks_per_stage is None:
+    if depth not in _IMAGENET_DEPTHS:
+      raise ValueError(
+        f'ImageNet ResNet depth must be one of {sorted(_IMAGENET_DEPTHS)}; '
+        f'got {depth}.'
+      )
+    blocks_per_stage = _IMAGENET_DEPTHS[depth]
+  inner = [width * 2**s for s in range(len(blocks_per_stage))]
+  stages = tuple(
+    arch_lib.Stage(
+      width=4 * w,
+      stride=1 if s == 1 else 2,
+      blocks=tuple(make_block(s, i, (w, w)) for i in range(n)),
+    )
+    for s, (w, n) in enumerate(zip(inner, blocks_per_stage), start=1)
+  )
+  return make_arch(
+    'resnet_imagenet',
+    stages,
+    num_classes=num_classes,
+    stem_width=width,
+    style=style,
+    min_blocks_per_stage=min_blocks_per_stage,
+  )
+
+
+def get_arch(name: str, **kwargs: Any) -> arch_lib.Arch:
+  """An unpruned ResNet by name: `resnet20` ... `resnet110`, `resnet50` ...
+
+  CIFAR names accept any depth 6n + 2 (`resnet_cifar(depth)`), ImageNet names
+  50/101/152 (`resnet_imagenet(depth)`). Keyword arguments go to the
+  constructor (`num_classes`, `width`, `style`, `blocks_per_stage`, ...).
+
+  Raises:
+    KeyError: for an unknown name, listing the valid ones.
+  """
+  if name.startswith('resnet') and name[6:].isdigit():
+    depth = int(name[6:])
+    if depth in _IMAGENET_DEPTHS:
+      return resnet_imagenet(depth, **kwargs)
+    if depth >= 8 and (depth - 2) % 6 == 0:
+      return resnet_cifar(depth, **kwargs)
+  raise KeyError(f'Unknown model {name!r}; valid models: {NAMES}.')
+
+
+NAMES = (
+  'resnet{6n+2} (resnet20, resnet32, resnet44, resnet56, resnet110)',
+  'resnet50',
+  'resnet101',
+  'resnet152',
+)
+
+
+def _check(arch: arch_lib.Arch) -> None:
+  expected = 2 if arch.family == 'resnet_imagenet' else 1
+  if arch.option('stem_width') is None:
+    raise ValueError(f'{arch.summary()} has no stem_width option.')
+  for s, stage in enumerate(arch.stages, start=1):
+    if stage.blocks[0].index != 0:
+      raise ValueError(
+        f'Stage {s} lost its first block ({block_name(s, 0)}); the first '
+        'block of a stage is never removable.'
+      )
+    for block in stage.blocks:
+      if len(block.widths) != expected:
+        raise ValueError(
+          f'{block.name} has inner widths {block.widths}; a {arch.family} '
+          f'block needs {expected}.'
+        )
+
+
+def _width_slices(arch, block, k):
+  """Inner conv `k+1`'s outputs: its kernel and bias, its BN, the next conv."""
+  del arch, block
+  conv_out, bn, conv_in = f'conv{k + 1}', f'bn{k + 1}', f'conv{k + 2}'
+  return (
+    ((conv_out, 'kernel'), -1),
+    ((conv_out, 'bias'), -1),
+    ((bn, '*'), 0),
+    ((conv_in, 'kernel'), 2),
+  )
+
+
+def _from_config(config, num_classes, input_shape):
+  del input_shape
+  if config.style not in STYLES:
+    raise KeyError(
+      f'Unknown style {config.style!r}; valid styles: {sorted(STYLES)}.'
+    )
+  kwargs: dict[str, Any] = dict(
+    num_classes=num_classes,
+    style=STYLES[config.style],
+    min_blocks_per_stage=config.min_blocks_per_stage,
+  )
+  if config.width:
+    kwargs['width'] = config.width
+  if config.blocks_per_stage:
+    kwargs['blocks_per_stage'] = tuple(config.blocks_per_stage)
+  return get_arch(config.model, **kwargs)
+
+
+def _family(name: str, input_shape: tuple[int, ...]) -> family_lib.Family:
+  return family_lib.Family(
+    name=name,
+    module=ResNet,
+    input_dtype='float32',
+    default_input_shape=lambda arch: input_shape,
+    fanout=True,
+    width_slices=_width_slices,
+    from_config=_from_config,
+    check=_check,
+  )
+
+
+CIFAR = _family('resnet_cifar', (32, 32, 3))
+IMAGENET = _family('resnet_imagenet', (224, 224, 3))

@@ -1,0 +1,75 @@
+"""`Family`: everything lpjax needs to know about one kind of model.
+
+A family is one module under `lpjax/models/` that builds `Arch` values and
+the linen module for them, plus one `Family` value registered in
+`lpjax.models.FAMILIES`. The rest of lpjax (scoring, surgery, FLOPs,
+training, methods, the pipeline) talks to a model only through this record,
+so adding a family touches nothing outside `lpjax/models/` (see the README's
+"Add a model family").
+
+Every family's module follows one contract:
+
+* `module(x, *, train=False, skip=None, fanout=False) -> logits`, with
+  `skip` a traced boolean `[len(arch.candidates)]` mask (a skipped unit
+  returns its input, exactly as if deleted) and, where `fanout` is
+  supported, the shared-prefix evaluation of every single-unit removal
+  (stream-major rows, see `lpjax.models.resnet.ResNet`);
+* unit submodules are named by their stable ids, so `capture_intermediates`
+  finds each unit's output under its name;
+* it sows `stem` (the input to the first unit) and `pooled` (the features
+  before the classifier) into the `intermediates` collection;
+* dropout, if any, draws from the `'dropout'` RNG stream when `train=True`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+
+from lpjax import arch as arch_lib
+
+# A leaf to slice when a unit's inner width shrinks: (path inside the unit's
+# subtree, in any collection; '*' matches every key at that level), axis.
+SliceRule = tuple[tuple[str, ...], int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """One model family.
+
+  Attributes:
+    name: registry name, stored in `Arch.family`.
+    module: `arch -> nn.Module` following the contract above.
+    input_dtype: dtype of the model's inputs (`'float32'` images or series,
+      `'int32'` tokens); calibration data are cast to it.
+    default_input_shape: `arch -> per-example input shape` used when none
+      is given (FLOPs, docs).
+    fanout: whether `module(..., fanout=True)` is supported.
+    width_slices: `(arch, unit, k) -> rules`: the leaves filter surgery
+      slices when inner width `k` (0-based) of `unit` shrinks; empty when
+      that width may not shrink.
+    from_config: `(config, num_classes, input_shape) -> Arch`, the unpruned
+      network an experiment config asks for.
+    check: `arch -> None`, raising `ValueError` on an `Arch` this family
+      cannot build (called by `build_model`).
+    macs: optional closed form `(arch, input_shape) -> multiply-accumulates
+      per example`; `None` counts the module's `nn.Conv` / `nn.Dense` calls
+      (`lpjax.flops`).
+    batchnorm: whether the module has `batch_stats`.
+  """
+
+  name: str
+  module: Callable[[arch_lib.Arch], nn.Module]
+  input_dtype: str
+  default_input_shape: Callable[[arch_lib.Arch], tuple[int, ...]]
+  fanout: bool
+  width_slices: Callable[
+    [arch_lib.Arch, arch_lib.Block, int], Sequence[SliceRule]
+  ]
+  from_config: Callable[[Any, int, Sequence[int]], arch_lib.Arch]
+  check: Callable[[arch_lib.Arch], None] = lambda arch: None
+  macs: Callable[[arch_lib.Arch, tuple[int, ...]], int] | None = None
+  batchnorm: bool = True
