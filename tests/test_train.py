@@ -21,7 +21,7 @@ import pytest
 from flax import traverse_util
 
 from lpjax import models, train
-from lpjax.models import resnet
+from lpjax.models import resnet, vit
 
 IMAGE_SHAPE = (8, 8, 3)
 NUM_CLASSES = 4
@@ -421,3 +421,92 @@ def test_data_parallel_over_8_devices_matches_one_device():
   assert many_ev['accuracy'] == one_ev['accuracy']
   assert many_ev['loss'] == pytest.approx(one_ev['loss'], rel=1e-5)
   assert 'not divisible by the 8 devices' in report['indivisible_error']
+
+
+# --- Families without BatchNorm, dropout, the weight-decay mask ---------------
+
+
+def _tiny_vit(dropout):
+  arch = vit.vit(
+    image_shape=IMAGE_SHAPE,
+    patch=4,
+    width=8,
+    depth=2,
+    heads=2,
+    mlp=16,
+    num_classes=NUM_CLASSES,
+    dropout=dropout,
+  )
+  return arch, models.init_variables(arch, 0, IMAGE_SHAPE)
+
+
+def test_vit_trains_without_batchnorm_and_with_dropout():
+  arch, variables = _tiny_vit(dropout=0.2)
+  assert 'batch_stats' not in variables
+  images, labels = _synthetic(2 * BATCH, seed=3)
+  tx = train.make_optimizer(learning_rate=0.05, total_steps=4)
+  state = train.create_train_state(models.build_model(arch), variables, tx)
+  mesh = train.make_mesh()
+  step = train.jit_train_step(
+    weight_decay=WEIGHT_DECAY, mesh=mesh, decay='kernels', dropout_seed=7
+  )
+  batch = train.shard_batch(
+    {'image': images[:BATCH], 'label': labels[:BATCH]}, mesh
+  )
+  state = train.replicate(state, mesh)
+  new, metrics = step(state, batch)
+  assert np.isfinite(float(metrics['loss'])) and int(new.step) == 1
+  assert new.batch_stats == {}
+  # Dropout keys come from (seed, step): the same step repeats exactly, the
+  # next step draws other masks (same parameters, same batch).
+  again, _ = step(state, batch)
+  jax.tree.map(np.testing.assert_array_equal, again.params, new.params)
+  _, other = step(state.replace(step=state.step + 1), batch)
+  assert float(other['loss']) != float(metrics['loss'])
+
+
+def test_dropout_only_in_training_mode():
+  arch, variables = _tiny_vit(dropout=0.5)
+  images, labels = _synthetic(BATCH, seed=4)
+  batch = {'image': images, 'label': labels}
+  apply_fn = models.build_model(arch).apply
+
+  def loss(train_mode, seed):
+    return float(
+      train.loss_fn(
+        variables['params'],
+        {},
+        batch,
+        apply_fn=apply_fn,
+        train=train_mode,
+        rng=jax.random.key(seed),
+      )[0]
+    )
+
+  assert loss(True, 0) != loss(True, 1)
+  assert loss(False, 0) == loss(False, 1)
+  no_dropout = models.build_model(_tiny_vit(dropout=0.0)[0]).apply
+  assert loss(False, 0) == float(
+    train.loss_fn(
+      variables['params'], {}, batch, apply_fn=no_dropout, train=False
+    )[0]
+  )
+
+
+def test_decay_masks():
+  _, variables = _tiny_vit(dropout=0.0)
+  flat = traverse_util.flatten_dict(variables['params'])
+  kernels = [v for k, v in flat.items() if k[-1] == 'kernel']
+  # embed (conv) + per layer qkv, out, fc1, fc2 + head.
+  assert len(kernels) == 1 + 4 * 2 + 1
+  want = sum(np.sum(np.square(np.asarray(v, np.float64))) for v in kernels)
+  got = float(train.l2_penalty(variables['params'], 'kernels'))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  conv = float(np.sum(np.square(np.asarray(flat['embed', 'kernel'], 'f8'))))
+  np.testing.assert_allclose(
+    float(train.l2_penalty(variables['params'], 'conv_kernels')),
+    conv,
+    rtol=1e-5,
+  )
+  with pytest.raises(ValueError, match='valid masks'):
+    train.l2_penalty(variables['params'], 'biases')
