@@ -39,9 +39,10 @@ def get_config(mode: str = ''):
     c.train.eval_batch_size = 32
     c.prune.target_flops_reduction = 0.0
     c.prune.target_blocks = 1
+    c.holdout = 0.5
     c.prune.calibration_examples = 20
     c.prune.data_batch_size = 20
-    c.prune.calibration_split = 'test'
+    c.prune.calibration_split = 'holdout'
     c.prune.finetune_epochs = 1
   elif mode:
     raise ValueError(f'Unknown mode {mode!r}; valid: "" or "smoke".')

@@ -119,6 +119,43 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError('baseline.source=checkpoint needs baseline.path.')
 
 
+CALIBRATION_SPLITS = ('train', 'holdout')
+
+
+def check_calibration(
+  config: ml_collections.ConfigDict, dataset: input_pipeline.Dataset
+) -> None:
+  """Raises unless calibration data can come from the training data.
+
+  Pruning decisions read only `train` or a `holdout` carved from it: the
+  test split is for reporting.
+  """
+  p = config.prune
+  if p.calibration_split == 'test':
+    raise ValueError(
+      "prune.calibration_split='test' would let the test split steer which "
+      "units are removed; use 'train', or 'holdout' with --config.holdout="
+      '0.1 (a fraction of train held out).'
+    )
+  if p.calibration_split not in CALIBRATION_SPLITS:
+    raise ValueError(
+      f'Unknown prune.calibration_split {p.calibration_split!r}; valid: '
+      f'{list(CALIBRATION_SPLITS)}.'
+    )
+  if p.calibration_split == 'holdout' and not config.holdout > 0:
+    raise ValueError(
+      "prune.calibration_split='holdout' needs a holdout: set "
+      '--config.holdout to a fraction in (0, 1), e.g. 0.1.'
+    )
+  available = dataset.num_examples(p.calibration_split)
+  if p.calibration_examples > available:
+    raise ValueError(
+      f'prune.calibration_examples={p.calibration_examples} is more than '
+      f'the {available} examples of split {p.calibration_split!r}; use at '
+      f'most {available}.'
+    )
+
+
 def check_target(
   config: ml_collections.ConfigDict,
   arch: arch_lib.Arch,
@@ -230,6 +267,7 @@ class Pipeline:
       holdout=c.holdout,
     )
     self.info = self.dataset.info
+    check_calibration(c, self.dataset)
     if c.baseline.source == 'train':
       # Models from a file are checked once loaded (`_load_baseline`).
       check_target(c, self._new_arch(), self.info.image_shape)

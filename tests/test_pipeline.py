@@ -246,6 +246,20 @@ def test_bad_counts_fail_first(tiny, tmp_path, key, value):
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.parametrize(
+  'overrides, match',
+  [
+    ({'prune.calibration_split': 'test'}, 'test split steer'),
+    ({'prune.calibration_split': 'holdout'}, 'needs a holdout'),
+    ({'prune.calibration_examples': 129}, 'more than the 128 examples'),
+  ],
+)
+def test_calibration_problems_fail_first(tiny, tmp_path, overrides, match):
+  with pytest.raises(ValueError, match=match):
+    pipeline.Pipeline(_config(tiny[0], **overrides), str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
+
+
 def test_unprepared_dataset(tiny, tmp_path):
   c = _config(tiny[0], dataset='cifar10', data_dir=str(tmp_path / 'tfds'))
   t0 = time.time()
@@ -266,7 +280,7 @@ def test_resnet56_smoke_config_under_mock_data(tmp_path):
   finally:
     sys.path.remove(str(REPO))
   c = resnet56.get_config('smoke')
-  with tfds.testing.mock_data(num_examples=48):
+  with tfds.testing.mock_data(num_examples=200):
     results = pipeline.run(c, str(tmp_path / 'r56'))
   assert results['baseline']['blocks_per_stage'] == [9, 9, 9]
   (it,) = results['iterations']
