@@ -4,14 +4,26 @@
 
 Any config field can be overridden, e.g. `--config.prune.target_blocks=5`.
 Re-running the same command in the same workdir resumes where it stopped.
+A user error (a bad config value, an unprepared dataset, an unreadable
+checkpoint or model file) prints one line and exits with status 2; anything
+else is a bug and shows its traceback.
 """
 
 import importlib.util
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lpjax import pipeline, report
+from lpjax import checkpointing, input_pipeline, pipeline, report
+from lpjax.interop import KerasImportError
+
+USER_ERRORS = (
+  pipeline.ConfigError,
+  input_pipeline.DatasetNotPreparedError,
+  checkpointing.CheckpointError,
+  KerasImportError,
+)
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Experiment config file (configs/*.py).', lock_config=True
@@ -35,7 +47,11 @@ def main(argv):
   logging.get_absl_handler().addFilter(
     lambda record: '/orbax/' not in record.pathname
   )
-  results = pipeline.run(_CONFIG.value, _WORKDIR.value)
+  try:
+    results = pipeline.run(_CONFIG.value, _WORKDIR.value)
+  except USER_ERRORS as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   print(report.markdown_table(results))
   print(f'\nReport, plots and checkpoints are in {_WORKDIR.value}.')
 

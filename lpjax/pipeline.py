@@ -63,6 +63,17 @@ SOURCES = ('train', 'checkpoint', 'keras')
 # --- Configuration checks -----------------------------------------------------
 
 
+class ConfigError(KeyError, ValueError):
+  """A config that cannot work: an unknown name or a bad value.
+
+  Both a `KeyError` (unknown names) and a `ValueError` (bad values), so it
+  is caught as either; `main.py` prints it as one line and exits with 2.
+  """
+
+  def __str__(self) -> str:
+    return str(self.args[0]) if self.args else ''
+
+
 # Integer fields and their least valid value.
 _COUNTS = {
   'train.batch_size': 1,
@@ -165,9 +176,9 @@ def check_target(
   p = config.prune
   most = arch.max_removable()
   if p.target_blocks < 0 or p.target_flops_reduction < 0:
-    raise ValueError('Pruning targets must be >= 0 (0 = prune to the floor).')
+    raise ConfigError('Pruning targets must be >= 0 (0 = prune to the floor).')
   if p.target_blocks > most:
-    raise ValueError(
+    raise ConfigError(
       f'prune.target_blocks={p.target_blocks} is beyond the floor: '
       f'{arch.summary()} keeps >= {arch.min_blocks_per_stage} units per '
       f'stage, so at most {most} units can be removed.'
@@ -175,7 +186,7 @@ def check_target(
   if p.target_flops_reduction:
     best = flops.reduction(arch.floor(), arch, input_shape)['flops_reduction']
     if p.target_flops_reduction > best + 1e-9:
-      raise ValueError(
+      raise ConfigError(
         f'prune.target_flops_reduction={p.target_flops_reduction}% is '
         f'beyond the floor: removing every removable unit of '
         f'{arch.summary()} reduces FLOPs by {best:.2f}% at most.'
@@ -255,6 +266,22 @@ class Pipeline:
   workdir: str
 
   def __post_init__(self):
+    try:
+      self._check_and_load()
+    except (KeyError, ValueError) as e:
+      message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+      raise ConfigError(message) from e
+    self.workdir = os.path.abspath(self.workdir)
+    os.makedirs(self.workdir, exist_ok=True)
+    c = self.config
+    self.mesh = train.make_mesh()
+    self.steps_per_epoch = self.dataset.steps_per_epoch(c.train.batch_size)
+    self.writer = _Writer(os.path.join(self.workdir, 'tb'))
+    self._calibration = None
+    _write_json(os.path.join(self.workdir, 'config.json'), c.to_dict())
+
+  def _check_and_load(self):
+    """Every check of the config that can run before any work."""
     c = self.config
     check_config(c)
     self.dataset = input_pipeline.load(
@@ -271,13 +298,6 @@ class Pipeline:
     if c.baseline.source == 'train':
       # Models from a file are checked once loaded (`_load_baseline`).
       check_target(c, self._new_arch(), self.info.image_shape)
-    self.workdir = os.path.abspath(self.workdir)
-    os.makedirs(self.workdir, exist_ok=True)
-    self.mesh = train.make_mesh()
-    self.steps_per_epoch = self.dataset.steps_per_epoch(c.train.batch_size)
-    self.writer = _Writer(os.path.join(self.workdir, 'tb'))
-    self._calibration = None
-    _write_json(os.path.join(self.workdir, 'config.json'), c.to_dict())
 
   # --- Pieces ---
 
