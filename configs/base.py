@@ -93,4 +93,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Bookkeeping ---
   c.checkpoint_max_to_keep = 2
+  # A workdir remembers its config: resuming it with any field changed that
+  # changes results is refused, unless this is True.
+  c.resume_despite_config_change = False
   return c

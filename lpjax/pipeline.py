@@ -193,6 +193,37 @@ def check_target(
       )
 
 
+# Fields that cannot change a run's results: they may differ on resume.
+FREE_FIELDS = (
+  'train.log_every_steps',
+  'train.eval_batch_size',
+  'checkpoint_max_to_keep',
+  'data_dir',
+  'manual_dir',
+  'resume_despite_config_change',
+)
+
+
+def _flat(tree: Any, prefix: str = '') -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flat(v, f'{prefix}{k}.'))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def config_changes(saved: dict[str, Any], config: Any) -> list[str]:
+  """`field: saved -> new` for every result-changing field that differs."""
+  new = _flat(json.loads(json.dumps(config.to_dict())))
+  old = _flat(saved)
+  return [
+    f'{k}: {old.get(k, "<absent>")!r} -> {new.get(k, "<absent>")!r}'
+    for k in sorted(set(old) | set(new))
+    if k not in FREE_FIELDS and old.get(k) != new.get(k)
+  ]
+
+
 def replay_edits(
   results: dict[str, Any], arch: arch_lib.Arch, variables: Any, upto: int
 ) -> tuple[arch_lib.Arch, Any]:
@@ -272,13 +303,29 @@ class Pipeline:
       message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
       raise ConfigError(message) from e
     self.workdir = os.path.abspath(self.workdir)
-    os.makedirs(self.workdir, exist_ok=True)
     c = self.config
+    self._check_resume()
+    os.makedirs(self.workdir, exist_ok=True)
     self.mesh = train.make_mesh()
     self.steps_per_epoch = self.dataset.steps_per_epoch(c.train.batch_size)
     self.writer = _Writer(os.path.join(self.workdir, 'tb'))
     self._calibration = None
     _write_json(os.path.join(self.workdir, 'config.json'), c.to_dict())
+
+  def _check_resume(self):
+    """Refuses to resume a workdir that ran with a result-changing config."""
+    path = os.path.join(self.workdir, 'config.json')
+    if not os.path.exists(path) or self.config.resume_despite_config_change:
+      return
+    with open(path) as f:
+      changes = config_changes(json.load(f), self.config)
+    if changes:
+      raise ConfigError(
+        f'{self.workdir} holds a run with another config ('
+        + '; '.join(changes)
+        + '). Use a new --workdir, or resume it anyway with '
+        '--config.resume_despite_config_change=True.'
+      )
 
   def _check_and_load(self):
     """Every check of the config that can run before any work."""
@@ -414,7 +461,9 @@ class Pipeline:
       meta['started'] = time.time()
 
       def save(step, st, complete):
-        m = dict(meta, epoch=step, complete=complete)
+        m = dict(
+          meta, epoch=step, complete=complete, config=self.config.to_dict()
+        )
         if complete:
           meta['record'] = m['record'] = finish(arch, st, meta)
         ck.save(step, state=_state_tree(st), arch=arch, meta=m)

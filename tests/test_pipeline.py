@@ -281,6 +281,26 @@ def test_user_errors_print_one_line_and_exit_2(tiny, tmp_path):
   assert not (tmp_path / 'w').exists()
 
 
+def test_resume_with_another_config_is_refused(tiny):
+  cfg_path, workdir, _ = tiny
+  before = sorted(p.name for p in workdir.iterdir())
+  c = _config(cfg_path, **{'prune.criterion': 'random', 'seed': 3})
+  with pytest.raises(pipeline.ConfigError) as e:
+    pipeline.Pipeline(c, str(workdir))
+  message = str(e.value)
+  assert "prune.criterion: 'cka' -> 'random'" in message
+  assert 'seed: 0 -> 3' in message
+  assert 'resume_despite_config_change' in message
+  assert sorted(p.name for p in workdir.iterdir()) == before
+  # Every checkpoint carries the config it was made with.
+  for stage in ('baseline', 'iter_001', 'iter_002'):
+    with checkpointing.Checkpoints(workdir / stage) as ck:
+      assert ck.restore_meta()[1]['config']['prune']['criterion'] == 'cka'
+  # Fields that cannot change results may differ.
+  c = _config(cfg_path, **{'train.log_every_steps': 7})
+  pipeline.Pipeline(c, str(workdir))
+
+
 def test_unprepared_dataset(tiny, tmp_path):
   c = _config(tiny[0], dataset='cifar10', data_dir=str(tmp_path / 'tfds'))
   t0 = time.time()
