@@ -85,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
   # 0: all candidates in one shared-prefix pass (least work); k > 0: k masked
   # full forwards at a time (bounded memory, about twice the work).
   c.prune.candidate_chunk = 0
+  # float32 | float64: dtype of the similarity step (the forwards stay
+  # float32); float64 for rankings that hinge on tiny score differences.
+  c.prune.similarity_dtype = 'float32'
   c.prune.finetune_epochs = 200  # after each removal (papers: 200)
   c.prune.finetune_learning_rate = 0.01
   # Methods' own hyperparameters (Context.hparams), one group per method.

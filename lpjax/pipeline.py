@@ -52,6 +52,7 @@ from lpjax import (
   input_pipeline,
   methods,
   models,
+  scoring,
   surgery,
   train,
 )
@@ -109,6 +110,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f'Unknown train.weight_decay_mask {config.train.weight_decay_mask!r}; '
       f'valid: {list(train.DECAY_MASKS)}.'
+    )
+  if config.prune.similarity_dtype not in scoring.SIMILARITY_DTYPES:
+    raise ValueError(
+      f'Unknown prune.similarity_dtype {config.prune.similarity_dtype!r}; '
+      f'valid: {list(scoring.SIMILARITY_DTYPES)}.'
     )
   if config.dataset not in input_pipeline.DATASETS:
     raise KeyError(
@@ -565,6 +571,7 @@ class Pipeline:
       representation=p.representation,
       data_batch_size=p.data_batch_size,
       candidate_chunk=p.candidate_chunk or None,
+      similarity_dtype=p.similarity_dtype,
       mesh=self.mesh,
       finetune=functools.partial(self._probe, k),
     )

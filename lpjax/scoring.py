@@ -212,6 +212,7 @@ def score_candidates(
   data_batch_size: int = 500,
   candidate_chunk: int | None = None,
   mesh: Mesh | None = None,
+  similarity_dtype: str = 'float32',
 ) -> dict[str, float]:
   """`1 - similarity(unpruned, without unit)` for every candidate unit.
 
@@ -223,6 +224,11 @@ def score_candidates(
     candidate_chunk, mesh: as for `candidate_representations`.
     similarity: maps (reference `[n, ...]`, candidates `[k, n, ...]`) to
       `[k]` (see `flatten`).
+    similarity_dtype: `'float32'` (default): forwards and similarity in
+      one compiled call. `'float64'`: the forwards stay float32 (one
+      compiled call), the similarity step runs in float64 (a second compiled
+      call under `jax.enable_x64`), for rankings that hinge on score
+      differences near float32 resolution.
 
   Returns:
     `{unit_id: score}` in network order.
@@ -230,11 +236,32 @@ def score_candidates(
   Raises:
     FloatingPointError: naming the candidates whose scores are not finite.
   """
-  fn = _compiled_scores(arch, representation, candidate_chunk, similarity)
+  if similarity_dtype not in SIMILARITY_DTYPES:
+    raise ValueError(
+      f'Unknown similarity_dtype {similarity_dtype!r}; valid: '
+      f'{SIMILARITY_DTYPES}.'
+    )
   inputs = _prepare(
     arch, variables, images, representation, data_batch_size, mesh
   )
-  return checked_scores(arch.candidates, fn(*inputs))
+  if similarity_dtype == 'float32':
+    fn = _compiled_scores(arch, representation, candidate_chunk, similarity)
+    return checked_scores(arch.candidates, fn(*inputs))
+  reps = _compiled_representations(arch, representation, candidate_chunk)(
+    *inputs
+  )
+  reps = np.asarray(reps, np.float64)
+  with jax.enable_x64(True):
+    sim = _similarity64(similarity)(reps[0], reps[1:])
+    return checked_scores(arch.candidates, 1.0 - np.asarray(sim))
+
+
+SIMILARITY_DTYPES = ('float32', 'float64')
+
+
+@functools.lru_cache(maxsize=8)
+def _similarity64(similarity):
+  return jax.jit(similarity)
 
 
 def checked_scores(names, values) -> dict[str, float]:

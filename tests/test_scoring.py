@@ -190,6 +190,38 @@ def test_cka_criterion_on_the_authors_resnet56(keras_dir):
   assert np.median(list(scores.values())) < 0.2
 
 
+def test_float64_similarity_and_ranking_on_the_authors_resnet56(keras_dir):
+  """float32 and float64 similarity steps rank the 24 blocks alike."""
+  from lpjax.interop import keras_h5
+
+  arch, variables = keras_h5.load_keras_model(
+    keras_dir / 'resnet56_baseline.json', keras_dir / 'resnet56_baseline.h5'
+  )
+  x = np.load(keras_dir / 'reference_outputs.npz')['inputs']
+  kw = dict(data_batch_size=128)
+  s32 = scoring.score_candidates(arch, variables, x, **kw)
+  s64 = scoring.score_candidates(
+    arch, variables, x, similarity_dtype='float64', **kw
+  )
+  # The float64 step equals a float64 NumPy CKA of the same (float32)
+  # representations: only reduction order differs, ~1e-15 relative.
+  reps = np.asarray(scoring.candidate_representations(arch, variables, x, **kw))
+  for i, unit in enumerate(arch.candidates):
+    assert s64[unit] == pytest.approx(
+      1 - _cka64(reps[0], reps[1 + i]), abs=1e-12
+    )
+  # float32 CKA of 256 x 64 features: relative error ~ sqrt(n) * eps32 =
+  # 16 * 1.2e-7 ~ 2e-6 of O(1) quantities (measured: 2.2e-7). Neighbouring
+  # scores differ by 5e-4 and more (the ~1e-4 scale where rankings could
+  # flip), so both precisions must give one ranking.
+  gaps = np.diff(sorted(s64.values()))
+  assert gaps.min() > 1e-4
+  assert max(abs(s32[u] - s64[u]) for u in s64) < 2e-6
+  assert sorted(s32, key=s32.get) == sorted(s64, key=s64.get)
+  with pytest.raises(ValueError, match='valid'):
+    scoring.score_candidates(arch, variables, x, similarity_dtype='float16')
+
+
 def test_sharded_scoring_matches_single_device(tmp_path):
   """8 host devices: data-parallel scoring equals the 1-device result."""
   script = textwrap.dedent(

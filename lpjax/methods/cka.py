@@ -36,4 +36,5 @@ def scores(ctx: Context) -> dict[str, float]:
     data_batch_size=ctx.data_batch_size,
     candidate_chunk=ctx.candidate_chunk,
     mesh=ctx.mesh,
+    similarity_dtype=ctx.similarity_dtype,
   )

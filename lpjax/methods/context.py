@@ -46,6 +46,8 @@ class Context:
     data_batch_size: examples per forward pass while scoring.
     candidate_chunk: `None`: every candidate in one shared-prefix pass; an
       int: that many masked forwards at a time (`lpjax.scoring`).
+    similarity_dtype: `'float32'` or `'float64'` for the similarity step
+      (`lpjax.scoring.score_candidates`).
     mesh: optional device mesh for data-parallel scoring.
     finetune: `finetune(name, arch, variables, *, epochs=None) -> variables`
       trains a probe child as a checkpointed, resumable stage of this
@@ -64,6 +66,7 @@ class Context:
   representation: str = 'pooled'
   data_batch_size: int = 500
   candidate_chunk: int | None = None
+  similarity_dtype: str = 'float32'
   mesh: Mesh | None = None
   finetune: FinetuneFn | None = None
 
