@@ -10,22 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from oracles import cka64
 
 from lpjax import methods, models, scoring, surgery
 from lpjax.models import resnet
 
 ARCH = resnet.resnet_cifar(blocks_per_stage=(3, 3, 3), width=4)
 IMAGE = (8, 8, 3)
-
-
-def _cka64(x, y):
-  """Float64 numpy linear CKA (Kornblith et al. 2019, feature space)."""
-  x = np.asarray(x, np.float64).reshape(len(x), -1)
-  y = np.asarray(y, np.float64).reshape(len(y), -1)
-  x = x - x.mean(0)
-  y = y - y.mean(0)
-  num = np.linalg.norm(y.T @ x) ** 2
-  return num / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
 
 
 @pytest.fixture(scope='module')
@@ -57,7 +48,7 @@ def test_scores_equal_a_loop_of_separate_forwards(trained_like):
     small_arch, small_vars = surgery.remove_blocks(ARCH, variables, [name])
     small = models.build_model(small_arch)
     rep = models.representations(small, small_vars, x, ['pooled'])['pooled']
-    np.testing.assert_allclose(got[name], 1 - _cka64(ref, rep), atol=2e-5)
+    np.testing.assert_allclose(got[name], 1 - cka64(ref, rep), atol=2e-5)
   assert len(set(np.round(list(got.values()), 6))) > 1
 
 
@@ -208,7 +199,7 @@ def test_float64_similarity_and_ranking_on_the_authors_resnet56(keras_dir):
   reps = np.asarray(scoring.candidate_representations(arch, variables, x, **kw))
   for i, unit in enumerate(arch.candidates):
     assert s64[unit] == pytest.approx(
-      1 - _cka64(reps[0], reps[1 + i]), abs=1e-12
+      1 - cka64(reps[0], reps[1 + i]), abs=1e-12
     )
   # float32 CKA of 256 x 64 features: relative error ~ sqrt(n) * eps32 =
   # 16 * 1.2e-7 ~ 2e-6 of O(1) quantities (measured: 2.2e-7). Neighbouring

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from oracles import cka64
 
 from lpjax import flops, models, scoring, surgery
 from lpjax.models import vit
@@ -206,16 +207,6 @@ def test_one_compile_serves_every_skip_mask(net):
     _assert_differ(a, outs[3])
 
 
-def _cka64(x, y):
-  """Float64 numpy linear CKA (Kornblith et al. 2019, feature space)."""
-  x = np.asarray(x, np.float64).reshape(len(x), -1)
-  y = np.asarray(y, np.float64).reshape(len(y), -1)
-  x = x - x.mean(0)
-  y = y - y.mean(0)
-  num = np.linalg.norm(y.T @ x) ** 2
-  return num / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
-
-
 def test_scores_equal_separate_forwards_and_do_not_retrace():
   arch, variables, x = _net('cls')  # the scorer does not depend on pooling
   fn = scoring._compiled_scores(arch, 'pooled', None, scoring.cka_similarity)
@@ -237,7 +228,7 @@ def test_scores_equal_separate_forwards_and_do_not_retrace():
     rep = models.representations(
       models.build_model(small_arch), small_vars, x, ['pooled']
     )['pooled']
-    np.testing.assert_allclose(got[name], 1 - _cka64(ref, rep), atol=2e-5)
+    np.testing.assert_allclose(got[name], 1 - cka64(ref, rep), atol=2e-5)
   # The scores tell the layers apart, so the comparison above can fail.
   assert len(set(np.round(list(got.values()), 4))) == DEPTH
   assert min(got.values()) > 1e-3
@@ -565,7 +556,7 @@ def test_bad_inputs_raise(net):
   for shape in ((1, 8, 6, 1), (1, 8, 8, 3), (1, 16, 16, 1)):
     with pytest.raises(ValueError, match=r'\(8, 8, 1\)'):
       model.apply(variables, jnp.zeros(shape))
-  with pytest.raises(ValueError, match='one entry per layer'):
+  with pytest.raises(ValueError, match='one entry per candidate unit'):
     model.apply(variables, jnp.zeros((1, *IMAGE)), skip=jnp.zeros(3, bool))
   with pytest.raises(ValueError, match='multiple of heads=3'):
     models.get_arch('vit', width=10, heads=3)

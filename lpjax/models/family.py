@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from lpjax import arch as arch_lib
 
@@ -73,3 +75,26 @@ class Family:
   check: Callable[[arch_lib.Arch], None] = lambda arch: None
   macs: Callable[[arch_lib.Arch, tuple[int, ...]], int] | None = None
   batchnorm: bool = True
+
+
+def check_call(
+  arch: arch_lib.Arch, *, train: bool, skip: jax.Array | None, fanout: bool
+) -> None:
+  """The checks every family's `__call__` makes of `skip` and `fanout`.
+
+  Raises:
+    ValueError: a skip mask of the wrong shape, or `fanout` combined with
+      training or a mask.
+  """
+  cands = arch.candidates
+  if skip is not None and jnp.shape(skip) != (len(cands),):
+    raise ValueError(
+      f'skip must have shape ({len(cands)},) = one entry per candidate unit '
+      f'{list(cands)}; got shape {jnp.shape(skip)}.'
+    )
+  if fanout and (train or skip is not None):
+    raise ValueError(
+      'fanout evaluates every single-unit removal of the eval-mode model; '
+      'it cannot be combined with train=True (batch statistics or dropout '
+      'would mix the streams) or with a skip mask.'
+    )

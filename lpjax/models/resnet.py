@@ -230,17 +230,7 @@ class ResNet(nn.Module):
     """
     arch = self.arch
     cands = arch.candidates
-    if skip is not None and jnp.shape(skip) != (len(cands),):
-      raise ValueError(
-        f'skip must have shape ({len(cands)},) = one entry per candidate '
-        f'block {list(cands)}; got shape {jnp.shape(skip)}.'
-      )
-    if fanout and (train or skip is not None):
-      raise ValueError(
-        'fanout evaluates every single-block removal of the eval-mode model; '
-        'it cannot be combined with train=True (BatchNorm would mix the '
-        'streams) or with a skip mask.'
-      )
+    family_lib.check_call(arch, train=train, skip=skip, fanout=fanout)
     batch = x.shape[0]
     style = style_of(arch)
     stem_width = arch.option('stem_width')

@@ -144,16 +144,7 @@ class ViT(nn.Module):
     arch = self.arch
     o = arch.options_dict()
     cands = arch.candidates
-    if skip is not None and jnp.shape(skip) != (len(cands),):
-      raise ValueError(
-        f'skip must have shape ({len(cands)},) = one entry per layer '
-        f'{list(cands)}; got shape {jnp.shape(skip)}.'
-      )
-    if fanout and (train or skip is not None):
-      raise ValueError(
-        'fanout evaluates every single-layer removal of the eval-mode model; '
-        'it cannot be combined with train=True or with a skip mask.'
-      )
+    family_lib.check_call(arch, train=train, skip=skip, fanout=fanout)
     if tuple(x.shape[1:]) != tuple(o['image_shape']):
       raise ValueError(
         f'This ViT was built for images {tuple(o["image_shape"])} '
