@@ -1,7 +1,7 @@
 """Representations of every single-unit removal, in one compiled call.
 
 `candidate_representations` runs the unpruned forward and, for every
-candidate block, the forward with that block skipped, and returns the chosen
+candidate unit, the forward with that unit skipped, and returns the chosen
 representation of each: `[1 + num_candidates, n, ...]`. It is one jitted XLA
 computation, `lax.map`ped over batches of the calibration data, with two
 ways to evaluate the candidates:
@@ -141,7 +141,7 @@ def candidate_representations(
   candidate_chunk: int | None = None,
   mesh: Mesh | None = None,
 ) -> jax.Array:
-  """Representations of the unpruned model and of every 1-block removal.
+  """Representations of the unpruned model and of every 1-unit removal.
 
   Args:
     arch: the network; its `candidates` define the order of the output.

@@ -122,7 +122,7 @@ def representations(
     variables: its `{'params', 'batch_stats'}`.
     x: inputs `[batch, ...]` (images, series or tokens).
     names: which representations; see the module docstring.
-    skip: optional skip mask, as for the model. A skipped block's output is
+    skip: optional skip mask, as for the model. A skipped unit's output is
       its input.
     fanout: evaluate the unpruned model and every single-candidate removal
       in one shared-prefix pass (families with `fanout`, see
@@ -177,7 +177,7 @@ def representations(
 def _unstack_streams(arch, name, rep, batch):
   """`[S * batch, ...]` fanout rows -> `[1 + K, batch, ...]`.
 
-  A block's output holds the streams of the candidates up to and including
+  A unit's output holds the streams of the candidates up to and including
   it; removing a later candidate leaves it equal to the unpruned stream.
   """
   rep = rep.reshape(-1, batch, *rep.shape[1:])
