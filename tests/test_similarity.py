@@ -1,0 +1,635 @@
+"""lpjax.similarity against float64 NumPy/SciPy oracles, and its properties.
+
+Every oracle below is written from the formulas in the metric's docstring
+with NumPy/SciPy in float64, along a different route from the code under
+test: covariance eigendecompositions and `arccos` of nuclear norms instead of
+SVDs of the data and chord lengths, SciPy's `orthogonal_procrustes` and the
+Bures fidelity `tr (A^½ C A^½)^½` instead of polar factors and residuals,
+brute force over permutations (or over the orthogonal group for `d = 2`)
+where that is feasible, and `scipy.stats.wasserstein_distance`.
+"""
+
+import itertools
+
+import hypothesis
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.optimize
+import scipy.stats
+
+from lpjax import similarity as sim
+
+# ---------------------------------------------------------------------------
+# Data: random, low-rank, class-structured, and more features than examples.
+# ---------------------------------------------------------------------------
+
+CLASSES = 3
+
+
+def _labels(n):
+  return np.arange(n) % CLASSES
+
+
+def _data(kind, n, d, seed):
+  """A float32 `[n, d]` representation and a related one, plus labels."""
+  rng = np.random.default_rng(seed)
+  labels = _labels(n)
+  if kind == 'random':
+    x = rng.normal(size=(n, d))
+  elif kind == 'low_rank':  # rank 3 whatever n and d
+    x = rng.normal(size=(n, 3)) @ rng.normal(size=(3, d))
+  elif kind == 'classes':  # well separated class means, correlated noise
+    centres = 3.0 * rng.normal(size=(CLASSES, d))
+    x = centres[labels] + rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) / 3
+  else:
+    raise ValueError(kind)
+  # A perturbed, rotated, rescaled copy: nonzero distances of moderate size.
+  q = np.linalg.qr(rng.normal(size=(d, d)))[0]
+  y = (x + 0.4 * x.std() * rng.normal(size=(n, d))) @ q
+  y = np.maximum(y, -1.0)  # a non-linear part no alignment removes
+  return x.astype('f4'), y.astype('f4'), labels
+
+
+# (kind, n, d): d > n in the last two.
+CASES = [
+  ('random', 30, 5),
+  ('low_rank', 30, 6),
+  ('classes', 30, 5),
+  ('random', 12, 20),
+  ('classes', 12, 20),
+]
+CASE_IDS = [f'{k}-n{n}-d{d}' for k, n, d in CASES]
+
+
+def _f64(*arrays):
+  return [np.asarray(a, np.float64) for a in arrays]
+
+
+def _centre(x):
+  return x - x.mean(axis=0)
+
+
+def _pad(x, width):
+  return np.pad(x, [(0, 0), (0, width - x.shape[1])])
+
+
+# ---------------------------------------------------------------------------
+# Oracles (float64).
+# ---------------------------------------------------------------------------
+
+
+def _psd_sqrt(s):
+  lam, v = np.linalg.eigh((s + s.T) / 2)
+  return (v * np.sqrt(np.clip(lam, 0, None))) @ v.T
+
+
+def _bures2(s1, s2):
+  """tr S1 + tr S2 - 2 tr (S1^½ S2 S1^½)^½ (fidelity form)."""
+  r = _psd_sqrt(s1)
+  fid = np.trace(_psd_sqrt(r @ s2 @ r))
+  return np.trace(s1) + np.trace(s2) - 2 * fid
+
+
+def _class_stats(x, labels):
+  cls = np.unique(labels)
+  means = np.stack([x[labels == c].mean(0) for c in cls])
+  covs = np.stack([np.cov(x[labels == c], rowvar=False, ddof=1) for c in cls])
+  return means, covs.reshape(len(cls), x.shape[1], x.shape[1])
+
+
+def _gaussian_objective(t, stats, alpha):
+  (mx, sx), (my, sy) = stats
+  total = 0.0
+  for c in range(len(mx)):
+    total += alpha * np.sum((mx[c] - my[c] @ t) ** 2)
+    total += (2 - alpha) * _bures2(sx[c], t.T @ sy[c] @ t)
+  return total / len(mx)
+
+
+def _gaussian_prepare(x, y, labels):
+  x, y = _f64(x, y)
+  w = max(x.shape[1], y.shape[1])
+  x, y = _centre(_pad(x, w)), _centre(_pad(y, w))
+  return x, y, (_class_stats(x, labels), _class_stats(y, labels))
+
+
+def gaussian_oracle(x, y, labels, alpha):
+  """Alternating Procrustes (SciPy) from the paired examples, to 1e-14."""
+  x, y, stats = _gaussian_prepare(x, y, labels)
+  (mx, sx), (my, sy) = stats
+  ax = [_psd_sqrt(s) for s in sx]
+  by = [_psd_sqrt(s) for s in sy]
+  t = scipy.linalg.orthogonal_procrustes(y, x)[0]  # min ‖y T - x‖
+  f = _gaussian_objective(t, stats, alpha)
+  for _ in range(20000):
+    # Bures alignment per class: min_U ‖Tᵀ B_c U - A_c‖.
+    us = [
+      scipy.linalg.orthogonal_procrustes(t.T @ b, a)[0] for a, b in zip(ax, by)
+    ]
+    src = [np.sqrt(alpha) * my] + [
+      np.sqrt(2 - alpha) * u.T @ b for u, b in zip(us, by)
+    ]
+    dst = [np.sqrt(alpha) * mx] + [np.sqrt(2 - alpha) * a for a in ax]
+    t = scipy.linalg.orthogonal_procrustes(np.vstack(src), np.vstack(dst))[0]
+    f, previous = _gaussian_objective(t, stats, alpha), f
+    if previous - f <= 1e-14 * max(previous, 1e-300):
+      break
+  return np.sqrt(max(f, 0.0))
+
+
+def gaussian_global_2d(x, y, labels, alpha):
+  """The exact distance for d = 2: search all of O(2) (angle, reflection)."""
+  x, y, stats = _gaussian_prepare(x, y, labels)
+  assert x.shape[1] == 2
+
+  def rot(theta, flip):
+    c, s = np.cos(theta), np.sin(theta)
+    return np.array([[c, -s], [s, c]]) @ np.diag([1.0, flip])
+
+  best = np.inf
+  for flip in (1.0, -1.0):
+
+    def f(theta, flip=flip):
+      return _gaussian_objective(rot(theta, flip), stats, alpha)
+
+    grid = np.linspace(0, 2 * np.pi, 721)
+    values = [f(g) for g in grid]
+    i = int(np.argmin(values))
+    res = scipy.optimize.minimize_scalar(
+      f,
+      bounds=(grid[max(i - 1, 0)], grid[min(i + 1, 720)]),
+      method='bounded',
+      options={'xatol': 1e-12},
+    )
+    best = min(best, res.fun, values[i])
+  return np.sqrt(max(best, 0.0))
+
+
+def linear_oracle(x, y, alpha):
+  """Williams et al.'s φ_α from the covariance's eigendecomposition."""
+
+  def phi(z):
+    z = _centre(z)
+    n = z.shape[0]
+    lam, v = np.linalg.eigh(z.T @ z / n)
+    keep = lam > lam.max() * 1e-10  # the numerical range (float64 data)
+    inv_root = (v[:, keep] / np.sqrt(lam[keep])) @ v[:, keep].T
+    return z @ (alpha * np.eye(z.shape[1]) + (1 - alpha) * inv_root)
+
+  px, py = phi(np.asarray(x, np.float64)), phi(np.asarray(y, np.float64))
+  nuc = np.linalg.svd(px.T @ py, compute_uv=False).sum()
+  cos = nuc / (np.linalg.norm(px) * np.linalg.norm(py))
+  return np.arccos(np.clip(cos, -1, 1))
+
+
+def permutation_oracle(x, y):
+  """Brute force over all permutations (d <= 7), else SciPy's assignment."""
+  x, y = _f64(x, y)
+  w = max(x.shape[1], y.shape[1])
+  x, y = _centre(_pad(x, w)), _centre(_pad(y, w))
+  cross = y.T @ x  # [w, w]: cross[i, j] = <y_i, x_j>
+  if w <= 7:
+    best = max(
+      sum(cross[p[j], j] for j in range(w))
+      for p in itertools.permutations(range(w))
+    )
+  else:
+    r, c = scipy.optimize.linear_sum_assignment(-cross)
+    best = cross[r, c].sum()
+  cos = best / (np.linalg.norm(x) * np.linalg.norm(y))
+  return np.arccos(np.clip(cos, -1, 1))
+
+
+def wasserstein_oracle(x, y):
+  x, y = _f64(x, y)
+  return scipy.stats.wasserstein_distance(x.ravel(), y.ravel())
+
+
+# ---------------------------------------------------------------------------
+# Equality with the oracles.
+# ---------------------------------------------------------------------------
+
+
+# Tolerances. Inputs are float32 (eps = 1.2e-7) with entries of order 1 to 10
+# and n d <= 400; every metric is computed in float32.
+#
+# * Angles come from residuals ‖x̂ - ŷQ‖ of unit-norm matrices: each entry
+#   is off by a few eps, so the chord is off by ~ eps sqrt(n d) ~ 2.4e-6
+#   at most here, times the conditioning of the alignment and, for full
+#   whitening (alpha = 0), of the whitened data. 2e-5 rad; the largest error
+#   seen over these cases and seeds 0-2 was 5.3e-7.
+# * Gaussian distances are in data units (here 0.5 to 10); the fit stops
+#   when a step gains less than 1e-8 of the scale (class means and
+#   covariances, here up to ~100 times the squared distance), so the
+#   distance is within ~1e-4 relative of the oracle's fixed point (largest
+#   seen: 2.9e-4); rtol 1e-3.
+# * Wasserstein: a mean of absolute differences of float32 values, off by
+#   ~ eps relative: rtol 1e-5.
+ANGLE_ATOL = 2e-5
+GAUSS_RTOL = 1e-3
+
+
+@pytest.mark.parametrize('alpha', [0.0, 1.0, 2.0])
+@pytest.mark.parametrize('case', CASES, ids=CASE_IDS)
+def test_gaussian_equals_oracle(case, alpha):
+  x, y, labels = _data(*case, seed=0)
+  got = float(sim.gaussian_stochastic_distance(x, y, labels, alpha=alpha))
+  want = gaussian_oracle(x, y, labels, alpha)
+  assert want > 0.1
+  assert got == pytest.approx(want, rel=GAUSS_RTOL)
+
+
+def _pair_2d(seed, related):
+  rng = np.random.default_rng(seed)
+  labels = _labels(30)
+  x = 2 * rng.normal(size=(CLASSES, 2))[labels] + rng.normal(size=(30, 2))
+  if related:  # the pruning regime: a perturbed rotation or reflection
+    q = np.linalg.qr(rng.normal(size=(2, 2)))[0]
+    y = (x + 0.3 * rng.normal(size=(30, 2))) @ q
+  else:
+    y = rng.normal(size=(30, 2)) * [2.0, 0.5]
+    y += rng.normal(size=(CLASSES, 2))[labels]
+  return x.astype('f4'), y.astype('f4'), labels
+
+
+@pytest.mark.parametrize('alpha', [0.0, 1.0, 2.0])
+@pytest.mark.parametrize('seed', [0, 1, 2, 3])
+def test_gaussian_finds_the_global_minimum_in_2d(seed, alpha):
+  # d = 2: O(2) is a circle of rotations and one of reflections; the oracle
+  # searches both exhaustively. For related representations the default
+  # start reaches the global minimum.
+  x, y, labels = _pair_2d(seed, related=True)
+  want = gaussian_global_2d(x, y, labels, alpha)
+  got = float(sim.gaussian_stochastic_distance(x, y, labels, alpha=alpha))
+  assert got == pytest.approx(want, rel=GAUSS_RTOL)
+
+
+@pytest.mark.parametrize('alpha', [0.0, 1.0, 2.0])
+@pytest.mark.parametrize('seed', [0, 1, 2, 3, 4, 5])
+def test_gaussian_is_an_upper_bound_for_unrelated_inputs_in_2d(seed, alpha):
+  # For unrelated representations the fit can stop in a local minimum
+  # (documented): each start gives an upper bound on the exact distance and
+  # 'both' the lower of the two. α = 2 is solved exactly from the means.
+  x, y, labels = _pair_2d(seed, related=False)
+  want = gaussian_global_2d(x, y, labels, alpha)
+  got = {
+    init: float(
+      sim.gaussian_stochastic_distance(x, y, labels, alpha=alpha, init=init)
+    )
+    for init in sim.GAUSSIAN_INITS
+  }
+  for init, value in got.items():
+    assert value >= want * (1 - GAUSS_RTOL), init
+  assert got['both'] == pytest.approx(min(got['means'], got['samples']))
+  if alpha == 2.0:
+    assert got['means'] == pytest.approx(want, rel=GAUSS_RTOL)
+
+
+def test_gaussian_means_start_is_an_upper_bound_and_both_takes_the_lower():
+  x, y, labels = _data('classes', 30, 5, seed=3)
+  d = {
+    init: float(sim.gaussian_stochastic_distance(x, y, labels, init=init))
+    for init in sim.GAUSSIAN_INITS
+  }
+  exact = gaussian_oracle(x, y, labels, 1.0)
+  assert d['means'] >= exact * (1 - GAUSS_RTOL)
+  assert d['both'] == pytest.approx(min(d['means'], d['samples']), rel=1e-6)
+
+
+def test_gaussian_alpha_one_is_the_wasserstein_distance_of_gaussians():
+  # One class: d² = W2² between N(μ, Σ) and N(μ', TᵀΣ'T) minimised over T.
+  # With y = x Q the minimum is 0; with y = 2 x it is the W2 distance of
+  # N(0, Σ) and N(0, 4Σ) = ‖Σ^½ - 2Σ^½‖_F = sqrt(tr Σ), for any T that
+  # commutes with Σ; T = I is optimal by the Bures inequality.
+  rng = np.random.default_rng(4)
+  x = (rng.normal(size=(40, 4)) @ rng.normal(size=(4, 4))).astype('f4')
+  labels = np.zeros(40, int)
+  cov = np.cov(np.asarray(x, np.float64), rowvar=False)
+  got = float(sim.gaussian_stochastic_distance(x, 2 * x, labels, alpha=1.0))
+  # mean over one class of (2 - α) B² = B², B² = tr Σ (2 - 1)².
+  assert got == pytest.approx(np.sqrt(np.trace(cov)), rel=GAUSS_RTOL)
+
+
+@pytest.mark.parametrize('alpha', [0.0, 0.5, 1.0])
+@pytest.mark.parametrize('case', CASES, ids=CASE_IDS)
+def test_linear_equals_oracle(case, alpha):
+  x, y, _ = _data(*case, seed=0)
+  got = float(sim.linear_shape_distance(x, y, alpha=alpha))
+  want = linear_oracle(x, y, alpha)
+  assert got == pytest.approx(want, abs=ANGLE_ATOL)
+
+
+def test_linear_full_whitening_cannot_tell_full_rank_inputs_apart_when_d_ge_n():
+  # The documented CCA degeneracy, and the oracle agrees (both ~0).
+  x, y, _ = _data('random', 12, 20, seed=0)
+  assert float(sim.linear_shape_distance(x, y, alpha=0.0)) < ANGLE_ATOL
+  assert linear_oracle(x, y, 0.0) < 1e-6
+
+
+@pytest.mark.parametrize('case', CASES, ids=CASE_IDS)
+def test_permutation_equals_oracle(case):
+  x, y, _ = _data(*case, seed=0)
+  got = float(sim.permutation_distance(x, y))
+  assert got == pytest.approx(permutation_oracle(x, y), abs=ANGLE_ATOL)
+
+
+def test_permutation_brute_force_with_more_features_than_examples():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(4, 7)).astype('f4')
+  y = (x[:, rng.permutation(7)] + 0.5 * rng.normal(size=(4, 7))).astype('f4')
+  got = float(sim.permutation_distance(x, y))
+  assert got == pytest.approx(permutation_oracle(x, y), abs=ANGLE_ATOL)
+
+
+@pytest.mark.parametrize('case', CASES, ids=CASE_IDS)
+def test_wasserstein_equals_scipy(case):
+  x, y, _ = _data(*case, seed=0)
+  got = float(sim.wasserstein_distance(x, y))
+  assert got == pytest.approx(wasserstein_oracle(x, y), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+  'metric',
+  ['gaussian', 'linear0', 'linear1', 'permutation', 'wasserstein'],
+)
+def test_different_widths(metric):
+  # d1 != d2: the narrower side is padded with zero features (Wasserstein:
+  # samples of different sizes, the CDF-integral path).
+  x, y, labels = _data('classes', 30, 6, seed=6)
+  y = y[:, :4]
+  if metric == 'gaussian':
+    got = sim.gaussian_stochastic_distance(x, y, labels, alpha=1.0)
+    assert float(got) == pytest.approx(
+      gaussian_oracle(x, y, labels, 1.0), rel=GAUSS_RTOL
+    )
+    assert float(
+      sim.gaussian_stochastic_distance(y, x, labels, alpha=1.0)
+    ) == pytest.approx(float(got), rel=GAUSS_RTOL)
+  elif metric.startswith('linear'):
+    alpha = float(metric[-1])
+    got = sim.linear_shape_distance(x, y, alpha=alpha)
+    assert float(got) == pytest.approx(
+      linear_oracle(x, y, alpha), abs=ANGLE_ATOL
+    )
+  elif metric == 'permutation':
+    got = sim.permutation_distance(x, y)
+    assert float(got) == pytest.approx(permutation_oracle(x, y), abs=ANGLE_ATOL)
+  else:
+    got = sim.wasserstein_distance(x, y)
+    assert float(got) == pytest.approx(wasserstein_oracle(x, y), rel=1e-5)
+
+
+def test_one_to_many_equals_pairs():
+  x, y, labels = _data('classes', 30, 5, seed=7)
+  cands = np.stack([y, 2 * y + 1, x[:, ::-1] + 0.1 * y, x])
+  pairs = {
+    'gaussian': (
+      sim.gaussian_stochastic_one_to_many(x, cands, labels, alpha=1.0),
+      lambda c: sim.gaussian_stochastic_distance(x, c, labels, alpha=1.0),
+    ),
+    'linear': (
+      sim.linear_shape_one_to_many(x, cands, alpha=0.0),
+      lambda c: sim.linear_shape_distance(x, c, alpha=0.0),
+    ),
+    'permutation': (
+      sim.permutation_one_to_many(x, cands),
+      lambda c: sim.permutation_distance(x, c),
+    ),
+    'wasserstein': (
+      sim.wasserstein_one_to_many(x, cands),
+      lambda c: sim.wasserstein_distance(x, c),
+    ),
+  }
+  for name, (many, one) in pairs.items():
+    want = [float(one(c)) for c in cands]
+    np.testing.assert_allclose(np.asarray(many), want, rtol=1e-5, atol=1e-6)
+    assert float(many[-1]) <= 1e-3, name  # the reference itself
+
+
+# ---------------------------------------------------------------------------
+# Properties (Hypothesis).
+# ---------------------------------------------------------------------------
+
+# name -> (distance(x, y, labels), symmetric group actions it is invariant
+# to, is a metric, scale-invariant). Shapes below come from a small set so
+# that compilation stays bounded.
+METRICS = {
+  'gaussian_0': (
+    lambda x, y, lab: sim.gaussian_stochastic_distance(x, y, lab, alpha=0.0),
+    ('orthogonal', 'translation'),
+    False,  # a pseudo-metric (α = 0); the triangle inequality still holds
+  ),
+  'gaussian_1': (
+    lambda x, y, lab: sim.gaussian_stochastic_distance(x, y, lab, alpha=1.0),
+    ('orthogonal', 'translation'),
+    False,
+  ),
+  'gaussian_2': (
+    lambda x, y, lab: sim.gaussian_stochastic_distance(x, y, lab, alpha=2.0),
+    ('orthogonal', 'translation'),
+    False,
+  ),
+  'linear_0': (
+    lambda x, y, lab: sim.linear_shape_distance(x, y, alpha=0.0),
+    ('orthogonal', 'translation', 'scaling'),
+    True,
+  ),
+  'linear_1': (
+    lambda x, y, lab: sim.linear_shape_distance(x, y, alpha=1.0),
+    ('orthogonal', 'translation', 'scaling'),
+    True,
+  ),
+  'permutation': (
+    lambda x, y, lab: sim.permutation_distance(x, y),
+    ('permutation', 'translation', 'scaling'),
+    True,
+  ),
+  'wasserstein': (
+    lambda x, y, lab: sim.wasserstein_distance(x, y),
+    ('permutation',),
+    False,
+  ),
+}
+METRIC_NAMES = sorted(METRICS)
+SHAPES = [(30, 3), (30, 5), (12, 8)]
+PROPS = hypothesis.settings(
+  max_examples=8,
+  deadline=None,
+  derandomize=True,
+  suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
+
+
+def _random_rep(rng, n, d, kind):
+  labels = _labels(n)
+  if kind == 0:
+    x = rng.normal(size=(n, d))
+  elif kind == 1:
+    x = 2 * rng.normal(size=(CLASSES, d))[labels] + rng.normal(size=(n, d))
+  else:
+    x = rng.normal(size=(n, 2)) @ rng.normal(size=(2, d)) + 0.1 * rng.normal(
+      size=(n, d)
+    )
+  return (x * rng.uniform(0.5, 2)).astype('f4')
+
+
+def _tol(name, *reps):
+  """Absolute tolerance: angles `ANGLE_ATOL`; data-unit metrics relative."""
+  if name.startswith(('linear', 'permutation')):
+    return ANGLE_ATOL
+  scale = max(float(np.sqrt(np.mean(np.square(r)))) for r in reps)
+  return 2e-3 * scale
+
+
+@PROPS
+@hypothesis.given(
+  name=st.sampled_from(METRIC_NAMES),
+  shape=st.sampled_from(SHAPES),
+  kind=st.integers(0, 2),
+  seed=st.integers(0, 2**31),
+)
+def test_identity_and_symmetry(name, shape, kind, seed):
+  fn = METRICS[name][0]
+  rng = np.random.default_rng(seed)
+  x, y = (_random_rep(rng, *shape, kind) for _ in range(2))
+  labels = _labels(shape[0])
+  tol = _tol(name, x, y)
+  assert abs(float(fn(x, x, labels))) <= tol
+  assert float(fn(x, y, labels)) == pytest.approx(
+    float(fn(y, x, labels)), abs=tol
+  )
+
+
+@PROPS
+@hypothesis.given(
+  name=st.sampled_from(METRIC_NAMES),
+  shape=st.sampled_from(SHAPES),
+  kind=st.integers(0, 2),
+  seed=st.integers(0, 2**31),
+)
+def test_invariances(name, shape, kind, seed):
+  fn, groups, _ = METRICS[name]
+  rng = np.random.default_rng(seed)
+  n, d = shape
+  x, y = (_random_rep(rng, n, d, kind) for _ in range(2))
+  labels = _labels(n)
+  base = float(fn(x, y, labels))
+  tol = _tol(name, x, y)
+  q = np.linalg.qr(rng.normal(size=(d, d)))[0].astype('f4')
+  moved = {
+    'orthogonal': (x @ q, y @ q.T),
+    'permutation': (x[:, rng.permutation(d)], y[:, rng.permutation(d)]),
+    'translation': (x + rng.normal(size=d).astype('f4'), y - 1.5),
+    'scaling': (3.0 * x, 0.25 * y),
+  }
+  for group in groups:
+    gx, gy = moved[group]
+    assert float(fn(gx, gy, labels)) == pytest.approx(base, abs=tol), group
+  if name == 'wasserstein':  # any permutation of all entries
+    shuffled = rng.permutation(y.ravel()).reshape(y.shape)
+    assert float(fn(x, shuffled, labels)) == pytest.approx(base, abs=tol)
+
+
+@PROPS
+@hypothesis.given(
+  name=st.sampled_from(METRIC_NAMES),
+  shape=st.sampled_from(SHAPES),
+  kind=st.integers(0, 2),
+  seed=st.integers(0, 2**31),
+)
+def test_triangle_inequality(name, shape, kind, seed):
+  # Every metric here satisfies it: shape metrics are metrics on the
+  # quotient by their group (Williams et al. 2021, Duong et al. 2023;
+  # the Gaussian one with α = 0 a pseudo-metric), W1 on distributions.
+  fn = METRICS[name][0]
+  rng = np.random.default_rng(seed)
+  x, y, z = (_random_rep(rng, *shape, kind) for _ in range(3))
+  labels = _labels(shape[0])
+  xy, yz, xz = (float(fn(a, b, labels)) for a, b in ((x, y), (y, z), (x, z)))
+  assert xz <= xy + yz + _tol(name, x, y, z)
+
+
+# ---------------------------------------------------------------------------
+# Bad input.
+# ---------------------------------------------------------------------------
+
+
+def test_label_needing_metric_without_labels_names_the_metric():
+  x, y, _ = _data('random', 30, 5, seed=0)
+  with pytest.raises(ValueError, match='gaussian_stochastic_distance needs'):
+    sim.gaussian_stochastic_distance(x, y, None)
+
+
+def test_class_with_fewer_than_two_examples_is_refused():
+  x, y, labels = _data('random', 30, 5, seed=0)
+  labels = labels.copy()
+  labels[7] = 9  # class 9 has one example
+  with pytest.raises(ValueError, match=r'classes \[9\] have fewer than 2'):
+    sim.gaussian_stochastic_distance(x, y, labels)
+
+
+def test_singular_covariances_give_finite_oracle_values():
+  # More features than examples per class (10 per class, 16 features), a
+  # dead feature, and one class whose examples are all identical (a zero
+  # covariance): every covariance is singular.
+  rng = np.random.default_rng(8)
+  labels = _labels(30)
+  x = rng.normal(size=(30, 16))
+  x[:, 3] = 0.0
+  x[labels == 2] = x[labels == 2][0]
+  y = x @ np.linalg.qr(rng.normal(size=(16, 16)))[0] + 0.3 * rng.normal(
+    size=(30, 16)
+  )
+  x, y = x.astype('f4'), y.astype('f4')
+  for alpha in (0.0, 1.0, 2.0):
+    got = float(sim.gaussian_stochastic_distance(x, y, labels, alpha=alpha))
+    assert np.isfinite(got)
+    assert got == pytest.approx(
+      gaussian_oracle(x, y, labels, alpha), rel=GAUSS_RTOL
+    )
+  for alpha in (0.0, 1.0):
+    got = float(sim.linear_shape_distance(x, y, alpha=alpha))
+    assert got == pytest.approx(linear_oracle(x, y, alpha), abs=ANGLE_ATOL)
+
+
+def test_constant_or_non_finite_input_gives_nan_never_a_number():
+  x, _, labels = _data('random', 30, 5, seed=0)
+  const = np.ones_like(x)
+  bad = x.copy()
+  bad[3, 2] = np.nan
+  for y in (const, bad):
+    assert np.isnan(float(sim.linear_shape_distance(x, y, alpha=0.0)))
+    assert np.isnan(float(sim.permutation_distance(x, y)))
+  assert np.isnan(float(sim.wasserstein_distance(x, bad)))
+  assert np.isnan(float(sim.gaussian_stochastic_distance(x, bad, labels)))
+
+
+@pytest.mark.parametrize(
+  'call, match',
+  [
+    (lambda x: sim.linear_shape_distance(x, x[:10]), 'same examples'),
+    (lambda x: sim.wasserstein_distance(x[:1], x[:1]), 'n >= 2'),
+    (lambda x: sim.permutation_distance(x, np.ones((30, 0))), 'zero features'),
+    (lambda x: sim.linear_shape_distance(x, x, alpha=1.5), 'alpha'),
+    (
+      lambda x: sim.gaussian_stochastic_distance(x, x, _labels(30), alpha=3),
+      'alpha',
+    ),
+    (
+      lambda x: sim.gaussian_stochastic_distance(x, x, _labels(29)),
+      r'labels must have shape \[n\]',
+    ),
+    (
+      lambda x: sim.gaussian_stochastic_distance(
+        x, x, _labels(30), init='zero'
+      ),
+      'init',
+    ),
+  ],
+)
+def test_shape_and_argument_errors(call, match):
+  x, _, _ = _data('random', 30, 5, seed=0)
+  with pytest.raises(ValueError, match=match):
+    call(x)
