@@ -87,7 +87,7 @@ def _worker():
     return {'candidates': len(state['arch'].candidates)}
 
   def score(inputs_path):
-    x = np.load(inputs_path)['inputs']
+    x = np.load(inputs_path, allow_pickle=False)['inputs']
     out = scoring.score_candidates(state['arch'], state['variables'], x)
     return {'names': list(out), 'scores': [float(v) for v in out.values()]}
 

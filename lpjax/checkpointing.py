@@ -23,6 +23,7 @@ from typing import Any
 import orbax.checkpoint as ocp
 
 from lpjax import arch as arch_lib
+from lpjax import models
 
 
 class CheckpointError(RuntimeError):
@@ -84,18 +85,31 @@ class Checkpoints:
   def restore_meta(
     self, step: int | None = None
   ) -> tuple[arch_lib.Arch, dict[str, Any]]:
-    """The `Arch` and meta dict of `step` (default: the latest)."""
+    """The `Arch` and meta dict of `step` (default: the latest).
+
+    Raises:
+      CheckpointError: naming the step, when an item is missing or damaged,
+        the arch is not one a model family builds, or meta is not a dict.
+    """
     step = self._step(step)
     out = self._restore(
       step, arch=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()
     )
     try:
       arch = arch_lib.Arch.from_dict(out['arch'])
-    except (KeyError, TypeError, ValueError) as e:
+      models.get_family(arch.family).check(arch)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
       raise CheckpointError(
-        f'Checkpoint step {step} in {self.directory} has an invalid arch: {e}.'
+        f'Checkpoint step {step} in {self.directory} has an invalid arch '
+        f'({type(e).__name__}: {e}).'
       ) from e
-    return arch, dict(out['meta'])
+    meta = out['meta']
+    if not isinstance(meta, dict):
+      raise CheckpointError(
+        f'Checkpoint step {step} in {self.directory} has meta of type '
+        f'{type(meta).__name__}; a JSON object was saved.'
+      )
+    return arch, dict(meta)
 
   def restore(self, abstract_state: Any = None, step: int | None = None) -> Any:
     """The state of `step` (default: the latest).

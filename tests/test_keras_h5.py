@@ -36,7 +36,7 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope='module')
 def reference(keras_dir):
-  with np.load(keras_dir / 'reference_outputs.npz') as z:
+  with np.load(keras_dir / 'reference_outputs.npz', allow_pickle=False) as z:
     outputs = {k: z[k] for k in z.files}
   meta = json.loads((keras_dir / 'reference_meta.json').read_text())
   return outputs, meta

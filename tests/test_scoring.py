@@ -169,7 +169,8 @@ def test_cka_criterion_on_the_authors_resnet56(keras_dir):
   arch, variables = keras_h5.load_keras_model(
     keras_dir / 'resnet56_baseline.json', keras_dir / 'resnet56_baseline.h5'
   )
-  x = np.load(keras_dir / 'reference_outputs.npz')['inputs'][:64]
+  npz = keras_dir / 'reference_outputs.npz'
+  x = np.load(npz, allow_pickle=False)['inputs'][:64]
   scores = _scores(
     'cka',
     methods.Context(arch, variables, x, np.zeros(64), data_batch_size=64),
@@ -188,7 +189,7 @@ def test_float64_similarity_and_ranking_on_the_authors_resnet56(keras_dir):
   arch, variables = keras_h5.load_keras_model(
     keras_dir / 'resnet56_baseline.json', keras_dir / 'resnet56_baseline.h5'
   )
-  x = np.load(keras_dir / 'reference_outputs.npz')['inputs']
+  x = np.load(keras_dir / 'reference_outputs.npz', allow_pickle=False)['inputs']
   kw = dict(data_batch_size=128)
   s32 = scoring.score_candidates(arch, variables, x, **kw)
   s64 = scoring.score_candidates(

@@ -26,6 +26,13 @@ parameter counts do not depend on this choice; only block names do.
 
 **Filter pruning.** A block's inner width (`Block.widths`) is the number of
 filters of its first conv, so filter-pruned models load as they are.
+
+**Damaged or hostile files** raise `KerasImportError` naming the file and the
+layer: the JSON's structure and every number in it are checked before use,
+a cycle in the graph is refused before the walk, and every weight's declared
+shape is checked against what the architecture implies (and against the
+bytes the file actually stores) before a byte of it is read, so a file
+cannot make the loader allocate more than its model needs.
 """
 
 from __future__ import annotations
@@ -62,6 +69,20 @@ _BRANCH = (
   'Conv2D',
   'BatchNormalization',
 )
+
+
+# A Keras ResNet's architecture JSON is well under a megabyte.
+_MAX_JSON_BYTES = 64 * 2**20
+# Bound of every size the JSON declares (filters, units, image size).
+_MAX_DIM = 2**31 - 1
+# At most this many datasets per layer group; a BN has four.
+_MAX_WEIGHTS_PER_LAYER = 64
+# A compressed weight may declare at most this many times its stored bytes
+# (deflate's limit is about 1032).
+_MAX_COMPRESSION = 1100
+# What h5py raises for a damaged file (libhdf5 errors surface as any of
+# these).
+_H5_ERRORS = (OSError, KeyError, RuntimeError, TypeError, ValueError)
 
 
 class KerasImportError(ValueError):
@@ -126,37 +147,67 @@ def load_keras_model(
 
   Raises:
     FileNotFoundError: a file does not exist.
-    KerasImportError: (a `ValueError`) the graph is not a CIFAR ResNet this
-      loader understands (the message names the layer), the weights file
-      lacks a layer or weight, shapes disagree, or `num_classes` /
-      `block_ids` do not fit the model.
+    KerasImportError: (a `ValueError`, naming the file) the graph is not a
+      CIFAR ResNet this loader understands (the message names the layer), a
+      file is truncated, damaged or malformed, the weights file lacks a layer
+      or weight, shapes disagree (checked before any weight is read), or
+      `num_classes` / `block_ids` do not fit the model.
   """
   json_path, h5_path = os.fspath(json_path), os.fspath(h5_path)
   for path in (json_path, h5_path):
     if not os.path.isfile(path):
       raise FileNotFoundError(f'Keras model file not found: {path!r}')
-  with open(json_path) as f:
-    try:
-      model_json = json.load(f)
-    except json.JSONDecodeError as e:
-      raise KerasImportError(f'{json_path!r} is not JSON: {e}') from e
+  model_json = _read_json(json_path)
   try:
     net = _Graph.from_json(model_json).walk()
     arch = _make_arch(net, num_classes=num_classes, block_ids=block_ids)
   except KerasImportError as e:
     raise KerasImportError(f'{json_path!r}: {e}') from None
   try:
-    with h5py.File(h5_path, 'r') as f:
-      variables = _read_variables(arch, net, _Weights(f))
-  except OSError as e:
-    raise KerasImportError(f'{h5_path!r} is not an HDF5 file: {e}') from e
-  except KerasImportError as e:
-    raise KerasImportError(f'{h5_path!r}: {e}') from None
+    f = h5py.File(h5_path, 'r')
+  except _H5_ERRORS as e:
+    raise KerasImportError(
+      f'{h5_path!r} is not an HDF5 file, or is truncated or damaged: {e}'
+    ) from e
   try:
-    _check_tree(variables, _expected_shapes(arch, net.image_shape))
+    with f:
+      stored = _find_variables(arch, net, _Weights(f))
+      # Declared shapes first: nothing is read unless all fit the model.
+      expected = _expected_shapes(arch, net.image_shape[2])
+      _check_tree(stored, expected, json_path)
+      variables = jax.tree.map(_read, stored)
   except KerasImportError as e:
     raise KerasImportError(f'{h5_path!r}: {e}') from None
+  except _H5_ERRORS as e:  # The file's structure is damaged.
+    raise KerasImportError(
+      f'{h5_path!r} cannot be read ({type(e).__name__}: {e}); the file is '
+      'truncated or damaged.'
+    ) from e
   return arch, jax.device_put(variables)
+
+
+def _read_json(path: str) -> Any:
+  """The parsed JSON file at `path`, or `KerasImportError` naming it."""
+  size = os.path.getsize(path)
+  if size > _MAX_JSON_BYTES:
+    raise KerasImportError(
+      f'{path!r} has {size} bytes; a Keras architecture JSON is far smaller '
+      f'(at most {_MAX_JSON_BYTES} bytes are read).'
+    )
+  with open(path, 'rb') as f:
+    raw = f.read()
+  try:
+    return json.loads(raw.decode('utf-8'))
+  except UnicodeDecodeError as e:
+    raise KerasImportError(f'{path!r} is not UTF-8 text: {e}') from None
+  except json.JSONDecodeError as e:
+    raise KerasImportError(
+      f'{path!r} is not JSON (truncated or damaged?): {e}'
+    ) from None
+  except RecursionError:
+    raise KerasImportError(
+      f'{path!r} nests arrays or objects too deeply to be a Keras model JSON.'
+    ) from None
 
 
 # --- Walking the graph --------------------------------------------------------
@@ -181,6 +232,31 @@ class _Graph:
     for name in (source, output):
       if name not in layers:
         raise KerasImportError(f'model input/output {name!r} is not a layer.')
+    self._check_acyclic()
+
+  def _check_acyclic(self) -> None:
+    """Refuses a graph with a cycle, so that every walk ends."""
+    pending = {n: len(set(lyr.inputs)) for n, lyr in self.layers.items()}
+    ready = [n for n, k in pending.items() if k == 0]
+    while ready:
+      name = ready.pop()
+      for c in set(self.consumers[name]):
+        pending[c] -= 1
+        if pending[c] == 0:
+          ready.append(c)
+    left = {n for n, k in pending.items() if k > 0}
+    if left:
+      # Each layer left reads another one left: going back finds the cycle.
+      path, name = [], min(left)
+      while name not in path:
+        path.append(name)
+        name = min(i for i in self.layers[name].inputs if i in left)
+      cycle = path[path.index(name) :][::-1]
+      shown = cycle[:8] + ['...'] * (len(cycle) > 8) + cycle[:1]
+      raise KerasImportError(
+        f'the graph has a cycle of {len(cycle)} layers: '
+        f'{" -> ".join(shown)}; not a model.'
+      )
 
   @classmethod
   def from_json(cls, model_json: Any) -> _Graph:
@@ -193,58 +269,59 @@ class _Graph:
         f'a Keras {kind!r} model; only functional ResNets ("Model" / '
         '"Functional" with residual Add layers) can be imported.'
       )
-    layers = {}
-    for spec in config.get('layers', []):
-      name = spec.get('name') or spec['config']['name']
-      nodes = spec.get('inbound_nodes', [])
-      if len(nodes) > 1:
-        raise KerasImportError(
-          f'layer {name!r} is called {len(nodes)} times (a shared layer); '
-          'not a ResNet this loader understands.'
-        )
-      inputs = []
-      for ref in nodes[0] if nodes else []:
-        if not isinstance(ref, list) or not ref or not isinstance(ref[0], str):
-          raise KerasImportError(
-            f'layer {name!r} has inbound nodes in a format this loader '
-            f'does not read ({ref!r}); expected the Keras 2 format '
-            '[[["layer", 0, 0, {}], ...]].'
-          )
-        inputs.append(ref[0])
-      layers[name] = _Layer(
-        name, spec['class_name'], spec['config'], tuple(inputs)
+    specs = config.get('layers', [])
+    if not isinstance(specs, list):
+      raise KerasImportError(
+        f'"layers" is {_brief(specs)}; expected a list of layers.'
       )
-    ins = config.get('input_layers', [])
-    outs = config.get('output_layers', [])
+    layers = {}
+    for k, spec in enumerate(specs):
+      layer = _parse_layer(k, spec)
+      if layer.name in layers:
+        raise KerasImportError(f'two layers are called {layer.name!r}.')
+      layers[layer.name] = layer
+    ins = _endpoints(config, 'input_layers')
+    outs = _endpoints(config, 'output_layers')
     if len(ins) != 1 or len(outs) != 1:
       raise KerasImportError(
         f'the model has {len(ins)} inputs and {len(outs)} outputs; a ResNet '
         'classifier has one of each.'
       )
-    return cls(layers, ins[0][0], outs[0][0])
+    return cls(layers, ins[0], outs[0])
 
   def walk(self) -> _KerasNet:
     """Finds stem, blocks and head by following the graph from the input."""
     source = self.layers[self.source]
     if source.kind != 'InputLayer':
       raise KerasImportError(f'input {source.name!r} is a {source.kind}.')
+    image_shape = _image_shape(source)
     stem_conv = _expect(self._next(source), 'Conv2D', what='the stem conv')
     stem_bn = _expect(
       self._next(stem_conv), 'BatchNormalization', what='the stem BN'
     )
     x = _expect(self._next(stem_bn), 'relu', what='the stem ReLU')
     blocks = []
-    while not self._feeds_head(x):
+    # The graph is acyclic, so each block lies further from the input than
+    # the last and the walk ends; a block has seven layers, so this bound
+    # is never reached by an honest model.
+    for _ in range(len(self.layers) // 4 + 1):
+      if self._feeds_head(x):
+        break
       block, x = self._block(x)
       blocks.append(block)
+    else:
+      raise KerasImportError(
+        f'the walk from {source.name!r} does not reach the head.'
+      )
     if not blocks:
       raise KerasImportError(
         'no residual block (Add layer) after the stem; not a ResNet.'
       )
     pool = self._next(x)
-    dense = self._next(pool)
+    dense = self._next(pool, what='Flatten or the dense head')
     if pool.kind == 'AveragePooling2D':
-      dense = self._next(_expect(dense, 'Flatten', what='Flatten'))
+      flatten = _expect(dense, 'Flatten', what='Flatten')
+      dense = self._next(flatten, what='the dense head')
     _expect(dense, 'Dense', what='the dense head')
     if dense.name != self.output:
       raise KerasImportError(
@@ -252,18 +329,24 @@ class _Graph:
         f'{self.output!r}; layers after the head are not supported.'
       )
     return _KerasNet(
-      _image_shape(source), stem_conv, stem_bn, tuple(blocks), pool, dense
+      image_shape, stem_conv, stem_bn, tuple(blocks), pool, dense
     )
 
-  def _next(self, layer: _Layer) -> _Layer:
-    """The only consumer of `layer`."""
+  def _next(self, layer: _Layer, what: str = 'the next layer') -> _Layer:
+    """The only consumer of `layer`, which must read `layer` only."""
     cons = self.consumers[layer.name]
     if len(cons) != 1:
       raise KerasImportError(
-        f'layer {layer.name!r} feeds {len(cons)} layers {cons} where one '
-        'was expected; not a ResNet this loader understands.'
+        f'layer {layer.name!r} feeds {len(cons)} layers {cons} where one, '
+        f'{what}, was expected; not a ResNet this loader understands.'
       )
-    return self.layers[cons[0]]
+    nxt = self.layers[cons[0]]
+    if nxt.inputs != (layer.name,):
+      raise KerasImportError(
+        f'layer {nxt.name!r} ({nxt.kind}) reads {list(nxt.inputs)}; '
+        f'expected only {layer.name!r}.'
+      )
+    return nxt
 
   def _feeds_head(self, x: _Layer) -> bool:
     cons = self.consumers[x.name]
@@ -382,13 +465,113 @@ def _expect(layer: _Layer, kind: str, *, what: str) -> _Layer:
 def _image_shape(source: _Layer) -> tuple[int, int, int]:
   cfg = source.config
   shape = cfg.get('batch_input_shape') or cfg.get('batch_shape')
-  if not shape or len(shape) != 4 or shape[3] is None:
+  if not isinstance(shape, list) or len(shape) != 4 or shape[3] is None:
     raise KerasImportError(
-      f'input {source.name!r} has shape {shape}; expected '
+      f'input {source.name!r} has shape {_brief(shape)}; expected '
       '[batch, height, width, channels] with known channels.'
     )
   # Parameters do not depend on the image size; CIFAR's is the default.
-  return shape[1] or 32, shape[2] or 32, shape[3]
+  h, w, c = (32 if d is None else d for d in shape[1:])
+  return (
+    _int(source, 'height', h),
+    _int(source, 'width', w),
+    _int(source, 'channels', c),
+  )
+
+
+def _brief(value: Any) -> str:
+  """A JSON value as JSON text, shortened, for messages."""
+  text = json.dumps(value)
+  return text if len(text) <= 60 else text[:57] + '...'
+
+
+def _parse_layer(k: int, spec: Any) -> _Layer:
+  """The `_Layer` of the `k`-th entry of the JSON's `"layers"`."""
+  if not isinstance(spec, dict):
+    raise KerasImportError(
+      f'layer #{k} is {_brief(spec)}; expected a layer object.'
+    )
+  config = spec.get('config')
+  name = spec.get('name') or (config or {}).get('name')
+  if not isinstance(name, str) or not name:
+    raise KerasImportError(f'layer #{k} has no name (got {_brief(name)}).')
+  kind = spec.get('class_name')
+  if not isinstance(kind, str):
+    raise KerasImportError(
+      f'layer {name!r} has class_name {_brief(kind)}; expected a string.'
+    )
+  if not isinstance(config, dict):
+    raise KerasImportError(
+      f'layer {name!r} has config {_brief(config)}; expected an object.'
+    )
+  nodes = spec.get('inbound_nodes', [])
+  if not isinstance(nodes, list):
+    raise KerasImportError(
+      f'layer {name!r} has inbound_nodes {_brief(nodes)}; expected a list.'
+    )
+  if len(nodes) > 1:
+    raise KerasImportError(
+      f'layer {name!r} is called {len(nodes)} times (a shared layer); '
+      'not a ResNet this loader understands.'
+    )
+  node = nodes[0] if nodes else []
+  refs = node if isinstance(node, list) else [node]
+  inputs = []
+  for ref in refs:
+    if not isinstance(ref, list) or not ref or not isinstance(ref[0], str):
+      raise KerasImportError(
+        f'layer {name!r} has inbound nodes in a format this loader '
+        f'does not read ({_brief(ref)}); expected the Keras 2 format '
+        '[[["layer", 0, 0, {}], ...]].'
+      )
+    inputs.append(ref[0])
+  return _Layer(name, kind, config, tuple(inputs))
+
+
+def _endpoints(config: Mapping[str, Any], key: str) -> list[str]:
+  """The layer names in the model config's `input_layers` / `output_layers`."""
+  refs = config.get(key, [])
+  if not isinstance(refs, list) or not all(
+    isinstance(r, list) and r and isinstance(r[0], str) for r in refs
+  ):
+    raise KerasImportError(
+      f'"{key}" is {_brief(refs)}; expected [["layer", 0, 0], ...].'
+    )
+  return [r[0] for r in refs]
+
+
+def _int(layer: _Layer, key: str, value: Any) -> int:
+  """`value` (the `key` of `layer`), checked to be a size: a positive int."""
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, int)
+    or not 1 <= value <= _MAX_DIM
+  ):
+    raise KerasImportError(
+      f'layer {layer.name!r} ({layer.kind}) has {key} {_brief(value)}; '
+      f'expected an integer from 1 to {_MAX_DIM}.'
+    )
+  return value
+
+
+def _dim(layer: _Layer, key: str) -> int:
+  """The positive integer `key` of `layer`'s config (filters, units)."""
+  return _int(layer, key, layer.config.get(key))
+
+
+def _number(layer: _Layer, key: str) -> float:
+  """The finite number `key` of `layer`'s config (epsilon, momentum)."""
+  value = layer.config.get(key)
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, (int, float))
+    or not math.isfinite(value)
+  ):
+    raise KerasImportError(
+      f'layer {layer.name!r} ({layer.kind}) has {key} {_brief(value)}; '
+      'expected a finite number.'
+    )
+  return float(value)
 
 
 # --- The Arch -----------------------------------------------------------------
@@ -396,12 +579,17 @@ def _image_shape(source: _Layer) -> tuple[int, int, int]:
 
 def _pair(layer: _Layer, key: str) -> int:
   value = layer.config.get(key, 1)
-  value = list(value) if isinstance(value, (list, tuple)) else [value] * 2
-  if len(value) != 2 or value[0] != value[1]:
+  value = list(value) if isinstance(value, list) else [value] * 2
+  if len(value) != 2:
+    raise KerasImportError(
+      f'layer {layer.name!r} has {key} {_brief(value)}; expected two values.'
+    )
+  value = [_int(layer, key, v) for v in value]
+  if value[0] != value[1]:
     raise KerasImportError(
       f'layer {layer.name!r} has {key} {value}; only square ones are supported.'
     )
-  return int(value[0])
+  return value[0]
 
 
 def _conv(layer: _Layer, *, kernel: int, stride: int | None = None) -> int:
@@ -445,7 +633,7 @@ def _make_arch(
 ) -> arch_lib.Arch:
   """The `Arch` of `net`, checking every layer's configuration."""
   _conv(net.stem_conv, kernel=3, stride=1)
-  stem_width = int(net.stem_conv.config['filters'])
+  stem_width = _dim(net.stem_conv, 'filters')
 
   # Group blocks into stages: a projection opens a stage.
   stages: list[dict[str, Any]] = []
@@ -453,10 +641,10 @@ def _make_arch(
   for k, block in enumerate(net.blocks):
     stride = _conv(block.conv1, kernel=3)
     _conv(block.conv2, kernel=3, stride=1)
-    width = int(block.conv2.config['filters'])
+    width = _dim(block.conv2, 'filters')
     if block.proj_conv is not None:
       _conv(block.proj_conv, kernel=1, stride=stride)
-      if int(block.proj_conv.config['filters']) != width:
+      if _dim(block.proj_conv, 'filters') != width:
         raise KerasImportError(
           f'projection {block.proj_conv.name!r} has '
           f'{block.proj_conv.config["filters"]} filters; its block outputs '
@@ -475,10 +663,11 @@ def _make_arch(
     if k == 0 or block.proj_conv is not None:
       stages.append({'width': width, 'stride': stride, 'blocks': []})
     stages[-1]['blocks'].append(block)
+    stages[-1].setdefault('inner', []).append(_dim(block.conv1, 'filters'))
     in_width = width
 
   _check_pool(net, stride=math.prod(s['stride'] for s in stages))
-  dense_units = int(net.dense.config['units'])
+  dense_units = _dim(net.dense, 'units')
   if num_classes is not None and num_classes != dense_units:
     raise KerasImportError(
       f'the dense head {net.dense.name!r} has {dense_units} outputs; '
@@ -525,10 +714,10 @@ def _make_arch(
       )
     ),
     bn_epsilon=float(
-      _uniform({n.name: n.config['epsilon'] for n in bns}, 'BN epsilon')
+      _uniform({n.name: _number(n, 'epsilon') for n in bns}, 'BN epsilon')
     ),
     bn_momentum=float(
-      _uniform({n.name: n.config['momentum'] for n in bns}, 'BN momentum')
+      _uniform({n.name: _number(n, 'momentum') for n in bns}, 'BN momentum')
     ),
     projection_bn=bool(
       _uniform(
@@ -548,8 +737,8 @@ def _make_arch(
           width=st['width'],
           stride=st['stride'],
           blocks=tuple(
-            resnet.make_block(s, int(i), (int(b.conv1.config['filters']),))
-            for i, b in zip(ids, st['blocks'])
+            resnet.make_block(s, int(i), (inner,))
+            for i, inner in zip(ids, st['inner'])
           ),
         )
         for s, (st, ids) in enumerate(zip(stages, block_ids), start=1)
@@ -571,7 +760,7 @@ def _check_pool(net: _KerasNet, *, stride: int) -> None:
   h, w, _ = net.image_shape
   final = [math.ceil(h / stride), math.ceil(w / stride)]
   size = net.pool.config.get('pool_size')
-  if list(size) != final:
+  if size != final:
     raise KerasImportError(
       f'{net.pool.name!r} pools {size} windows of the {final} final map; '
       'lpjax models average the whole map.'
@@ -581,38 +770,104 @@ def _check_pool(net: _KerasNet, *, stride: int) -> None:
 # --- Weights ------------------------------------------------------------------
 
 
+class _Stored:
+  """One weight in the HDF5 file, located and checked but not read yet."""
+
+  def __init__(self, layer: _Layer, name: str, dataset: h5py.Dataset):
+    self.where = f'weight {name!r} of layer {layer.name!r}'
+    self.dataset = dataset
+    self.shape = tuple(dataset.shape)
+    if dataset.dtype.kind != 'f':
+      raise KerasImportError(
+        f'{self.where} has dtype {dataset.dtype}; Keras weights are floats.'
+      )
+    if dataset.external or dataset.is_virtual:
+      raise KerasImportError(
+        f'{self.where} is stored outside the file (external or virtual '
+        'dataset); a Keras weights file holds its weights.'
+      )
+
+
+def _read(stored: _Stored) -> np.ndarray:
+  """Reads a weight whose declared shape was checked against the model."""
+  ds = stored.dataset
+  try:
+    declared = math.prod(stored.shape) * ds.dtype.itemsize
+    on_disk = ds.id.get_storage_size()
+    if ds.id.get_create_plist().get_nfilters() == 0:
+      short = on_disk < declared
+    else:  # Compressed: refuse what no compression could store so small.
+      short = on_disk == 0 or declared > _MAX_COMPRESSION * on_disk
+    if short:
+      raise KerasImportError(
+        f'{stored.where} declares shape {stored.shape} ({declared} bytes) '
+        f'but the file stores {on_disk} bytes of it: it was never written, '
+        'or the file is truncated or damaged.'
+      )
+    return np.asarray(ds[()], dtype=np.float32)
+  except KerasImportError:
+    raise
+  except _H5_ERRORS as e:
+    raise KerasImportError(
+      f'{stored.where} cannot be read ({type(e).__name__}: {e}); the file '
+      'is truncated or damaged.'
+    ) from e
+
+
 class _Weights:
-  """Reads one layer's weights from a Keras 2 HDF5 file."""
+  """Finds one layer's weights in a Keras 2 HDF5 file (without reading)."""
 
   def __init__(self, f: h5py.File):
     self.root = f['model_weights'] if 'model_weights' in f else f
 
   def __call__(self, layer: _Layer, names: Sequence[str]) -> dict[str, Any]:
-    """`{name: float32 array}` of `layer`'s weights called `names`."""
+    """`{name: _Stored}` of `layer`'s weights called `names`."""
+    try:
+      return self._find(layer, names)
+    except KerasImportError:
+      raise
+    except _H5_ERRORS as e:
+      raise KerasImportError(
+        f'the weights of layer {layer.name!r} cannot be read '
+        f'({type(e).__name__}: {e}); the file is truncated or damaged.'
+      ) from e
+
+  def _find(self, layer: _Layer, names: Sequence[str]) -> dict[str, Any]:
     if layer.name not in self.root:
       raise KerasImportError(
         f'no weights for layer {layer.name!r} (a {layer.kind}); the file '
         f'has {len(self.root)} layer groups, e.g. {sorted(self.root)[:5]}.'
       )
     group = self.root[layer.name]
-    found = {}
-    if 'weight_names' in group.attrs:
-      paths = [
-        p.decode() if isinstance(p, bytes) else str(p)
-        for p in group.attrs['weight_names']
-      ]
-    else:
-      paths = []
-      group.visititems(
-        lambda p, o: paths.append(p) if isinstance(o, h5py.Dataset) else None
+    if not isinstance(group, h5py.Group):
+      raise KerasImportError(
+        f'{layer.name!r} in the file is not a group of weights.'
       )
-    for path in paths:
+    # The datasets under the layer's group, by name. The `weight_names`
+    # attribute lists the same ones but is not read: its variable-length
+    # strings live in the file's global heap, where one damaged length makes
+    # libhdf5 allocate gigabytes.
+    datasets = []
+
+    def visit(path, obj):
+      if isinstance(obj, h5py.Dataset):
+        datasets.append((path, obj))
+      return True if len(datasets) > _MAX_WEIGHTS_PER_LAYER else None
+
+    group.visititems(visit)
+    if len(datasets) > _MAX_WEIGHTS_PER_LAYER:
+      raise KerasImportError(
+        f'layer {layer.name!r} has more than {_MAX_WEIGHTS_PER_LAYER} '
+        'weights; expected a few.'
+      )
+    found = {}
+    for path, dataset in datasets:
       key = path.rsplit('/', 1)[-1].split(':', 1)[0]
       if key in found:
         raise KerasImportError(
           f'layer {layer.name!r} has two weights called {key!r}.'
         )
-      found[key] = np.asarray(group[path], dtype=np.float32)
+      found[key] = _Stored(layer, key, dataset)
     if sorted(found) != sorted(names):
       raise KerasImportError(
         f'layer {layer.name!r} has weights {sorted(found)}; expected '
@@ -621,9 +876,10 @@ class _Weights:
     return found
 
 
-def _read_variables(
+def _find_variables(
   arch: arch_lib.Arch, net: _KerasNet, weights: _Weights
 ) -> dict[str, Any]:
+  """The tree of `arch`'s variables, each leaf a `_Stored` weight."""
   params: dict[str, Any] = {}
   stats: dict[str, Any] = {}
   conv_names = (
@@ -659,14 +915,28 @@ def _read_variables(
 
 @functools.lru_cache(maxsize=32)
 def _expected_shapes(
-  arch: arch_lib.Arch, image_shape: tuple[int, int, int]
+  arch: arch_lib.Arch, channels: int
 ) -> dict[tuple[str, ...], tuple[int, ...]]:
-  """`{path: shape}` of the variables `arch`'s model expects."""
-  tree = models.variable_shapes(arch, image_shape)
-  return {
+  """`{path: shape}` of the variables `arch`'s model expects.
+
+  A CIFAR ResNet's variables depend on its images only through the stem
+  kernel's input channels. They are computed on a small one-channel dummy
+  image (whose zeros `variable_shapes` does allocate), and the stem kernel
+  then gets `channels`: no size declared in the JSON sizes an allocation.
+
+  Args:
+    arch: the model.
+    channels: the channels of its images.
+  """
+  tree = models.variable_shapes(arch, (8, 8, 1))
+  shapes = {
     _path_key(path): tuple(leaf.shape)
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
   }
+  stem = ('params', 'stem_conv', 'kernel')
+  height, width, _, out = shapes[stem]
+  shapes[stem] = (height, width, channels, out)
+  return shapes
 
 
 def _path_key(path) -> tuple[str, ...]:
@@ -676,6 +946,7 @@ def _path_key(path) -> tuple[str, ...]:
 def _check_tree(
   variables: dict[str, Any],
   expected: dict[tuple[str, ...], tuple[int, ...]],
+  json_path: str,
 ) -> None:
   """Raises listing missing, extra and mismatched variables, if any."""
   got = {
@@ -691,6 +962,6 @@ def _check_tree(
   )
   if missing or extra or wrong:
     raise KerasImportError(
-      'the Keras weights do not fit the recovered architecture:\n'
+      f'the Keras weights do not fit the architecture of {json_path!r}:\n'
       f'  missing: {missing}\n  extra: {extra}\n  mismatched: {wrong}'
     )
