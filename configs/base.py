@@ -93,6 +93,21 @@ def get_config() -> ml_collections.ConfigDict:
   # Methods' own hyperparameters (Context.hparams), one group per method.
   c.prune.cka = ml_collections.ConfigDict()
   c.prune.cka.debiased = False  # True: unbiased HSIC (Song et al. 2012)
+  # Consensus (Mugnaini et al. 2024): the rank sum of these metrics
+  # (comma-separated names from lpjax.methods.consensus.METRICS; default
+  # the paper's eight) with these weights ('' = equal; else one number >= 0
+  # per metric); lowest sum removed, ties to the earliest unit.
+  c.prune.consensus = ml_collections.ConfigDict()
+  c.prune.consensus.metrics = (
+    'cka,gaussian_stochastic_0,gaussian_stochastic_1,gaussian_stochastic_2,'
+    'permutation,linear_0,linear_1,wasserstein'
+  )
+  c.prune.consensus.weights = ''
+  # The Gaussian metrics' alternating Procrustes fit: iteration cap,
+  # relative tolerance, start (samples | means | both; lpjax.similarity).
+  c.prune.consensus.gaussian_max_iter = 1000
+  c.prune.consensus.gaussian_tol = 1e-8
+  c.prune.consensus.gaussian_init = 'samples'
 
   # --- Bookkeeping ---
   c.checkpoint_max_to_keep = 2

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 
 from lpjax import arch as arch_lib
 from lpjax import surgery
-from lpjax.methods import baselines, block_influence, cka
+from lpjax.methods import baselines, block_influence, cka, consensus
 from lpjax.methods.context import Context, Decision
 
 Method = Callable[[Context], Decision]
@@ -63,6 +63,9 @@ METHODS: dict[str, Method] = {
   'random': from_scores(baselines.random_scores),
   'l1': from_scores(baselines.l1_scores),
   'block_influence': from_scores(block_influence.scores),
+  'consensus': consensus.consensus,
+  'kl': from_scores(baselines.kl_scores),
+  'angular': from_scores(baselines.angular_scores),
 }
 
 

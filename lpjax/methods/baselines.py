@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from lpjax import models, scoring
+from lpjax.methods import block_influence
 from lpjax.methods.context import Context
 
 
@@ -42,3 +46,84 @@ def _kernels(tree, path=()):
       yield from _kernels(value, (*path, key))
     elif key == 'kernel':
       yield path, value
+
+
+@jax.jit
+def _mean_kl(reps: jax.Array) -> jax.Array:
+  """`[K]` mean over examples of KL(softmax(reps[0]) ‖ softmax(reps[1 + k]))."""
+  logp = jax.nn.log_softmax(reps[0].astype(jnp.float32), axis=-1)
+  logq = jax.nn.log_softmax(reps[1:].astype(jnp.float32), axis=-1)
+  kl = jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)  # [K, n]
+  return jnp.mean(kl, axis=-1)
+
+
+def kl_scores(ctx: Context) -> dict[str, float]:
+  """CURL's KL criterion (Luo & Wu 2020, "Neural network pruning with
+  residual-connections and limited-data", CVPR).
+
+  score(unit) = mean over calibration examples of
+  `KL(p ‖ q) = Σ_k p_k (log p_k - log q_k)`, with `p = softmax(logits)` of
+  the unpruned model and `q` that of the model without the unit: how much
+  removing the unit changes the predicted distribution. One softmax of the
+  logits on each side (the Everything authors' code applied a second
+  softmax to outputs that already were probabilities, which flattens both
+  distributions). Log-probabilities come from `log_softmax`, so saturated
+  logits give no `log 0`.
+
+  The logits of the unpruned model and of every single-unit removal come
+  from one compiled pass (`lpjax.scoring.candidate_representations` with
+  `representation='logits'`, whatever `ctx.representation` says); works for
+  every family with logits. Lower = more removable.
+  """
+  reps = scoring.candidate_representations(
+    ctx.arch,
+    ctx.variables,
+    ctx.inputs,
+    representation='logits',
+    data_batch_size=ctx.data_batch_size,
+    candidate_chunk=ctx.candidate_chunk,
+    mesh=ctx.mesh,
+  )
+  return scoring.checked_scores(ctx.arch.candidates, _mean_kl(reps))
+
+
+def _angular(model, variables, x) -> jax.Array:
+  """`[K]` mean angular distance of every candidate's input and output."""
+  arch = model.arch
+  names = ('stem', *(b.name for b in arch.blocks))
+  reps = models.representations(model, variables, x, names)
+  before = dict(zip(names[1:], names[:-1]))
+  out = []
+  for u in arch.candidates:
+    cos = block_influence._cosine(reps[before[u]], reps[u])
+    out.append(jnp.mean(jnp.arccos(jnp.clip(cos, -1.0, 1.0)) / jnp.pi))
+  return jnp.stack(out)
+
+
+def angular_scores(ctx: Context) -> dict[str, float]:
+  """Angular distance of a unit's input and output (Gromov et al. 2024,
+  "The unreasonable ineffectiveness of the deeper layers").
+
+  score(unit) = mean over calibration examples and positions (tokens, or
+  pixels of a feature map) of `arccos(cos(x, f(x))) / π`, in `[0, 1]`,
+  where `x` is the unit's input and `f(x)` its output and the cosine is over
+  the feature axis (channels, token width). Gromov et al. measure it
+  between layers `ℓ` and `ℓ + n` at the last token; here `n = 1` (one unit)
+  and every position counts, as for `block_influence`, which uses `1 - cos`
+  instead of the angle. Positions where both vectors are zero count as
+  unchanged (angle 0), where one is zero as orthogonal (1/2).
+
+  One forward per batch in eval mode (`lpjax.scoring.map_batches`); works
+  for every family whose units' inputs and outputs are captured. Lower =
+  more removable.
+  """
+  per_batch = scoring.map_batches(
+    _angular,
+    ctx.arch,
+    ctx.variables,
+    ctx.inputs,
+    data_batch_size=ctx.data_batch_size,
+    mesh=ctx.mesh,
+  )
+  # Batches have equal sizes, so the mean of batch means is the mean.
+  return scoring.checked_scores(ctx.arch.candidates, jnp.mean(per_batch, 0))
