@@ -47,12 +47,18 @@ to unit mean square (CKA is scale invariant) so that the fourth powers in
 `‖XᵀX‖²_F` neither overflow nor underflow. Matrix products use
 `Precision.HIGHEST` so accelerators do not silently drop to bf16/tf32.
 
+Shapes: inputs are `[n, ...]`, flattened to `[n, d]`; a 1-D input `[n]` is
+one feature, `[n, 1]` (candidates `[k, n]` likewise).
+
 What cannot be computed (the policy, shared by every function):
 
 * Shape problems raise `ValueError` naming the shapes, at trace time, so
-  also under `jit`/`vmap`: mismatched numbers of rows `n`; too few rows
-  (biased estimators need `n >= 2`, unbiased need `n >= 4`; unbiased
-  `center_gram` needs `n >= 3`); zero features.
+  also under `jit`/`vmap`: mismatched numbers of rows `n`; too few rows,
+  empty inputs (`n = 0`) included (biased estimators need `n >= 2`,
+  unbiased need `n >= 4`; unbiased `center_gram` needs `n >= 3`); zero
+  features; no batches in `minibatch_cka_matrix`. Two empty cases have a
+  value: `linear_cka_one_to_many` with `k = 0` candidates returns `[0]`,
+  and `gram_linear` of an `[0, ...]` input is `[0, 0]`.
 * Value problems never raise inside the computation (they cannot be seen
   under `jit`) and never produce a plausible number:
 
@@ -75,6 +81,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
@@ -131,16 +138,20 @@ def _min_rows(unbiased: bool) -> int:
 
 
 def _as_matrix(x: ArrayLike, name: str) -> Array:
-  """`[n, ...]` -> `[n, d]` (a 1-D input is one feature)."""
+  """`[n, ...]` -> `[n, d]`; a 1-D `[n]` input is one feature, `[n, 1]`.
+
+  Zero rows pass (the row count is `_check_rows`' business, which names
+  every input's shape); zero features raise.
+  """
   x = jnp.asarray(x)
   if x.ndim == 0:
     raise ValueError(f'{name} must have shape [n, ...], got a scalar.')
-  x = x.reshape(x.shape[0], -1)
-  if x.shape[1] == 0:
+  d = math.prod(x.shape[1:])
+  if d == 0:
     raise ValueError(
-      f'{name} has shape {x.shape}: zero features, CKA is undefined.'
+      f'{name} has shape {tuple(x.shape)}: zero features, CKA is undefined.'
     )
-  return x
+  return x.reshape(x.shape[0], d)
 
 
 def _check_rows(shapes: dict[str, tuple[int, ...]], unbiased: bool) -> int:
@@ -155,8 +166,9 @@ def _check_rows(shapes: dict[str, tuple[int, ...]], unbiased: bool) -> int:
   need = _min_rows(unbiased)
   if n < need:
     kind = 'unbiased (debiased)' if unbiased else 'biased'
+    empty = ' (no examples: empty input)' if n == 0 else ''
     raise ValueError(
-      f'The {kind} HSIC estimator needs n >= {need} rows; got {desc}.'
+      f'The {kind} HSIC estimator needs n >= {need} rows; got {desc}{empty}.'
     )
   return n
 
@@ -241,10 +253,10 @@ def gram_linear(x: ArrayLike) -> Array:
   """Linear-kernel Gram matrix `x xᵀ` (not centered; see `center_gram`).
 
   Args:
-    x: `[n, ...]`, flattened to `[n, d]`.
+    x: `[n, ...]`, flattened to `[n, d]` (a 1-D `[n]` is `[n, 1]`).
 
   Returns:
-    `[n, n]` Gram matrix, dtype at least float32.
+    `[n, n]` Gram matrix, dtype at least float32 (`[0, 0]` for `n = 0`).
 
   Raises:
     ValueError: `x` is a scalar or has zero features.
@@ -567,8 +579,9 @@ def linear_cka(
   docstring.
 
   Policy (see module docstring): mismatched rows, `n < 2` (`n < 4` if
-  `debiased`) or zero features raise `ValueError`; a constant input gives
-  NaN; NaN/inf inputs give NaN. Use `validate` for eager errors.
+  `debiased`; empty inputs included) or zero features raise `ValueError`
+  naming the shapes; a constant input gives NaN; NaN/inf inputs give NaN.
+  Use `validate` for eager errors.
 
   Args:
     x: `[n, ...]`, flattened to `[n, dx]`.
@@ -610,11 +623,13 @@ def linear_cka_one_to_many(
   up to rounding.
 
   Policy: as `linear_cka`, per candidate (a constant candidate gives NaN in
-  its slot only; a constant reference makes every slot NaN).
+  its slot only; a constant reference makes every slot NaN). `k = 0`
+  candidates give an empty `[0]` result.
 
   Args:
     ref: `[n, ...]`, flattened to `[n, d]`.
-    candidates: `[k, n, ...]`, each flattened to `[n, d2]`.
+    candidates: `[k, n, ...]`, each flattened to `[n, d2]` (`[k, n]`: one
+      feature each).
     debiased: unbiased HSIC estimator (see `linear_cka`).
     form: `'auto'`, `'feature'` or `'gram'` (see `linear_cka`).
 
@@ -628,9 +643,13 @@ def linear_cka_one_to_many(
       f'candidates must have shape [k, n, ...]; got {cands.shape}.'
     )
   num = cands.shape[0]
-  cands = cands.reshape(num, cands.shape[1], -1)
-  if cands.shape[2] == 0:
-    raise ValueError(f'candidates {cands.shape} have zero features.')
+  width = math.prod(cands.shape[2:])
+  if width == 0:
+    raise ValueError(
+      f'candidates have shape {tuple(cands.shape)}: zero features, CKA is '
+      'undefined.'
+    )
+  cands = cands.reshape(num, cands.shape[1], width)
   n = _check_rows({'ref': x.shape, 'candidates[i]': cands.shape[1:]}, debiased)
   dtype = _float_dtype(x, cands)
   x, cands = x.astype(dtype), cands.astype(dtype)
@@ -969,6 +988,11 @@ def minibatch_cka_matrix(
 
   Returns:
     `[m, m]` minibatch CKA matrix.
+
+  Raises:
+    TypeError: `reps` is not a non-empty list or tuple.
+    ValueError: leading dims differ, `num_batches == 0` (no data), or a
+      batch shape error of `minibatch_cka_update`.
   """
   if not isinstance(reps, (list, tuple)) or not reps:
     raise TypeError(
@@ -979,6 +1003,11 @@ def minibatch_cka_matrix(
   if any(r.ndim < 2 for r in reps) or len(shapes) != 1:
     raise ValueError(
       'reps must share [num_batches, b, ...] leading dims; got '
+      f'{[tuple(r.shape) for r in reps]}.'
+    )
+  if not shapes.pop()[0]:
+    raise ValueError(
+      'reps have no batches (num_batches = 0), CKA is undefined; got '
       f'{[tuple(r.shape) for r in reps]}.'
     )
   dtype = _float_dtype(*reps)
