@@ -4,6 +4,9 @@
 
 Any config field can be overridden, e.g. `--config.prune.target_blocks=5`.
 Re-running the same command in the same workdir resumes where it stopped.
+On several hosts, run the same command on each with
+`--config.distributed=True`: `jax.distributed.initialize()` then reads the
+cluster from the environment before any JAX computation.
 A user error (a bad config value, an unprepared dataset, an unreadable
 checkpoint or model file) prints one line and exits with status 2; anything
 else is a bug and shows its traceback.
@@ -12,6 +15,7 @@ else is a bug and shows its traceback.
 import importlib.util
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -34,6 +38,36 @@ _WORKDIR = flags.DEFINE_string(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def initialize(config) -> None:
+  """Joins the cluster if `config.distributed`; before any JAX computation.
+
+  `jax.distributed.initialize()` with no arguments reads the coordinator,
+  process count and index from the environment (Cloud TPU VMs, SLURM, Open
+  MPI, Kubernetes; `JAX_COORDINATOR_ADDRESS` overrides the coordinator).
+
+  Raises:
+    pipeline.ConfigError: `distributed` is set but the environment describes
+      no cluster.
+  """
+  if not config.distributed:
+    return
+  try:
+    jax.distributed.initialize()
+  except ValueError as e:  # No cluster in the environment.
+    raise pipeline.ConfigError(
+      'distributed=True, but jax.distributed.initialize() found no cluster '
+      f'in the environment ({e}); run it on the cluster, or without '
+      '--config.distributed=True.'
+    ) from e
+  logging.info(
+    'Process %d of %d: %d of %d devices.',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
@@ -48,6 +82,7 @@ def main(argv):
     lambda record: '/orbax/' not in record.pathname
   )
   try:
+    initialize(_CONFIG.value)  # Before any JAX computation.
     results = pipeline.run(_CONFIG.value, _WORKDIR.value)
   except USER_ERRORS as e:
     print(f'error: {e}', file=sys.stderr)

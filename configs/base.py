@@ -12,6 +12,11 @@ def get_config() -> ml_collections.ConfigDict:
   """The defaults: the papers' CIFAR-10 ResNet-56 recipe (Pons et al. 2024)."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # Seeds initialisation, data order and stochastic criteria.
+  # Several hosts: True calls jax.distributed.initialize() before any work;
+  # with no arguments it reads the cluster from the environment (Cloud TPU
+  # VMs, SLURM, Open MPI, Kubernetes). Run the same command on every host:
+  # each process loads only its rows of every global batch.
+  c.distributed = False
 
   # --- Data (lpjax.input_pipeline) ---
   c.dataset = (

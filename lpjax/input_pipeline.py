@@ -57,6 +57,15 @@ Batches are dicts of numpy arrays with a leading batch dimension that the
 training code shards over devices: `batch_size` must be divisible by the
 device count (the training code checks this, not this module).
 
+Several processes (multi-host, `jax.distributed`): `batch_size` is the global
+batch, and each of P processes reads, decodes and yields only its rows of
+every global batch, rows [i * B / P, (i + 1) * B / P) for process i (by
+default `jax.process_index()` of `jax.process_count()`), as
+`lpjax.train.shard_batch` expects; B must be divisible by P. The rows and
+their augmentation are exactly those of the one-process batch, and every
+process yields the same number of batches. `calibration` is not split: every
+process gets the whole (small, seed-determined) sample.
+
 Holdout: `load(holdout=f)` moves round(f * N) examples of the train split,
 chosen uniformly at random from `seed` (not stratified), into a separate
 'holdout' split used for model selection or calibration; 'train' then means
@@ -176,6 +185,47 @@ def _rng(*key: int) -> np.random.Generator:
 def _check_seed(seed: int, what: str = 'seed') -> None:
   if not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f'{what} must be a non-negative integer, got {seed!r}.')
+
+
+def process_rows(
+  batch_size: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> tuple[int, int]:
+  """This process's rows `[lo, hi)` of every global batch of `batch_size`.
+
+  Process i of P holds rows [i * B / P, (i + 1) * B / P), the block of the
+  `'data'` mesh axis that `lpjax.train.make_mesh` gives its devices.
+
+  Args:
+    batch_size: the global batch size B.
+    process_index: this process; None (with `process_count` None):
+      `jax.process_index()`.
+    process_count: the number of processes P; None: `jax.process_count()`.
+
+  Raises:
+    ValueError: if B is not divisible by P, or for an index outside [0, P).
+  """
+  if (process_index is None) != (process_count is None):
+    raise ValueError(
+      'Give both process_index and process_count, or neither (this JAX '
+      f'process); got {process_index=}, {process_count=}.'
+    )
+  if process_index is None:
+    import jax  # Lazily: this module is numpy-only otherwise.
+
+    process_index, process_count = jax.process_index(), jax.process_count()
+  if not 0 <= process_index < process_count:
+    raise ValueError(
+      f'process_index={process_index} is not in [0, {process_count}).'
+    )
+  if batch_size % process_count:
+    raise ValueError(
+      f'The global batch size {batch_size} is not divisible by the '
+      f'{process_count} processes; use a multiple of {process_count}.'
+    )
+  per_process = batch_size // process_count
+  return process_index * per_process, (process_index + 1) * per_process
 
 
 ################################################################################
@@ -302,18 +352,39 @@ class _ArrayTransform:
     self.augmentation = augmentation
 
   def __call__(
-    self, raw: np.ndarray, rng: np.random.Generator | None
+    self,
+    raw: np.ndarray,
+    rng: np.random.Generator | None,
+    rows: tuple[int, int] | None = None,
   ) -> np.ndarray:
-    """[B, H, W, C] raw -> [B, H, W, C] float32; augments iff `rng`."""
+    """[B, H, W, C] raw -> [B, H, W, C] float32; augments iff `rng`.
+
+    `rows=(first, total)`: `raw` are rows `first..` of a batch of `total`;
+    the random draws are those of the whole batch (see `_draw_rows`).
+    """
     x = np.multiply(raw, self.scale, dtype=np.float32)
     x -= self.mean
     x /= self.std
     aug = self.augmentation
     if rng is None or (not aug.pad and not aug.flip):
       return x
-    offsets = rng.integers(0, 2 * aug.pad + 1, size=(len(x), 2))
-    flips = rng.random(len(x)) < 0.5 if aug.flip else np.zeros(len(x), bool)
-    return pad_crop_flip(x, pad=aug.pad, offsets=offsets, flips=flips)
+    take, total = _draw_rows(len(x), rows)
+    offsets = rng.integers(0, 2 * aug.pad + 1, size=(total, 2))[take]
+    flips = rng.random(total) < 0.5 if aug.flip else np.zeros(total, bool)
+    return pad_crop_flip(x, pad=aug.pad, offsets=offsets, flips=flips[take])
+
+
+def _draw_rows(n: int, rows: tuple[int, int] | None) -> tuple[slice, int]:
+  """(which rows to keep, how many to draw) for `n` rows of a larger batch.
+
+  Random augmentation parameters are drawn for the whole batch of `total`
+  rows and sliced, so a process that holds rows `first..first + n` of a
+  global batch augments them exactly as one process holding all of it.
+  """
+  first, total = (0, n) if rows is None else rows
+  if not 0 <= first <= first + n <= total:
+    raise ValueError(f'Rows {first}..{first + n} of a batch of {total}.')
+  return slice(first, first + n), total
 
 
 def _resize_shorter(image: np.ndarray, size: int) -> np.ndarray:
@@ -344,15 +415,23 @@ class _ImageNetTransform:
     self._pool = pool_fn
 
   def __call__(
-    self, raw: list[np.ndarray], rng: np.random.Generator | None
+    self,
+    raw: list[np.ndarray],
+    rng: np.random.Generator | None,
+    rows: tuple[int, int] | None = None,
   ) -> np.ndarray:
-    """B images [h_i, w_i, 3] uint8 -> [B, 224, 224, 3] float32."""
+    """B images [h_i, w_i, 3] uint8 -> [B, 224, 224, 3] float32.
+
+    `rows`: as for `_ArrayTransform`.
+    """
     n = len(raw)
     if rng is None:
       fracs, flips = np.full((n, 2), 0.5), np.zeros(n, bool)
     else:
-      fracs = rng.random((n, 2))
-      flips = rng.random(n) < 0.5 if self.flip else np.zeros(n, bool)
+      take, total = _draw_rows(n, rows)
+      fracs = rng.random((total, 2))[take]
+      flips = rng.random(total) < 0.5 if self.flip else np.zeros(total, bool)
+      flips = flips[take]
 
     def one(i: int) -> np.ndarray:
       image = _resize_shorter(raw[i], IMAGENET_RESIZE)
@@ -419,10 +498,14 @@ class Dataset:
     split: str,
     positions: np.ndarray,
     rng: np.random.Generator | None,
+    rows: tuple[int, int] | None = None,
   ) -> tuple[np.ndarray, np.ndarray]:
     reader, keys = self._split(split)
+    if not len(positions):  # E.g. a process's share of a padded eval batch.
+      shape = (0, *self.info.image_shape)
+      return np.zeros(shape, np.float32), np.zeros(0, np.int32)
     raw, labels = reader.read(keys[positions])
-    return self._transform(raw, rng), labels
+    return self._transform(raw, rng, rows), labels
 
   def num_examples(self, split: str = 'train') -> int:
     """Number of examples in `split`."""
@@ -439,22 +522,34 @@ class Dataset:
     epoch: int,
     seed: int,
     augment: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
   ) -> Iterator[dict[str, np.ndarray]]:
     """One training epoch, shuffled deterministically from (seed, epoch).
 
     The order and augmentation depend only on (seed, epoch, step), so a run
     resumed at epoch `e` sees exactly the batches an uninterrupted run sees.
-    The last incomplete batch is dropped.
+    The last incomplete batch is dropped. With several processes, each
+    reads and yields only its rows of every global batch (module docstring).
 
     Args:
-      batch_size: examples per batch (divisible by the device count).
+      batch_size: examples per global batch (divisible by the device count
+        and by the process count).
       epoch: epoch index (>= 0).
       seed: shuffle and augmentation seed (>= 0).
       augment: apply the dataset's `augmentation`.
+      process_index: this process; None (with `process_count` None):
+        `jax.process_index()`.
+      process_count: processes sharing each batch; None:
+        `jax.process_count()`.
 
     Yields:
-      `steps_per_epoch(batch_size)` dicts with 'image': float32 [B, H, W, C]
-      and 'label': int32 [B].
+      `steps_per_epoch(batch_size)` dicts with 'image': float32
+      [B / P, H, W, C] and 'label': int32 [B / P]: rows
+      [i * B / P, (i + 1) * B / P) of each global batch for process i of P.
+
+    Raises:
+      ValueError: bad arguments, or `batch_size` not divisible by P.
     """
     _check_seed(seed)
     _check_seed(epoch, 'epoch')
@@ -463,42 +558,56 @@ class Dataset:
       raise ValueError(
         f'batch_size={batch_size} must be in [1, num_train={n}].'
       )
+    lo, hi = process_rows(batch_size, process_index, process_count)
     order = _rng(_SHUFFLE, seed, epoch).permutation(n)
     for step in range(self.steps_per_epoch(batch_size)):
-      positions = order[step * batch_size : (step + 1) * batch_size]
+      start = step * batch_size
+      positions = order[start + lo : start + hi]
       rng = _rng(_AUGMENT, seed, epoch, step) if augment else None
-      images, labels = self._load('train', positions, rng)
+      images, labels = self._load('train', positions, rng, (lo, batch_size))
       yield {'image': images, 'label': labels}
 
   def eval_batches(
-    self, *, split: str = 'test', batch_size: int
+    self,
+    *,
+    split: str = 'test',
+    batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
   ) -> Iterator[dict[str, np.ndarray]]:
     """Every example of `split` exactly once, in a fixed order.
 
-    All batches have `batch_size` examples: the last one is zero-padded.
+    All global batches have `batch_size` examples: the last one is
+    zero-padded. With several processes, each reads and yields only its
+    rows of every global batch (module docstring); every process yields
+    `ceil(n / batch_size)` batches, some possibly all padding.
 
     Args:
       split: 'test', 'train' or 'holdout'.
-      batch_size: examples per batch.
+      batch_size: examples per global batch (divisible by the process
+        count).
+      process_index, process_count: as for `train_batches`.
 
     Yields:
-      Dicts with 'image': float32 [B, H, W, C] (un-augmented), 'label': int32
-      [B] and 'mask': float32 [B] (1 for real examples, 0 for padding).
+      Dicts with 'image': float32 [B / P, H, W, C] (un-augmented), 'label':
+      int32 [B / P] and 'mask': float32 [B / P] (1 for real examples, 0 for
+      padding): rows [i * B / P, (i + 1) * B / P) of each global batch.
     """
     if batch_size < 1:
       raise ValueError(f'batch_size must be positive, got {batch_size}.')
+    lo, hi = process_rows(batch_size, process_index, process_count)
     n = self.num_examples(split)
     for start in range(0, n, batch_size):
-      positions = np.arange(start, min(start + batch_size, n))
+      positions = np.arange(min(start + lo, n), min(start + hi, n))
       images, labels = self._load(split, positions, None)
-      mask = np.ones(batch_size, np.float32)
-      pad = batch_size - len(positions)
+      mask = np.ones(hi - lo, np.float32)
+      pad = hi - lo - len(positions)
       if pad:
         images = np.concatenate(
-          [images, np.zeros((pad, *images.shape[1:]), images.dtype)]
+          [images, np.zeros((pad, *self.info.image_shape), images.dtype)]
         )
         labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-        mask[-pad:] = 0
+        mask[len(positions) :] = 0
       yield {'image': images, 'label': labels, 'mask': mask}
 
   def calibration(
@@ -510,6 +619,9 @@ class Dataset:
     per_class: bool = True,
   ) -> dict[str, np.ndarray]:
     """A fixed sample of un-augmented examples for scoring pruning criteria.
+
+    Not split between processes: every process gets the whole sample (the
+    same on each), and scoring places it on the mesh itself.
 
     With `per_class`, every class gets `num_examples // num_classes` examples
     and `num_examples % num_classes` classes chosen from `seed` get one more;

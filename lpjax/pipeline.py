@@ -207,6 +207,7 @@ FREE_FIELDS = (
   'data_dir',
   'manual_dir',
   'resume_despite_config_change',
+  'distributed',  # Hosts, like devices, change only float summation order.
 )
 
 

@@ -180,13 +180,21 @@ def _prepare(arch, variables, images, representation, data_batch_size, mesh):
 
 
 def _batched(arch, variables, inputs, data_batch_size, mesh):
+  """`(variables, [num_batches, b, ...] inputs)`, placed on `mesh` if given.
+
+  The inputs are the whole calibration set, the same on every process (not
+  one process's rows, unlike training batches): with a mesh, each process
+  copies only the slices its own devices hold (`P(None, 'data')`) and the
+  variables are replicated, so scores are global and equal everywhere.
+  """
   images = np.asarray(inputs, models.get_family(arch.family).input_dtype)
   n = images.shape[0]
   devices = mesh.size if mesh is not None else 1
   b = _batch_size(n, data_batch_size, devices)
   xs = images.reshape(n // b, b, *images.shape[1:])
   if mesh is not None:
-    xs = jax.device_put(xs, NamedSharding(mesh, PartitionSpec(None, 'data')))
+    sharding = NamedSharding(mesh, PartitionSpec(None, 'data'))
+    xs = jax.make_array_from_callback(xs.shape, sharding, xs.__getitem__)
     variables = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
   return variables, xs
 

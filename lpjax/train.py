@@ -23,6 +23,15 @@ device up to float reduction order.
 
 `fit` runs epochs of a dataset's `train_batches`, and `evaluate` aggregates
 exact sums over padded, masked eval batches.
+
+Several processes (multi-host, after `jax.distributed.initialize()`): the
+mesh spans every process's devices, process i's devices holding the i-th
+contiguous block of the `'data'` axis, and every host batch is
+process-local: each process passes only its rows [i * B / P, (i + 1) * B / P)
+of the global batch (what `lpjax.input_pipeline.Dataset` yields), and
+`shard_batch` assembles the global array from them. The state is replicated
+on every device and the step's metrics are global, so every process sees the
+same numbers.
 """
 
 from __future__ import annotations
@@ -416,41 +425,80 @@ def eval_step(state: TrainState, batch: Batch) -> Metrics:
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A one-axis `'data'` mesh over `devices` (default: `jax.devices()`)."""
+  """A one-axis `'data'` mesh over `devices` (default: `jax.devices()`).
+
+  With several processes, the devices are ordered by process (stably, so
+  each process keeps `jax.make_mesh`'s order of its own): process i holds
+  the i-th contiguous block of the axis, the rows
+  `lpjax.input_pipeline.process_rows` gives it.
+  """
   devices = list(jax.devices() if devices is None else devices)
-  return jax.make_mesh(
+  mesh = jax.make_mesh(
     (len(devices),),
     (DATA_AXIS,),
     axis_types=(AxisType.Auto,),
     devices=devices,
   )
+  if jax.process_count() == 1:
+    return mesh
+  ordered = sorted(mesh.devices.flat, key=lambda d: d.process_index)
+  return Mesh(np.array(ordered), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def _check_process_layout(mesh: Mesh) -> None:
+  """Raises unless process i holds the i-th contiguous block of `mesh`."""
+  processes = [d.process_index for d in mesh.devices.flat]
+  count = jax.process_count()
+  per_process = len(processes) // count
+  expected = [i // per_process for i in range(per_process * count)]
+  if processes != expected:
+    raise ValueError(
+      f'With {count} processes, the data-parallel mesh must hold every '
+      "process's devices, process i's as the i-th contiguous block of "
+      f"the {DATA_AXIS!r} axis (as make_mesh() orders them); this mesh's "
+      f'devices belong to processes {processes}.'
+    )
 
 
 def shard_batch(batch: Batch, mesh: Mesh) -> dict[str, jax.Array]:
-  """Places a host batch on `mesh`, split along the batch axis.
+  """Places this process's rows of a batch on `mesh`, split along the rows.
+
+  With one process, `batch` is the whole batch. With P processes, each
+  process passes its own rows [i * B / P, (i + 1) * B / P) of the global
+  batch of B (what `lpjax.input_pipeline.Dataset` yields) and gets the
+  global batch of B rows, assembled from every process's rows without
+  copying data between processes.
 
   Args:
-    batch: arrays with a common leading batch dimension.
+    batch: arrays with a common leading dimension: this process's rows.
     mesh: a mesh from `make_mesh`.
 
   Returns:
-    The batch as global `jax.Array`s sharded `P('data')`.
+    The global batch as `jax.Array`s sharded `P('data')`.
 
   Raises:
-    ValueError: if the batch size is not a multiple of the device count.
+    ValueError: if the rows are not a multiple of this process's devices
+      in the mesh, or (several processes) the mesh does not give each
+      process one contiguous block.
   """
   sharding = NamedSharding(mesh, P(DATA_AXIS))
-  per_process = mesh.size // jax.process_count()
+  count = jax.process_count()
+  if count > 1:
+    _check_process_layout(mesh)
+  per_process = mesh.size // count
   out = {}
   for key, value in batch.items():
-    n = np.shape(value)[0]
+    shape = np.shape(value)
+    n = shape[0]
     if n % per_process:
       raise ValueError(
         f'Batch size {n} (batch[{key!r}]) is not divisible by the '
         f'{per_process} devices of the data-parallel mesh; use a batch size '
         f'that is a multiple of {per_process}.'
       )
-    out[key] = jax.make_array_from_process_local_data(sharding, value)
+    out[key] = jax.make_array_from_process_local_data(
+      sharding, value, (n * count, *shape[1:])
+    )
   return out
 
 
@@ -516,11 +564,14 @@ def evaluate(
   Args:
     state: the train state.
     batches: host batches, e.g. `dataset.eval_batches(batch_size=...)`;
-      padded rows carry `mask` 0.
+      padded rows carry `mask` 0. With several processes, each passes its
+      rows of every global batch (as `eval_batches` yields them), every
+      process the same number of batches.
     mesh: the data-parallel mesh (default: `make_mesh()`).
 
   Returns:
-    `{'accuracy': float, 'loss': float, 'count': int}` over the real examples.
+    `{'accuracy': float, 'loss': float, 'count': int}` over the real examples
+    of the global batches (the same on every process).
 
   Raises:
     ValueError: if there are no (unmasked) examples.
@@ -569,10 +620,13 @@ def fit(
   Args:
     state: the train state to start from.
     dataset: any object with `train_batches(*, batch_size, epoch, seed)`
-      (yielding `{'image', 'label'}` host batches) and, optionally,
+      (yielding `{'image', 'label'}` host batches: with P processes, only
+      this process's `batch_size / P` rows of each global batch, as
+      `lpjax.input_pipeline.Dataset` does) and, optionally,
       `steps_per_epoch(batch_size)` (for progress and ETA).
     epochs: the epoch to stop before (total epochs of the run).
-    batch_size: global batch size; a multiple of the mesh's device count.
+    batch_size: global batch size; a multiple of the mesh's device count
+      (and so of the process count).
     seed: data-order and dropout seed.
     weight_decay: L2 coefficient.
     start_epoch: the first epoch to run.
@@ -593,9 +647,17 @@ def fit(
   Raises:
     NonFiniteLossError: if a loss or gradient becomes NaN or infinite (lr too
       high or bad data); raised before `on_epoch_end` sees that epoch.
-    ValueError: if an epoch yields no batches.
+    ValueError: if an epoch yields no batches, `batch_size` is not divisible
+      by the process count, or a batch has other than `batch_size / P` rows.
   """
   mesh = make_mesh() if mesh is None else mesh
+  processes = jax.process_count()
+  if batch_size % processes:
+    raise ValueError(
+      f'The global batch size {batch_size} is not divisible by the '
+      f'{processes} processes; use a multiple of {processes}.'
+    )
+  local_rows = batch_size // processes
   step_fn = jit_train_step(
     weight_decay=weight_decay, mesh=mesh, decay=decay, dropout_seed=seed
   )
@@ -604,12 +666,14 @@ def fit(
   if hasattr(dataset, 'steps_per_epoch'):
     steps_per_epoch = int(dataset.steps_per_epoch(batch_size))
   logging.info(
-    '%s: epochs %d..%d, batch %d over %d device(s), %s steps/epoch.',
+    '%s: epochs %d..%d, batch %d over %d device(s) in %d process(es), %s '
+    'steps/epoch.',
     description,
     start_epoch,
     epochs - 1,
     batch_size,
     mesh.size,
+    processes,
     steps_per_epoch if steps_per_epoch is not None else '?',
   )
   epoch_times = []
@@ -620,6 +684,7 @@ def fit(
     for batch in dataset.train_batches(
       batch_size=batch_size, epoch=epoch, seed=seed
     ):
+      _check_rows(batch, local_rows, batch_size, processes)
       state, metrics = step_fn(state, shard_batch(batch, mesh))
       if pending is not None:
         tracker.add(jax.device_get(pending), log_every_steps)
@@ -657,6 +722,21 @@ def fit(
 
 
 _TIMING_KEYS = ('steps', 'epoch_time_s', 'steps_per_sec')
+
+
+def _check_rows(batch: Batch, rows: int, batch_size: int, processes: int):
+  """Raises unless every array of `batch` has this process's `rows` rows."""
+  for key, value in batch.items():
+    n = np.shape(value)[0]
+    if n != rows:
+      share = f' / {processes} processes' if processes > 1 else ''
+      raise ValueError(
+        f'The dataset yielded {n} rows (batch[{key!r}]); batch_size='
+        f'{batch_size}{share} needs {rows}. With several processes each '
+        "yields only its rows of every global batch, as lpjax's Dataset "
+        'does: a whole batch on every process would train on duplicated '
+        'data.'
+      )
 
 
 class _EpochTracker:

@@ -210,6 +210,120 @@ def test_eval_covers_every_example_once_with_mask(digits, batch_size):
   np.testing.assert_array_equal(labels, ref_labels)
 
 
+# Several processes: each yields (and reads) only its rows of every batch.
+
+
+def _process_batches(method, processes, **kwargs):
+  """`method(**kwargs)`'s batches of every process, process by process."""
+  return [
+    list(method(process_index=i, process_count=processes, **kwargs))
+    for i in range(processes)
+  ]
+
+
+def _assert_concatenate_to(shares, whole):
+  """Every batch of `whole` is its processes' `shares`, in process order."""
+  assert all(len(s) == len(whole) for s in shares)
+  for step, batch in enumerate(whole):
+    for key, value in batch.items():
+      parts = [s[step][key] for s in shares]
+      assert all(len(p) == len(value) // len(shares) for p in parts)
+      np.testing.assert_array_equal(np.concatenate(parts), value)
+
+
+@pytest.mark.parametrize('processes', [2, 4])
+def test_process_rows_of_augmented_train_batches(digits, processes):
+  kwargs = {'batch_size': 64, 'epoch': 2, 'seed': 1}
+  whole = list(digits.train_batches(**kwargs))
+  shares = _process_batches(digits.train_batches, processes, **kwargs)
+  # Same rows, same random crops: bitwise the one-process batches.
+  _assert_concatenate_to(shares, whole)
+  default = list(
+    digits.train_batches(process_index=0, process_count=1, **kwargs)
+  )
+  _assert_concatenate_to([default], whole)
+
+
+def test_process_rows_of_padded_eval_batches(digits):
+  # 359 test examples in batches of 100: the last has 59 real rows, so its
+  # 4 shares of 25 rows hold 25, 25, 9 and 0 real ones.
+  whole = list(digits.eval_batches(split='test', batch_size=100))
+  shares = _process_batches(
+    digits.eval_batches, 4, split='test', batch_size=100
+  )
+  _assert_concatenate_to(shares, whole)
+  assert [s[-1]['mask'].sum() for s in shares] == [25, 25, 9, 0]
+  assert not np.any(shares[3][-1]['image'])
+  assert shares[3][-1]['image'].shape == (25, 8, 8, 1)
+  assert sum(b['mask'].sum() for s in shares for b in s) == 359
+
+
+class _Recording:
+  """A split reader that logs the keys of every read."""
+
+  def __init__(self, reader):
+    self.reader, self.reads = reader, []
+
+  def __len__(self):
+    return len(self.reader)
+
+  def read(self, keys):
+    self.reads.append(np.asarray(keys).tolist())
+    return self.reader.read(keys)
+
+
+def test_each_process_reads_only_its_rows():
+  config = {'image_shape': (4, 4, 1), 'num_train': 100, 'num_test': 30}
+  ds = ip.load('synthetic', synthetic=config)
+  readers = {}
+  for split in ('train', 'test'):
+    reader, keys = ds._splits[split]
+    readers[split] = _Recording(reader)
+    ds._splits[split] = (readers[split], keys)
+
+  def reads(split, method, **kwargs):
+    out = []
+    for i in range(-1, 3):  # -1: one process, then process i of 3.
+      shard = {} if i < 0 else {'process_index': i, 'process_count': 3}
+      readers[split].reads.clear()
+      list(method(**kwargs, **shard))
+      out.append(list(readers[split].reads))
+    return out[0], out[1:]
+
+  whole, shares = reads(
+    'train', ds.train_batches, batch_size=24, epoch=0, seed=0
+  )
+  assert [len(k) for k in whole] == [24] * 4
+  for i, share in enumerate(shares):
+    assert share == [keys[8 * i : 8 * (i + 1)] for keys in whole]
+  # 30 test examples in batches of 12: the last 6 are rows 0..5 of the
+  # third batch, all in process 0's share; process 2 reads nothing there.
+  whole, shares = reads('test', ds.eval_batches, batch_size=12)
+  assert [len(k) for k in whole] == [12, 12, 6]
+  assert [[len(k) for k in share] for share in shares] == [
+    [4, 4, 4],
+    [4, 4, 2],
+    [4, 4],
+  ]
+
+
+def test_process_rows_checks_its_arguments(digits):
+  assert ip.process_rows(16) == (0, 16)  # This (only) JAX process.
+  assert ip.process_rows(16, 3, 4) == (12, 16)
+  with pytest.raises(ValueError, match='not divisible by the 3 processes'):
+    next(
+      digits.train_batches(
+        batch_size=16, epoch=0, seed=0, process_index=0, process_count=3
+      )
+    )
+  with pytest.raises(ValueError, match='not divisible by the 3 processes'):
+    next(digits.eval_batches(batch_size=16, process_index=0, process_count=3))
+  with pytest.raises(ValueError, match=r'not in \[0, 2\)'):
+    ip.process_rows(16, 2, 2)
+  with pytest.raises(ValueError, match='or neither'):
+    ip.process_rows(16, process_index=1)
+
+
 def test_calibration_is_class_balanced_and_fixed(digits):
   sample = digits.calibration(num_examples=50, seed=0)
   assert sample['image'].shape == (50, 8, 8, 1)
@@ -433,6 +547,16 @@ def test_imagenet_mock(mock_tfds, tmp_path):
   assert batch['image'].dtype == np.float32
   again = next(ds.train_batches(batch_size=4, epoch=0, seed=0))
   np.testing.assert_array_equal(batch['image'], again['image'])
+  # Two processes: the same random crops and flips of the same rows.
+  shares = [
+    next(
+      ds.train_batches(
+        batch_size=4, epoch=0, seed=0, process_index=i, process_count=2
+      )
+    )
+    for i in range(2)
+  ]
+  _assert_concatenate_to([[s] for s in shares], [batch])
   evals = list(ds.eval_batches(batch_size=32))
   assert [b['mask'].sum() for b in evals] == [32, 16]
   sample = ds.calibration(num_examples=3, seed=0, per_class=False)
