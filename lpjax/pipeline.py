@@ -266,6 +266,9 @@ def _variables(state: train.TrainState) -> dict[str, Any]:
 
 
 def _write_json(path: str, obj: Any) -> None:
+  """Writes `obj` atomically; only process 0 writes (multi-host runs)."""
+  if jax.process_index() != 0:
+    return
   tmp = f'{path}.tmp'
   with open(tmp, 'w') as f:
     json.dump(obj, f, indent=1)
@@ -273,12 +276,18 @@ def _write_json(path: str, obj: Any) -> None:
 
 
 class _Writer:
-  """TensorBoard scalars through tensorboardX (no TensorFlow needed)."""
+  """TensorBoard scalars through tensorboardX (no TensorFlow needed).
+
+  Only process 0 writes; on other processes of a multi-host run every call
+  does nothing.
+  """
 
   def __init__(self, logdir: str, prefix: str = ''):
     import tensorboardX
 
-    self._tb = tensorboardX.SummaryWriter(logdir)
+    self._tb = None
+    if jax.process_index() == 0:
+      self._tb = tensorboardX.SummaryWriter(logdir)
     self.prefix = prefix
 
   def with_prefix(self, prefix: str) -> _Writer:
@@ -287,13 +296,16 @@ class _Writer:
     return child
 
   def write_scalars(self, step: int, scalars: dict[str, Any]) -> None:
+    if self._tb is None:
+      return
     for k, v in scalars.items():
       if isinstance(v, (int, float, np.number)) and np.isfinite(v):
         self._tb.add_scalar(f'{self.prefix}{k}', float(v), int(step))
     self._tb.flush()
 
   def close(self) -> None:
-    self._tb.close()
+    if self._tb is not None:
+      self._tb.close()
 
 
 @dataclasses.dataclass
@@ -706,8 +718,9 @@ class Pipeline:
     return results
 
   def _save_results(self, results):
-    _write_json(os.path.join(self.workdir, 'results.json'), results)
-    report_lib.write_report(self.workdir)
+    if jax.process_index() == 0:  # one writer in a multi-host run
+      _write_json(os.path.join(self.workdir, 'results.json'), results)
+      report_lib.write_report(self.workdir)
 
 
 class _Augmenting:
