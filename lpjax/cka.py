@@ -42,10 +42,15 @@ path evaluates.
 Numerics: inputs are promoted to at least float32 (float64 stays float64 when
 `jax_enable_x64` is on). Columns are centered before any product, with the
 column mean taken of `x - x[0]` (a per-column shift that removes a large
-common offset exactly before summing), and each representation is rescaled
-to unit mean square (CKA is scale invariant) so that the fourth powers in
-`‖XᵀX‖²_F` neither overflow nor underflow. Matrix products use
-`Precision.HIGHEST` so accelerators do not silently drop to bf16/tf32.
+common offset exactly before summing) and a power of two that keeps the
+sums from overflowing; then each representation is divided by the power of
+two that brings its largest magnitude into `[1/2, 2)`. CKA is invariant to
+scaling, and powers of two are exact, so this changes no result; it keeps
+the fourth powers in `‖XᵀX‖²_F` from overflowing or underflowing at any
+scale, so multiplying an input by `1e-30` or `1e30` (float32) gives the same
+CKA. Minibatch CKA fixes each layer's power of two at its first batch.
+Matrix products use `Precision.HIGHEST` so accelerators do not silently drop
+to bf16/tf32.
 
 Shapes: inputs are `[n, ...]`, flattened to `[n, d]`; a 1-D input `[n]` is
 one feature, `[n, 1]` (candidates `[k, n]` likewise).
@@ -60,18 +65,32 @@ What cannot be computed (the policy, shared by every function):
   value: `linear_cka_one_to_many` with `k = 0` candidates returns `[0]`,
   and `gram_linear` of an `[0, ...]` input is `[0, 0]`.
 * Value problems never raise inside the computation (they cannot be seen
-  under `jit`) and never produce a plausible number:
+  under `jit`) and never produce a plausible number: the result is NaN
+  exactly when CKA is 0/0, i.e. when an input's HSIC with itself is zero:
 
-  - a constant input (zero variance in every feature, e.g. a dead layer)
-    gives 0/0, returned explicitly as NaN (`jnp.where(denominator == 0,
-    nan, ...)`); for RBF the same holds when the median pairwise distance
-    is zero;
-  - NaN or inf anywhere in an input propagates to a NaN result;
-  - values so large that their mean square overflows (beyond ~1e19 in
-    float32) also end as NaN.
+  - a constant input (zero variance in every feature, e.g. a dead layer);
+    for RBF this is the only input with no pair of distinct rows, which
+    `gram_rbf` needs for its bandwidth;
+  - for the unbiased (debiased) estimator, also inputs whose kernel is
+    additive off the diagonal, `K_ij = a_i + a_j`, for which Song et al.'s
+    estimate of `HSIC(K, K)` is exactly zero. For the linear kernel these
+    are the inputs with additive squared distances, `‖x_i - x_j‖² = b_i +
+    b_j`: all rows but one identical, rows that each differ from a common
+    row along their own orthogonal direction, equidistant rows (one-hot
+    codes of distinct classes); for RBF, all rows but one identical and
+    equidistant rows. Rounding turns the zero into noise of either sign,
+    so a self-HSIC within the computation's rounding error of zero counts
+    as zero (linear: below `(4n + 8√d + 512) eps` times `Σ K_ij²`, see
+    `_resolution`; RBF: below that times `eps`, as its centering is
+    explicit);
+  - for RBF, a bandwidth so large that the centered kernel is zero within
+    rounding (`sigma_frac` of a few hundred: in float32 the CKA is NaN
+    from about 300, within 1e-4 of the large-bandwidth limit at 100);
+  - NaN or inf anywhere in an input (propagates).
 
-  Call `validate(x, y)` eagerly before computing to get a `ValueError` that
-  names the problem and the fix instead of a NaN.
+  Call `validate(x, y, debiased=..., kernel=...)` eagerly before computing
+  to get a `ValueError` that names the input, the problem and the fix for
+  exactly these inputs (up to inputs within rounding of the threshold).
 * Biased CKA is in `[0, 1]` up to rounding; debiased CKA is in `[-1, 1]`
   and can legitimately be negative for nearly independent inputs. Results
   are never clipped.
@@ -87,6 +106,7 @@ from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -186,16 +206,112 @@ def _dot(a: Array, b: Array) -> Array:
   return jnp.matmul(a, b, precision=_PRECISION)
 
 
+def _shifted(x: Array) -> Array:
+  """`(x - x[0]) 2^-(k+2)` of `[n, d]`, `2^k >= n`: the start of centering.
+
+  Subtracting the first row removes a large common offset exactly before
+  any sum. The factor is a power of two, exact, and keeps the column sums
+  (at most `n max |x| 2^-(k+1)`) and the centered result (at most `max |x|
+  2^-k`) within the float range for any finite input; it flushes only
+  entries below `2^(k-124)` (float32: about `5e-38 n`) to zero, which
+  scale-free CKA would not see anyway next to the rest.
+  """
+  n = x.shape[0]
+  s = 2.0 ** -(max(0, math.ceil(math.log2(max(n, 1)))) + 2)
+  return s * x - s * x[:1]
+
+
+def _log2_spread(z: Array) -> Array:
+  """`floor(log2 r)` (int32), `r = max_j (max_i z_ij - min_i z_ij)`.
+
+  Ranges are shift invariant, so `r` is in `[max |c|, 2 max |c|]` for the
+  centered `c = z - mean(z)`. 0 if `r` is 0, subnormal or not finite (no
+  rescaling then: a constant input stays all zeros, NaN and inf
+  propagate). Per-column maxima and minima of `z`, which is formed anyway,
+  cost less on XLA's CPU backend than `max |c|` or a mean square.
+  """
+  return _log2_floor(jnp.max(jnp.max(z, axis=0) - jnp.min(z, axis=0)))
+
+
+def _center_and_spread(x: Array) -> tuple[Array, Array]:
+  """Centered `[n, d]` (scaled as in `_shifted`) and its `_log2_spread`."""
+  z = _shifted(x)
+  return z - jnp.mean(z, axis=0, keepdims=True), _log2_spread(z)
+
+
 def _center(x: Array) -> Array:
-  """Column-centers `[n, d]`, subtracting the first row before summing."""
-  z = x - x[:1]
-  return z - jnp.mean(z, axis=0, keepdims=True)
+  """The centered (scaled) `[n, d]` array of `_center_and_spread`."""
+  return _center_and_spread(x)[0]
 
 
-def _normalize(xc: Array) -> Array:
-  """Rescales to unit mean square; an all-zero input stays all-zero."""
-  ms = jnp.mean(jnp.square(xc))
-  return xc * jax.lax.rsqrt(jnp.where(ms > 0, ms, jnp.ones_like(ms)))
+def _float_bits(dtype: jnp.dtype) -> tuple[jnp.dtype, int, int]:
+  """(same-width integer dtype, mantissa bits, exponent bias) of a float."""
+  if dtype == jnp.float64:
+    return jnp.int64, 52, 1023
+  if dtype == jnp.float32:
+    return jnp.int32, 23, 127
+  raise TypeError(f'Expected float32 or float64, got {dtype}.')
+
+
+def _log2_floor(m: Array) -> Array:
+  """`floor(log2(m))` (int32) of a positive normal float; 0 for anything else.
+
+  Read from the exponent bits, so exact; zero, subnormal, inf and NaN give 0
+  (no rescaling, so non-finite values propagate as they are).
+  """
+  itype, mbits, bias = _float_bits(m.dtype)
+  field = (jax.lax.bitcast_convert_type(m, itype) >> mbits) & (2 * bias + 1)
+  normal = (m > 0) & (field > 0) & (field < 2 * bias + 1)
+  return jnp.where(normal, field - bias, 0).astype(jnp.int32)
+
+
+def _pow2(e: Array, dtype: jnp.dtype) -> Array:
+  """`2**e` built from its bits (exact), `e` clipped to the normal range."""
+  itype, mbits, bias = _float_bits(dtype)
+  e = jnp.clip(e, 1 - bias, bias).astype(itype)
+  return jax.lax.bitcast_convert_type((e + bias) << mbits, dtype)
+
+
+def _times_pow2(x: Array, e: Array) -> Array:
+  """`x * 2**e`, exact wherever the result is a normal float.
+
+  Two factors with half the exponent each, so that `2**e` itself never
+  leaves the normal range (`2**-127` would be a subnormal, which XLA's CPU
+  backend flushes to zero).
+  """
+  half = e // 2
+  return x * _pow2(half, x.dtype) * _pow2(e - half, x.dtype)
+
+
+def _standardize(x: Array) -> Array:
+  """Centers `[n, d]` columns; scales, exactly, to `max |entry|` in `[1/2, 2)`.
+
+  CKA is invariant to scaling, so the rescaling changes no result; it keeps
+  every later product in range whatever the input's scale or its offset:
+  fourth powers such as `‖XᵀX‖²_F` neither overflow nor underflow. Powers
+  of two are exact. A constant input centers to all zeros and stays all
+  zeros. No more passes over the data than centering followed by a
+  mean-square rescaling.
+  """
+  c, e = _center_and_spread(x)
+  # `c` is below 2^127 in magnitude (`_center_and_spread`) and its spread
+  # is a normal float unless 0, so 2^-e is normal: one factor suffices.
+  return c * _pow2(-e, c.dtype)
+
+
+def _resolution(n: int, d: ArrayLike, dtype: jnp.dtype) -> Array:
+  """Relative resolution below which a self-HSIC counts as zero.
+
+  `(4n + 8√d + 512) eps`: a bound on the rounding error of the unbiased
+  self-HSIC's closed form relative to `Σ_ij K_ij²` (its terms cancel for
+  degenerate inputs, see `_self_hsic`). The feature form's `XᵀX` sums `n`
+  terms (error up to ~`n eps`), the Gram form's `K` sums `d`. On exactly
+  degenerate float32 inputs the largest error measured was 0.2 of this
+  bound (feature form: `n` 4 to 50,000, `d` up to 3,000; Gram and blocked
+  forms: `n` up to 4,000, `d` up to 10,000).
+  """
+  eps = float(jnp.finfo(dtype).eps)
+  return (4 * n + 8 * jnp.sqrt(jnp.asarray(d, dtype)) + 512) * eps
 
 
 def _zero_diag(g: Array) -> Array:
@@ -239,6 +355,56 @@ def _hsic_from_terms(
   return num / (n * (n - 3))
 
 
+def _self_hsic(
+  t: Array, row_sq: Array, n: int, d: ArrayLike, unbiased: bool
+) -> Array:
+  """HSIC of a centered linear kernel with itself; 0 where it is undefined.
+
+  The biased estimator is `Σ_ij K_ij² / (n-1)²`, zero exactly when the
+  input is constant. The unbiased one is `‖U(K)‖²_F / (n(n-3)) >= 0` (see
+  `center_gram`), zero also for non-constant inputs whose squared
+  distances are additive, `‖x_i - x_j‖² = a_i + a_j` (all rows but one
+  identical; every row apart from a common one offset along its own
+  orthogonal direction; equidistant rows such as one-hot codes). The
+  closed form evaluates it as a difference of terms of size `Σ_ij K_ij²`,
+  so for those inputs it returns rounding noise of either sign; a value
+  within `_resolution` of zero is therefore returned as exactly 0, which
+  makes the CKA NaN (0/0) instead of noise.
+
+  Args:
+    t: as in `_hsic_from_terms` with `K = L`, shape `[...]`.
+    row_sq: `diag(K)`, `[..., n]`.
+    n: number of examples.
+    d: number of features (`[...]` or a scalar).
+    unbiased: which estimator.
+
+  Returns:
+    HSIC, shape `[...]`; NaN stays NaN.
+  """
+  h = _hsic_from_terms(t, row_sq, row_sq, n, unbiased)
+  if not unbiased:
+    return h
+  total = t + jnp.sum(row_sq * row_sq, axis=-1)  # Σ_ij K_ij², diagonal too.
+  tol = _resolution(n, d, h.dtype) * total / (float(n) * (n - 3))
+  return jnp.where(h <= tol, jnp.zeros_like(h), h)
+
+
+def _kernel_self_hsic(kc: Array, k: Array, d: int) -> Array:
+  """`⟨kc, kc⟩_F` of a centered kernel `kc` of `k`; 0 where undefined.
+
+  `kc` is formed explicitly (`center_gram`), so its rounding error is of
+  order eps per entry and `Σ kc²` carries it squared: a value below
+  `_resolution · eps · Σ k²` is rounding noise and returned as 0 (the CKA
+  is then NaN). That happens for a constant kernel (an RBF kernel whose
+  bandwidth is far beyond the data's spread) and, unbiased, for the
+  kernels `U(K) = 0` (see `_self_hsic`).
+  """
+  h = jnp.sum(kc * kc)
+  eps = float(jnp.finfo(h.dtype).eps)
+  tol = _resolution(k.shape[0], d, h.dtype) * eps * jnp.sum(k * k)
+  return jnp.where(h <= tol, jnp.zeros_like(h), h)
+
+
 def _cka_from_hsic(h_xy: Array, h_xx: Array, h_yy: Array) -> Array:
   # sqrt of each factor separately: the product can overflow in float32.
   return _safe_ratio(h_xy, jnp.sqrt(h_xx) * jnp.sqrt(h_yy))
@@ -266,46 +432,95 @@ def gram_linear(x: ArrayLike) -> Array:
   return _dot(x, x.T)
 
 
+def _check_sigma_frac(sigma_frac: float) -> None:
+  """A concrete bandwidth fraction must be positive and finite."""
+  if isinstance(sigma_frac, (int, float)) and not (
+    math.isfinite(sigma_frac) and sigma_frac > 0
+  ):
+    raise ValueError(
+      f'sigma_frac must be positive and finite; got {sigma_frac}.'
+    )
+
+
+def _row_hashes(x: Array) -> Array:
+  """Two 32-bit hashes of each row's bits, `[n, 2]` uint32.
+
+  Identical rows get identical hashes whatever the backend or summation
+  order (wrapping integer sums are exact); distinct rows collide with
+  probability about 2⁻⁶⁴. Each word is multiplied by a fixed odd constant
+  per column and mixed (xorshift-multiply) before summing, so that
+  structured differences such as sign flips do not cancel.
+  """
+  n = x.shape[0]
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(n, -1)
+  rng = np.random.default_rng(0x5EED)
+  mult = rng.integers(1, 2**32, size=(2, 1, bits.shape[1]), dtype=np.uint64)
+  v = bits[None] * jnp.asarray(mult | 1, jnp.uint32)
+  v = v ^ (v >> 15)
+  v = v * jnp.uint32(0x2C1B3C6D)
+  v = v ^ (v >> 12)
+  return jnp.sum(v, axis=-1, dtype=jnp.uint32).T
+
+
+def _rbf_kernel(x: Array, sigma_frac: float) -> Array:
+  """`gram_rbf` of a float `[n, d]` matrix (no shape checks)."""
+  # Distances are invariant to the shift and, with the bandwidth relative to
+  # them, the kernel to the (exact, power-of-two) scaling.
+  x = _standardize(x)
+  g = _dot(x, x.T)
+  sq = jnp.diagonal(g)
+  d2 = sq[:, None] + sq[None, :] - 2 * g
+  # Ties: identical rows (by their bits, so exactly, however the product
+  # rounds) and pairs whose rounded distance is not positive. NaN stays.
+  h = _row_hashes(x)
+  same = jnp.all(h[:, None, :] == h[None, :, :], axis=-1)
+  d2 = jnp.where(same | (d2 <= 0), jnp.zeros((), x.dtype), d2)
+  # Median over the pairs of distinct rows, each pair twice (which leaves
+  # the median unchanged); ties and NaNs are moved to the end of the sort.
+  distinct = d2 > 0
+  count = jnp.sum(distinct, dtype=jnp.int32)
+  srt = jnp.sort(jnp.where(distinct, jnp.sqrt(d2), jnp.inf).reshape(-1))
+  half = count // 2
+  median = 0.5 * (srt[jnp.maximum(half - 1, 0)] + srt[half])
+  two_var = 2 * jnp.square(sigma_frac * median)
+  two_var = jnp.maximum(two_var, jnp.finfo(x.dtype).tiny)
+  k = jnp.exp(-d2 / two_var)
+  return jnp.where(count > 0, k, jnp.nan)
+
+
 def gram_rbf(x: ArrayLike, *, sigma_frac: float = 0.8) -> Array:
   """RBF-kernel Gram matrix with the median heuristic for the bandwidth.
 
-  `K_ij = exp(-‖x_i - x_j‖² / (2 σ²))` with `σ = sigma_frac · median_{i<j}
-  ‖x_i - x_j‖` (Kornblith et al., 2019, sec. 3; their code takes the median
-  of squared distances over all `n²` entries including the zero diagonal;
-  here the median is over distinct pairs, so duplicates of an example do
-  not shrink the bandwidth).
+  `K_ij = exp(-‖x_i - x_j‖² / (2 σ²))` with `σ = sigma_frac · median ‖x_i -
+  x_j‖` over the pairs of distinct examples, `x_i ≠ x_j` (Kornblith et al.,
+  2019, sec. 3; their code takes the median of squared distances over all
+  `n²` entries, zero diagonal included). Duplicated examples, common in
+  saturated or quantized layers, therefore do not shrink the bandwidth: a
+  saturated `tanh` layer with a few dozen distinct rows out of 1,000 gets
+  the median distance between distinct rows, not 0. Identical rows are
+  recognized by their bits (exactly; distance 0, kernel entry 1), as are
+  pairs whose distance rounds to zero or below.
 
-  Policy: if the median pairwise distance is zero (a constant input, or
-  more than half of the pairs coincide) the whole matrix is NaN; non-finite
-  inputs propagate NaN. Cost `O(n² d + n² log n)`, memory `O(n²)`.
+  Policy: a constant input has no pair of distinct rows and gives a NaN
+  matrix (its CKA is undefined, as for the linear kernel); non-finite
+  inputs propagate NaN. Scale invariant. Cost `O(n² d + n² log n)`, memory
+  `O(n²)`.
 
   Args:
     x: `[n, ...]`, flattened to `[n, d]`; `n >= 2`.
-    sigma_frac: bandwidth as a fraction of the median distance.
+    sigma_frac: bandwidth as a fraction of the median distance, positive.
 
   Returns:
     `[n, n]` Gram matrix, dtype at least float32.
 
   Raises:
-    ValueError: `n < 2`, a scalar, or zero features.
+    ValueError: `n < 2`, a scalar, zero features, or a `sigma_frac` that
+      is not positive and finite.
   """
+  _check_sigma_frac(sigma_frac)
   x = _as_matrix(x, 'x')
-  n = _check_rows({'x': x.shape}, unbiased=False)
-  x = _center(x.astype(_float_dtype(x)))  # Distances are shift invariant.
-  sq = jnp.sum(x * x, axis=1)
-  d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2 * _dot(x, x.T), 0)
-  d2 = _zero_diag(d2)
-  # Median over the n(n-1) off-diagonal entries: each pair appears twice,
-  # which leaves the median unchanged. The diagonal is moved to the end of
-  # the sort with +inf (NaNs from non-finite inputs sort after it).
-  m = n * (n - 1)
-  dist = jnp.sqrt(d2)
-  off = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, dist).reshape(-1)
-  srt = jnp.sort(off)
-  median = 0.5 * (srt[m // 2 - 1] + srt[m // 2])
-  two_var = 2 * jnp.square(sigma_frac * median)
-  k = jnp.exp(-d2 / jnp.where(two_var > 0, two_var, 1))
-  return jnp.where(two_var > 0, k, jnp.nan)
+  _check_rows({'x': x.shape}, unbiased=False)
+  return _rbf_kernel(x.astype(_float_dtype(x)), sigma_frac)
 
 
 def center_gram(k: ArrayLike, *, unbiased: bool = False) -> Array:
@@ -509,7 +724,7 @@ def _plan(n: int, dx: int, dy: int, num_y: int, form: Form) -> _Plan:
 
 
 class _Side(NamedTuple):
-  xc: Array  # [n, d] centered, unit mean square.
+  xc: Array  # [n, d] centered, max |entry| in [1/2, 2) (`_standardize`).
   row_sq: Array  # [n] diag of the Gram.
   gram: Array | tuple[Array, ...] | None  # Full Gram, its blocks, or None.
   t_self: Array  # Σ_ij K_ij² (biased) or Σ_{i≠j} K_ij² (unbiased).
@@ -517,7 +732,7 @@ class _Side(NamedTuple):
 
 def _side(x: Array, *, form: str, unbiased: bool) -> _Side:
   """Centers, rescales and computes the self term in the given form."""
-  xc = _normalize(_center(x))
+  xc = _standardize(x)
   row_sq = jnp.sum(xc * xc, axis=1)
   if form == 'gram':
     g = _dot(xc, xc.T)
@@ -559,7 +774,7 @@ def _cka_against(
   cand = _side(y, form=plan.y, unbiased=unbiased)
   t = _cross_term(ref, cand, plan.cross, unbiased)
   h_xy = _hsic_from_terms(t, ref.row_sq, cand.row_sq, n, unbiased)
-  h_yy = _hsic_from_terms(cand.t_self, cand.row_sq, cand.row_sq, n, unbiased)
+  h_yy = _self_hsic(cand.t_self, cand.row_sq, n, y.shape[1], unbiased)
   return _cka_from_hsic(h_xy, h_ref, h_yy)
 
 
@@ -580,8 +795,10 @@ def linear_cka(
 
   Policy (see module docstring): mismatched rows, `n < 2` (`n < 4` if
   `debiased`; empty inputs included) or zero features raise `ValueError`
-  naming the shapes; a constant input gives NaN; NaN/inf inputs give NaN.
-  Use `validate` for eager errors.
+  naming the shapes; a constant input gives NaN, and so, debiased, does an
+  input whose unbiased self-HSIC is zero within rounding (e.g. all rows
+  but one identical); NaN/inf inputs give NaN. Use `validate` for eager
+  errors. Invariant to scaling either input (any float32 scale).
 
   Args:
     x: `[n, ...]`, flattened to `[n, dx]`.
@@ -600,7 +817,7 @@ def linear_cka(
   x, y = x.astype(dtype), y.astype(dtype)
   plan = _plan(n, x.shape[1], y.shape[1], 1, form)
   ref = _side(x, form=plan.x, unbiased=debiased)
-  h_xx = _hsic_from_terms(ref.t_self, ref.row_sq, ref.row_sq, n, debiased)
+  h_xx = _self_hsic(ref.t_self, ref.row_sq, n, x.shape[1], debiased)
   return _cka_against(ref, h_xx, y, plan, n, debiased)
 
 
@@ -656,7 +873,7 @@ def linear_cka_one_to_many(
   dx, dy = x.shape[1], cands.shape[2]
   plan = _plan(n, dx, dy, num, form)
   side = _side(x, form=plan.x, unbiased=debiased)
-  h_xx = _hsic_from_terms(side.t_self, side.row_sq, side.row_sq, n, debiased)
+  h_xx = _self_hsic(side.t_self, side.row_sq, n, dx, debiased)
   one = functools.partial(
     _cka_against, side, h_xx, plan=plan, n=n, unbiased=debiased
   )
@@ -689,29 +906,35 @@ def rbf_cka(
 ) -> Array:
   """CKA with RBF kernels and the median-distance bandwidth (`gram_rbf`).
 
-  Policy: as `linear_cka`; additionally NaN when an input's median
-  pairwise distance is zero. Cost `O(n² (dx + dy + log n))`.
+  Policy: as `linear_cka` (a constant input gives NaN); additionally NaN
+  when a centered kernel is zero within rounding: a bandwidth so large
+  that the kernel is constant within rounding (`sigma_frac` of a few
+  hundred), or, debiased, a kernel with `U(K) = 0` (all rows but one
+  identical, or equidistant rows). `validate(x, y, kernel='rbf')` names
+  these. Scale invariant. Cost `O(n² (dx + dy + log n))`.
 
   Args:
     x: `[n, ...]`, flattened to `[n, dx]`.
     y: `[n, ...]`, flattened to `[n, dy]`.
-    sigma_frac: bandwidth as a fraction of the median pairwise distance.
+    sigma_frac: bandwidth as a fraction of the median distance between
+      distinct examples, positive.
     debiased: unbiased HSIC estimator (needs `n >= 4`).
 
   Returns:
     Scalar CKA.
   """
+  _check_sigma_frac(sigma_frac)
   x, y = _as_matrix(x, 'x'), _as_matrix(y, 'y')
   _check_rows({'x': x.shape, 'y': y.shape}, debiased)
   dtype = _float_dtype(x, y)
-  kc = center_gram(
-    gram_rbf(x.astype(dtype), sigma_frac=sigma_frac), unbiased=debiased
-  )
-  lc = center_gram(
-    gram_rbf(y.astype(dtype), sigma_frac=sigma_frac), unbiased=debiased
-  )
+  k = _rbf_kernel(x.astype(dtype), sigma_frac)
+  l = _rbf_kernel(y.astype(dtype), sigma_frac)  # noqa: E741
+  kc = center_gram(k, unbiased=debiased)
+  lc = center_gram(l, unbiased=debiased)
   # The estimator's normalization cancels in the ratio.
-  return _cka_from_hsic(jnp.sum(kc * lc), jnp.sum(kc * kc), jnp.sum(lc * lc))
+  h_xx = _kernel_self_hsic(kc, k, x.shape[1])
+  h_yy = _kernel_self_hsic(lc, l, y.shape[1])
+  return _cka_from_hsic(jnp.sum(kc * lc), h_xx, h_yy)
 
 
 # ---------------------------------------------------------------------------
@@ -841,11 +1064,12 @@ def cka_matrix(
   """
   mats, n = _prepare_list(reps, 'reps', debiased)
   dtype = _float_dtype(*mats)
-  xs = [_normalize(_center(m.astype(dtype))) for m in mats]
+  xs = [_standardize(m.astype(dtype)) for m in mats]
   t, t_diag, _ = _pair_terms(xs, None, debiased, form)
   rs = jnp.stack([jnp.sum(a * a, axis=1) for a in xs])
   h = _hsic_from_terms(t, rs[:, None, :], rs[None, :, :], n, debiased)
-  h_diag = _hsic_from_terms(t_diag, rs, rs, n, debiased)
+  widths = jnp.array([m.shape[1] for m in mats])
+  h_diag = _self_hsic(t_diag, rs, n, widths, debiased)
   return _cka_from_hsic(h, h_diag[:, None], h_diag[None, :])
 
 
@@ -855,17 +1079,28 @@ class MinibatchCKAState(NamedTuple):
   A pytree of arrays, so it can be carried through `jax.lax.scan`, passed
   through `jit`, or sharded like any other state.
 
+  The sums are in units of each layer's fixed power-of-two scale (CKA is
+  scale invariant, the ratio of the sums does not depend on it), so that
+  layers of any magnitude neither overflow nor underflow.
+
   Attributes:
     hsic_xy: `[p, q]` sum over batches of unbiased `HSIC(K_i, L_j)`.
     hsic_xx: `[p]` sum over batches of unbiased `HSIC(K_i, K_i)`.
     hsic_yy: `[q]` sum over batches of unbiased `HSIC(L_j, L_j)`.
     num_batches: `[]` int32 number of batches seen.
+    log2_scale_x: `[p]` int32: layer `i` of every batch, centered, is
+      divided by `2**log2_scale_x[i]` (times 4), set by the first batch in
+      which that layer's self-HSIC is not zero (until then its sums are all
+      zero).
+    log2_scale_y: `[q]` int32, likewise for the y layers.
   """
 
   hsic_xy: Array
   hsic_xx: Array
   hsic_yy: Array
   num_batches: Array
+  log2_scale_x: Array
+  log2_scale_y: Array
 
 
 def minibatch_cka_init(
@@ -888,6 +1123,8 @@ def minibatch_cka_init(
     hsic_xx=jnp.zeros((num_x,), dtype),
     hsic_yy=jnp.zeros((num_y,), dtype),
     num_batches=jnp.zeros((), jnp.int32),
+    log2_scale_x=jnp.zeros((num_x,), jnp.int32),
+    log2_scale_y=jnp.zeros((num_y,), jnp.int32),
   )
 
 
@@ -907,9 +1144,18 @@ def minibatch_cka_update(
   The unbiased estimator is invariant to centering, so each batch is
   centered on its own (for accuracy) without changing the estimate.
 
+  Each layer is centered on the batch and divided by the power of two fixed
+  in the state (`MinibatchCKAState.log2_scale_x`), so every batch of a
+  layer is in the same units and any overall scale of a layer, `1e-30` or
+  `1e30` in float32, gives the same CKA. Later batches should stay within
+  about `1e6` of the first one's scale (their fourth powers are summed).
+
   Policy: shape errors raise `ValueError` (batch size `b < 4`, mismatched
   rows, wrong number of layers); non-finite values propagate NaN into the
-  affected sums; constant layers make `minibatch_cka_result` NaN for them.
+  affected sums. A batch in which a layer's unbiased self-HSIC is zero
+  within rounding (a constant layer; see `linear_cka` for the others)
+  adds exactly zero to that layer's sums; a layer for which that holds in
+  every batch is NaN in `minibatch_cka_result`.
 
   Args:
     state: accumulator from `minibatch_cka_init`.
@@ -939,29 +1185,76 @@ def minibatch_cka_update(
       f'{len(my) if my is not None else len(mx)} ys.'
     )
   dtype = _float_dtype(*mx, *(my or []))
-  cx = [_center(m.astype(dtype)) for m in mx]
-  cy = None if my is None else [_center(m.astype(dtype)) for m in my]
+  cx, ex = _scaled_batch(mx, dtype, state.log2_scale_x, state.hsic_xx)
+  if my is None:
+    cy, ey = None, ex
+  else:
+    cy, ey = _scaled_batch(my, dtype, state.log2_scale_y, state.hsic_yy)
   t, t_xx, t_yy = _pair_terms(cx, cy, True, form)
   rx = jnp.stack([jnp.sum(a * a, axis=1) for a in cx])
   ry = rx if cy is None else jnp.stack([jnp.sum(a * a, axis=1) for a in cy])
   h = _hsic_from_terms(t, rx[:, None, :], ry[None, :, :], b, True)
-  h_xx = _hsic_from_terms(t_xx, rx, rx, b, True)
-  h_yy = _hsic_from_terms(t_yy, ry, ry, b, True)
+  h_xx = _self_hsic(t_xx, rx, b, jnp.array([a.shape[1] for a in mx]), True)
+  if my is None:
+    h_yy = h_xx
+  else:
+    h_yy = _self_hsic(t_yy, ry, b, jnp.array([a.shape[1] for a in my]), True)
+  # A layer whose self-HSIC is zero on this batch has U(K) = 0: its HSIC
+  # with anything is zero too (the computed value is rounding noise).
+  zero = (h_xx == 0)[:, None] | (h_yy == 0)[None, :]
+  h = jnp.where(zero, jnp.zeros_like(h), h)
   acc = state.hsic_xy.dtype
   return MinibatchCKAState(
     hsic_xy=state.hsic_xy + h.astype(acc),
     hsic_xx=state.hsic_xx + h_xx.astype(acc),
     hsic_yy=state.hsic_yy + h_yy.astype(acc),
     num_batches=state.num_batches + 1,
+    log2_scale_x=ex,
+    log2_scale_y=ey,
   )
+
+
+def _scaled_batch(
+  mats: Sequence[Array], dtype: jnp.dtype, log2_scale: Array, sums: Array
+) -> tuple[list[Array], Array]:
+  """Centers each layer's batch and divides it by the layer's power of two.
+
+  A layer whose self-HSIC sum is still zero takes this batch's own scale
+  (`_standardize`'s: max |entry| in `[1/2, 2)`); the others keep theirs.
+  Once every layer has a scale (usually after the first batch), a `cond`
+  skips the reductions that measure this batch's scales.
+
+  Args:
+    mats: `p` arrays `[b, d_i]`.
+    dtype: computation dtype.
+    log2_scale: `[p]` int32 exponents from the state.
+    sums: `[p]` the state's self-HSIC sums.
+
+  Returns:
+    The `p` centered, scaled `[b, d_i]` arrays and the `[p]` exponents.
+  """
+  zs = [_shifted(m.astype(dtype)) for m in mats]
+
+  def own_scales(zs):
+    own = jnp.stack([_log2_spread(z) for z in zs])
+    return jnp.where(sums == 0, own, log2_scale).astype(jnp.int32)
+
+  e = jax.lax.cond(
+    jnp.all(sums != 0), lambda zs: log2_scale.astype(jnp.int32), own_scales, zs
+  )
+  out = [
+    _times_pow2(z - jnp.mean(z, axis=0, keepdims=True), -e[i])
+    for i, z in enumerate(zs)
+  ]
+  return out, e
 
 
 def minibatch_cka_result(state: MinibatchCKAState) -> Array:
   """Minibatch CKA `Σ_b HSIC_xy / sqrt(Σ_b HSIC_xx · Σ_b HSIC_yy)`.
 
   Equals the ratio of per-batch average unbiased HSICs (the `1/B` factors
-  cancel). NaN where a denominator is zero (constant layer, or no batches
-  yet) or negative (a degenerate estimate).
+  cancel). NaN where a denominator is zero: a layer whose self-HSIC was
+  zero (within rounding) in every batch, or no batches yet.
 
   Args:
     state: accumulator after one or more `minibatch_cka_update` calls.
@@ -1025,27 +1318,84 @@ def minibatch_cka_matrix(
 # ---------------------------------------------------------------------------
 
 
+@functools.partial(
+  jax.jit, static_argnames=('kernel', 'unbiased', 'sigma_frac')
+)
+def _diagnose(
+  x: Array, *, kernel: str, unbiased: bool, sigma_frac: float
+) -> dict[str, Array]:
+  """Why CKA would be NaN for this `[n, d]` float input, by the same helpers.
+
+  Args:
+    x: `[n, d]` float32/float64.
+    kernel: `'linear'` or `'rbf'`.
+    unbiased: the estimator.
+    sigma_frac: RBF bandwidth fraction.
+
+  Returns:
+    `non_finite` (count), `constant` and `degenerate` (self-HSIC zero within
+    rounding, which the CKA functions turn into NaN) flags.
+  """
+  n, d = x.shape
+  out = {
+    'non_finite': jnp.size(x) - jnp.count_nonzero(jnp.isfinite(x)),
+    'constant': jnp.all(_center(x) == 0),
+  }
+  if kernel == 'rbf':
+    k = _rbf_kernel(x, sigma_frac)
+    kc = center_gram(k, unbiased=unbiased)
+    out['degenerate'] = _kernel_self_hsic(kc, k, d) == 0
+  elif unbiased:
+    side = _side(x, form=_plan(n, d, d, 1, 'auto').x, unbiased=True)
+    out['degenerate'] = _self_hsic(side.t_self, side.row_sq, n, d, True) == 0
+  else:  # The biased self-HSIC is zero only for a constant input.
+    out['degenerate'] = out['constant']
+  return out
+
+
 def validate(
   x: ArrayLike,
   y: ArrayLike | Sequence[ArrayLike] | None = None,
   *,
   debiased: bool = False,
+  kernel: Literal['linear', 'rbf'] = 'linear',
+  sigma_frac: float = 0.8,
 ) -> None:
-  """Raises `ValueError` for inputs on which CKA is undefined.
+  """Raises `ValueError` for inputs on which CKA is undefined (NaN).
 
-  Checks shapes (as the CKA functions do) and, on concrete arrays, values:
-  non-finite entries and constant inputs. Under `jit` (tracers) only the
-  shape checks run, and the CKA functions return NaN for bad values.
+  Checks shapes (as the CKA functions do) and, on concrete arrays, the
+  values, in the dtype the CKA functions compute in: non-finite entries;
+  constant inputs; and inputs whose self-HSIC is zero within rounding
+  (see `_self_hsic`): for the unbiased estimator, all rows but one
+  identical, equidistant rows, and similar additive-distance inputs; for
+  `kernel='rbf'`, also a bandwidth so large that the kernel is constant.
+  These are exactly the inputs for which `linear_cka` (`kernel='linear'`)
+  or `rbf_cka` (`kernel='rbf'`), also under `jit`, returns NaN, except
+  that for the two rounding-based checks an input within rounding of the
+  threshold may be judged differently by a differently shaped computation
+  (the form `linear_cka` picks depends on both widths). Under `jit`
+  (tracers) only the shape checks run, and the CKA functions return NaN
+  for bad values.
+
+  Cost: for `debiased=True` or `kernel='rbf'`, about one CKA evaluation
+  per input; otherwise one pass over the data.
 
   Args:
     x: `[n, ...]` representation.
     y: optional `[n, ...]` representation, or a sequence of them (e.g.
       `list(candidates)`).
-    debiased: check `n` against the unbiased estimator's minimum (4).
+    debiased: check for the unbiased estimator (`n >= 4`, and its
+      degenerate inputs).
+    kernel: `'linear'` or `'rbf'`: the CKA function the inputs are for.
+    sigma_frac: the RBF bandwidth fraction (`kernel='rbf'` only).
 
   Raises:
-    ValueError: naming the problem and the fix.
+    ValueError: naming the input, its shape, the problem and the fix.
   """
+  if kernel not in ('linear', 'rbf'):
+    raise ValueError(f"kernel must be 'linear' or 'rbf'; got {kernel!r}.")
+  if kernel == 'rbf':
+    _check_sigma_frac(sigma_frac)
   if y is None:
     ys = []
   elif isinstance(y, (list, tuple)):
@@ -1054,24 +1404,57 @@ def validate(
     ys = [y]
   named = {'x': _as_matrix(x, 'x')}
   for i, a in enumerate(ys):
-    named['y' if len(ys) == 1 else f'y[{i}]'] = _as_matrix(a, 'y')
+    name = 'y' if len(ys) == 1 else f'y[{i}]'
+    named[name] = _as_matrix(a, name)
   _check_rows({k: v.shape for k, v in named.items()}, debiased)
   for name, a in named.items():
-    try:
-      bad = int(jnp.size(a) - jnp.count_nonzero(jnp.isfinite(a)))
-      constant = bool(jnp.all(a == a[:1]))
-    except jax.errors.ConcretizationTypeError:
+    if isinstance(a, jax.core.Tracer):
       continue  # Traced: values are unknown; see the NaN policy.
-    if bad:
+    what = f'{name} {tuple(a.shape)}'
+    found = jax.device_get(
+      _diagnose(
+        a.astype(_float_dtype(a)),
+        kernel=kernel,
+        unbiased=debiased,
+        sigma_frac=float(sigma_frac),
+      )
+    )
+    if found['non_finite']:
       raise ValueError(
-        f'{name} {tuple(a.shape)} has {bad} non-finite value(s) (NaN/inf); '
-        'CKA would be NaN. Fix: find where they arise (overflow, log of 0, '
+        f'{what} has {int(found["non_finite"])} non-finite value(s) (NaN/inf)'
+        '; CKA would be NaN. Fix: find where they arise (overflow, log of 0, '
         'diverged training) or drop the affected rows from every input.'
       )
-    if constant:
+    if found['constant']:
       raise ValueError(
-        f'{name} {tuple(a.shape)} is constant over all {a.shape[0]} rows '
-        '(zero variance in every feature), so CKA is 0/0 and undefined. '
-        'Fix: exclude this representation (e.g. a dead ReLU layer or '
-        'collapsed features) or use more varied examples.'
+        f'{what} is constant over all {a.shape[0]} rows (zero variance in '
+        'every feature), so CKA is 0/0 and undefined. Fix: exclude this '
+        'representation (e.g. a dead ReLU layer or collapsed features) or '
+        'use more varied examples.'
+      )
+    if found['degenerate'] and kernel == 'linear':
+      raise ValueError(
+        f'{what}: its unbiased HSIC with itself is zero within rounding, '
+        'so debiased CKA is 0/0 and undefined. This happens when the '
+        'squared distances between rows are additive, ‖x_i - x_j‖² = a_i + '
+        'a_j: all rows but one identical, rows that differ from a common '
+        'row each along its own orthogonal direction, or equidistant rows '
+        '(e.g. one-hot codes of distinct classes). Fix: use the biased '
+        'estimator (debiased=False) or more varied examples.'
+      )
+    if found['degenerate']:
+      raise ValueError(
+        f'{what}: its centered RBF kernel (sigma_frac={sigma_frac}) is zero '
+        'within rounding, so RBF CKA is 0/0 and undefined: '
+        + (
+          'all rows but one identical, or equidistant rows (the unbiased '
+          "estimator's U-centering removes such a kernel entirely), or "
+          if debiased
+          else ''
+        )
+        + 'a bandwidth so large that the kernel is constant within rounding. '
+        'Fix: '
+        'a smaller sigma_frac, '
+        + ('the biased estimator, ' if debiased else '')
+        + 'or more varied examples.'
       )

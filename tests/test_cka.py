@@ -4,10 +4,12 @@ The oracle below is written from the papers' formulas, not from the module:
 HSIC with the explicit centering matrix `H = I - 11ᵀ/n` (Gretton et al.,
 2005), the unbiased HSIC of Song et al. (2012, eq. 5) term by term, and the
 RBF kernel with the median-distance bandwidth (Kornblith et al., 2019; the
-median is taken over distinct pairs, as `lpjax.cka.gram_rbf` documents).
+median is taken over pairs of distinct rows, as `lpjax.cka.gram_rbf`
+documents).
 """
 
 import functools
+import itertools
 import math
 import re
 import subprocess
@@ -30,6 +32,7 @@ X64 = functools.partial(jax.enable_x64, True)
 F64_TOL = 1e-6
 F32_TOL = 1e-5
 EPS32 = float(np.finfo(np.float32).eps)
+SCALE_EXPONENTS = (-30, -20, -10, 10, 20, 30)
 
 # Module-level jitted entry points: compiles are shared between tests that
 # use the same shapes (eager first calls cost ~3x a jit compile).
@@ -68,9 +71,16 @@ def np_gram_linear(x):
 
 
 def np_gram_rbf(x, sigma_frac=0.8):
+  """RBF kernel, bandwidth from the median distance between distinct rows.
+
+  NaN for a constant input (no distinct pair).
+  """
   x = np.asarray(x, np.float64).reshape(len(x), -1)
   d2 = np.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=-1)
-  median = np.median(np.sqrt(d2[np.triu_indices(len(x), 1)]))
+  dist = np.sqrt(d2[np.triu_indices(len(x), 1)])
+  if not np.any(dist > 0):
+    return np.full_like(d2, np.nan)
+  median = np.median(dist[dist > 0])
   return np.exp(-d2 / (2 * (sigma_frac * median) ** 2))
 
 
@@ -608,9 +618,75 @@ def f32_tol(n, d):
   `XᵀY` or the Gram matrices, then their squares); with independent
   roundings the relative error of such a sum grows like the square root of
   the number of terms (Higham, "Accuracy and Stability of Numerical
-  Algorithms", 2nd ed., sec. 3.6), and CKA is a ratio of such sums.
+  Algorithms", 2nd ed., sec. 3.6), and CKA is a ratio of such sums. Scaling
+  an input by `10^k` rounds each entry once more (relative `eps/2`), the
+  same order. The largest error seen in the tests below is 8 eps, under a
+  tenth of this.
   """
   return math.sqrt(n * d) * EPS32
+
+
+def _scale_bundle(x, y, nb):
+  """Every public CKA function on `(x, y)`, both estimators and forms.
+
+  `y` is the candidate of `linear_cka_one_to_many`; the minibatch functions
+  (always unbiased) see `x` and `y` split into `nb` batches.
+  """
+  out = {}
+  for deb in (False, True):
+    for form in ('auto', 'feature', 'gram'):
+      f = functools.partial(cka.linear_cka, debiased=deb, form=form)
+      out[f'linear_{form}_{deb}'] = f(x, y)
+    out[f'rbf_{deb}'] = cka.rbf_cka(x, y, debiased=deb)
+    many = cka.linear_cka_one_to_many(x, y[None], debiased=deb)
+    out[f'one_to_many_{deb}'] = many[0]
+    out[f'matrix_{deb}'] = cka.cka_matrix([x, y], debiased=deb)[0, 1]
+  xb, yb = x.reshape(nb, -1, x.shape[1]), y.reshape(nb, -1, y.shape[1])
+  out['minibatch_matrix'] = cka.minibatch_cka_matrix([xb, yb])[0, 1]
+  state = cka.minibatch_cka_init(1, 1)
+  for i in range(nb):
+    state = cka.minibatch_cka_update(state, [xb[i]], [yb[i]])
+  out['minibatch_update'] = cka.minibatch_cka_result(state)[0, 0]
+  return out
+
+
+_jit_scale_bundle = jax.jit(_scale_bundle, static_argnums=2)
+
+
+@pytest.mark.parametrize('side', ['x', 'y'])
+@pytest.mark.parametrize('mode', ['jit', 'eager'])
+def test_scaling_either_input_by_powers_of_ten_changes_nothing(side, mode):
+  """x·10^k for k = ±10, ±20, ±30 gives the unit-scale CKA in float32.
+
+  Every public CKA function, both estimators, the feature and Gram forms,
+  against the float64 oracle of the unscaled float32 data (`f32_tol`).
+  ReLU features on an offset of 100, so `x·1e30` is near 1e32: its second
+  moments overflow float32 and `x·1e-30`'s underflow unless the functions
+  rescale first. `validate` passes the scaled inputs too.
+  """
+  n, nb = 200, 4
+  x, y = make_pair('relu_offset', n, 12, 20, seed=20)
+  x, y = x.astype(np.float32), y.astype(np.float32)
+  expected = {}
+  for deb in (False, True):
+    lin, rbf = np_linear_cka(x, y, deb), np_rbf_cka(x, y, deb)
+    for form in ('auto', 'feature', 'gram'):
+      expected[f'linear_{form}_{deb}'] = lin
+    expected[f'rbf_{deb}'] = rbf
+    expected[f'one_to_many_{deb}'] = expected[f'matrix_{deb}'] = lin
+  mb = _np_minibatch_cka([x.reshape(nb, -1, 12)], [y.reshape(nb, -1, 20)])
+  expected['minibatch_matrix'] = expected['minibatch_update'] = mb[0, 0]
+  run = _jit_scale_bundle if mode == 'jit' else _scale_bundle
+  tol = f32_tol(n, 20)
+  for k in (0, *SCALE_EXPONENTS):
+    s = np.float32(10.0**k)
+    xs, ys = (x * s, y) if side == 'x' else (x, y * s)
+    assert np.isfinite(xs).all() and np.isfinite(ys).all()
+    got = jax.device_get(run(xs, ys, nb))
+    for name, value in got.items():
+      assert abs(value - expected[name]) <= tol, (k, name, value)
+    for deb, kernel in itertools.product((False, True), ('linear', 'rbf')):
+      cka.validate(xs, ys, debiased=deb, kernel=kernel)
 
 
 # ---------------------------------------------------------------------------
@@ -791,6 +867,230 @@ def test_one_dimensional_input_is_one_feature():
   expected = _np_minibatch_cka([x1.reshape(2, 12, 1)], [y.reshape(2, 12, 3)])
   assert mb[0, 1] == pytest.approx(expected[0, 0], abs=f32_tol(24, 3))
   assert cka.gram_linear(x1).shape == cka.gram_rbf(x1).shape == (24, 24)
+
+
+# ---------------------------------------------------------------------------
+# 7b. RBF bandwidth: median over distinct pairs.
+# ---------------------------------------------------------------------------
+
+
+def _saturated_pair():
+  """The issue's data: `tanh` saturates, few distinct rows of 1,000."""
+  x = jnp.ones((1000, 64)).cumsum(0) ** 0.5
+  y = jnp.tanh(x @ jnp.ones((64, 32)) / 64)
+  return np.asarray(x), np.asarray(y)
+
+
+def test_rbf_bandwidth_ignores_duplicated_rows():
+  """Saturated `tanh`: most pairs coincide, so the median over all pairs is
+  0; over distinct pairs it is not, and RBF CKA is the oracle's value."""
+  x, y = _saturated_pair()
+  pairs = np.triu_indices(len(y), 1)
+  dist = np.sqrt(np.sum((y[pairs[0]] - y[pairs[1]]) ** 2, axis=1))
+  assert np.median(dist) == 0 and len(np.unique(y, axis=0)) < 100
+  for deb in (False, True):
+    got = float(jit_rbf(x, y, debiased=deb))
+    assert got == pytest.approx(np_rbf_cka(x, y, deb), abs=f32_tol(1000, 64))
+    assert 0.05 < abs(got) < 0.95
+    assert float(jit_rbf(y, y, debiased=deb)) == pytest.approx(1, abs=1e-6)
+  # Entries: float32 squared distances from the Gram formula carry an error
+  # of order eps (‖y_i‖² + ‖y_j‖²) (centered rows), and |dK/d(d²)| is at
+  # most 1/(2σ²); allow 8 times that.
+  yc = np_center_columns(y)
+  sq = np.sum(yc * yc, axis=1)
+  two_var = 2 * (0.8 * np.median(dist[dist > 0])) ** 2
+  tol = 8 * EPS32 * (sq[:, None] + sq[None, :]) / two_var
+  assert np.all(np.abs(cka.gram_rbf(y) - np_gram_rbf(y)) <= tol + 1e-7)
+  cka.validate(x, y, kernel='rbf')
+
+
+def test_rbf_constant_input_and_bad_bandwidth():
+  x, y = make_pair('gaussian', 20, 5, 5)
+  const = np.full_like(x, 2.5)
+  assert np.isnan(cka.gram_rbf(const)).all()
+  assert np.isnan(jit_rbf(const, y)) and np.isnan(jit_rbf(y, const))
+  for bad in (0.0, -1.0, np.inf, np.nan):
+    with pytest.raises(ValueError, match='sigma_frac'):
+      cka.rbf_cka(x, y, sigma_frac=bad)
+    with pytest.raises(ValueError, match='sigma_frac'):
+      cka.validate(x, y, kernel='rbf', sigma_frac=bad)
+  # A bandwidth far beyond the data's spread: every entry rounds to 1.
+  assert np.isnan(jit_rbf(x, y, sigma_frac=1e5))
+  with pytest.raises(ValueError, match='constant within rounding'):
+    cka.validate(x, y, kernel='rbf', sigma_frac=1e5)
+
+
+# ---------------------------------------------------------------------------
+# 7c. Degenerate inputs of the unbiased estimator; `validate` agreement.
+# ---------------------------------------------------------------------------
+
+
+def _degenerate(kind, n=12, d=12, seed=22):
+  """Non-constant inputs whose squared distances are additive."""
+  rng = np.random.default_rng(seed)
+  base = rng.normal(size=d) + 5.0
+  x = np.tile(base, (n, 1))
+  if kind == 'one_outlier':
+    x[3] += rng.normal(size=d)
+  elif kind == 'star':  # Rows 0..5 each offset along its own feature.
+    x[np.arange(6), np.arange(6)] += rng.uniform(1, 3, size=6)
+  else:  # Equidistant: one-hot codes of n distinct classes.
+    x = np.eye(n, d) * 2.0
+  return x.astype(np.float32)
+
+
+@pytest.mark.parametrize('kind', ['one_outlier', 'star', 'equidistant'])
+def test_debiased_cka_of_degenerate_inputs_is_nan(kind):
+  """`U(K) = 0` although the input varies: debiased CKA is 0/0.
+
+  The float64 oracle confirms the unbiased self-HSIC is zero; float32
+  rounding would otherwise return noise of either sign. RBF kernels of the
+  star are not degenerate (its RBF distances are not additive).
+  """
+  x = _degenerate(kind)
+  y = make_pair('gaussian', 12, 3, 12, seed=23)[1].astype(np.float32)
+  k = np_gram_linear(np_center_columns(x))
+  assert abs(np_hsic_unbiased(k, k)) < 1e-12 * np.sum(k * k)
+  out = jax.device_get(_all_results(x, y))
+  for name, value in out.items():
+    if name.startswith('linear'):
+      assert np.isnan(value) == ('True' in name), name
+  rbf_nan = kind != 'star'
+  assert np.isnan(out['rbf_True']) == rbf_nan and np.isfinite(out['rbf_False'])
+  many = jax.jit(functools.partial(cka.linear_cka_one_to_many, debiased=True))
+  assert np.isnan(many(y, jnp.stack([x, y]))).tolist() == [True, False]
+  mat = jax.jit(functools.partial(cka.cka_matrix, debiased=True))([x, y])
+  assert np.isnan(mat[0]).all() and np.isfinite(mat[1, 1])
+  assert np.isnan(out['minibatch'][1]) and np.isfinite(out['minibatch'][0])
+  with pytest.raises(ValueError, match='unbiased HSIC with itself is zero'):
+    cka.validate(y, x, debiased=True)
+  cka.validate(y, x)
+  cka.validate(y, x, kernel='rbf')
+  if rbf_nan:
+    with pytest.raises(ValueError, match='centered RBF kernel'):
+      cka.validate(y, x, debiased=True, kernel='rbf')
+  else:
+    cka.validate(y, x, debiased=True, kernel='rbf')
+
+
+def test_minibatch_skips_degenerate_batches_only():
+  """A batch in which a layer is degenerate adds zero; all such: NaN."""
+  y = make_pair('gaussian', 24, 3, 4, seed=24)[1].astype(np.float32)
+  good = make_pair('gaussian', 12, 12, 4, seed=25)[0].astype(np.float32)
+  bad = _degenerate('one_outlier')
+  mixed = np.stack([bad, good])
+  got = cka.minibatch_cka_matrix([mixed, y.reshape(2, 12, 4)])[0, 1]
+  expected = _np_minibatch_cka([mixed], [y.reshape(2, 12, 4)])[0, 0]
+  assert float(got) == pytest.approx(expected, abs=f32_tol(24, 12))
+  both = np.stack([bad, _degenerate('star')])
+  assert np.isnan(cka.minibatch_cka_matrix([both, y.reshape(2, 12, 4)])[0, 1])
+
+
+FAMILIES = ('constant', 'near_constant', 'saturated', 'duplicated', 'random')
+
+
+def make_family(kind, n, d, seed):
+  """Inputs near the edge of definedness (float32)."""
+  rng = np.random.default_rng(seed)
+  base = rng.normal(size=d) * 10.0 ** rng.integers(-1, 4)
+  if kind == 'constant':
+    x = np.tile(base, (n, 1))
+  elif kind == 'near_constant':  # Relative noise 1e-3 .. 1e-9 of the base.
+    rel = 10.0 ** -rng.integers(3, 10)
+    x = base * (1 + rel * rng.normal(size=(n, d)))
+  elif kind == 'saturated':  # Gain up to 1e3: many entries exactly ±1.
+    x = np.tanh(10.0 ** rng.uniform(0, 3) * rng.normal(size=(n, d)))
+  elif kind == 'duplicated':  # m distinct rows; sometimes one outlier row.
+    rows = rng.normal(size=(3, d)) + base
+    if rng.random() < 0.5:
+      idx = np.zeros(n, int)
+      idx[rng.integers(n)] = 1
+    else:
+      idx = rng.integers(rng.integers(1, 4), size=n)
+    x = rows[idx]
+  else:
+    x = rng.normal(size=(n, d))
+  return x.astype(np.float32)
+
+
+def _resolution(n, d):
+  """`lpjax.cka`'s documented threshold `(4n + 8√d + 512) eps`."""
+  return (4 * n + 8 * math.sqrt(d) + 512) * EPS32
+
+
+def np_self_ratio(x, kernel, unbiased):
+  """Self-HSIC over the documented scale, in float64; 0 if constant.
+
+  Linear: `n(n-3) HSIC₁(K, K) / Σ K²` (the module returns NaN below
+  `_resolution`); biased linear is 1 unless constant. RBF: `Σ kc² / Σ K²`
+  with `kc` the centered kernel (NaN below `_resolution · eps`).
+  """
+  n = len(x)
+  if np.all(x == x[:1]):
+    return 0.0
+  if kernel == 'linear':
+    if not unbiased:
+      return 1.0
+    k = np_gram_linear(np_center_columns(x))
+    return np_hsic_unbiased(k, k) * n * (n - 3) / np.sum(k * k)
+  k = np_gram_rbf(x)
+  if unbiased:
+    return np_hsic_unbiased(k, k) * n * (n - 3) / np.sum(k * k)
+  return np_hsic_biased(k, k) * (n - 1) ** 2 / np.sum(k * k)
+
+
+@jax.jit
+def _nan_bundle(x, y):
+  out = {}
+  for deb in (False, True):
+    for form in ('auto', 'feature', 'gram'):
+      f = functools.partial(cka.linear_cka, debiased=deb, form=form)
+      out[f'linear_{deb}_{form}'] = f(x, y)
+    many = cka.linear_cka_one_to_many(x, y[None], debiased=deb)
+    out[f'linear_{deb}_many'] = many[0]
+    out[f'linear_{deb}_matrix'] = cka.cka_matrix([x, y], debiased=deb)[0, 1]
+    out[f'rbf_{deb}'] = cka.rbf_cka(x, y, debiased=deb)
+  return out
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+  kind_x=st.sampled_from(FAMILIES),
+  kind_y=st.sampled_from(FAMILIES),
+  shape=st.sampled_from([(5, 1), (5, 4), (24, 1), (24, 4)]),
+  seed=st.integers(0, 2**32 - 1),
+)
+def test_validate_flags_exactly_the_nan_inputs(kind_x, kind_y, shape, seed):
+  """`validate` raises iff the jitted functions return NaN, per estimator.
+
+  Over near-constant, saturated and duplicated-row inputs (and constant,
+  random). Every linear form, one-to-many and the matrix against
+  `validate(kernel='linear')`, `rbf_cka` against `kernel='rbf'`. The
+  float64 oracle's self-ratio (`np_self_ratio`) says which inputs are
+  undefined; an input within a factor 2 of the threshold may go either way
+  (float32 rounding is at most 0.2 of it), so agreement is not required
+  there; any other outcome fails.
+  """
+  n, d = shape
+  x = make_family(kind_x, n, d, seed)
+  y = make_family(kind_y, n, d, seed + 1)
+  got = jax.device_get(_nan_bundle(x, y))
+  for kernel, deb in itertools.product(('linear', 'rbf'), (False, True)):
+    tau = _resolution(n, d) * (EPS32 if kernel == 'rbf' else 1.0)
+    ratios = [np_self_ratio(a, kernel, deb) for a in (x, y)]
+    if any(tau / 2 < r < 2 * tau for r in ratios):
+      continue  # Within rounding of the threshold: either is right.
+    undefined = any(r <= tau for r in ratios)
+    prefix = 'rbf' if kernel == 'rbf' else 'linear'
+    for name, value in got.items():
+      if name.startswith(f'{prefix}_{deb}'):
+        assert np.isnan(value) == undefined, (name, ratios, tau)
+    try:
+      cka.validate(x, y, debiased=deb, kernel=kernel)
+      flagged = False
+    except ValueError:
+      flagged = True
+    assert flagged == undefined, (kernel, deb, ratios, tau)
 
 
 # ---------------------------------------------------------------------------
