@@ -113,6 +113,22 @@ def get_config() -> ml_collections.ConfigDict:
   c.prune.consensus.gaussian_max_iter = 1000
   c.prune.consensus.gaussian_tol = 1e-8
   c.prune.consensus.gaussian_init = 'samples'
+  # SGLP (Li et al. 2024; lpjax.methods.sglp has every choice and why):
+  # mode: iterative (one unit per iteration, re-segmented) | one_shot
+  # (num_remove units, or round(removal_ratio * units), in one iteration;
+  # set target_blocks to the same number). num_segments: K, 0 = smallest K
+  # whose Fisher SSE <= sse_fraction * K=1's. cka: minibatch (memory
+  # independent of n) | full. aggregation: row_sum | neighbour. gradnorm:
+  # params (sum of ||dL/dW||) | output (||dL/dA||).
+  c.prune.sglp = ml_collections.ConfigDict()
+  c.prune.sglp.mode = 'iterative'
+  c.prune.sglp.num_remove = 0
+  c.prune.sglp.removal_ratio = 0.0
+  c.prune.sglp.num_segments = 0
+  c.prune.sglp.sse_fraction = 0.1
+  c.prune.sglp.cka = 'minibatch'
+  c.prune.sglp.aggregation = 'row_sum'
+  c.prune.sglp.gradnorm = 'params'
 
   # --- Bookkeeping ---
   c.checkpoint_max_to_keep = 2

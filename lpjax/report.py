@@ -36,6 +36,7 @@ RESULTS_FILENAME = 'results.json'
 REPORT_FILENAME = 'report.md'
 ACCURACY_PLOT_FILENAME = 'accuracy_vs_flops.png'
 SCORES_PLOT_FILENAME = 'scores.png'
+SGLP_PLOT_FILENAME = 'sglp.png'
 
 # Scores are drawn on a log colour scale when all are positive and span more
 # than this ratio.
@@ -571,6 +572,77 @@ def cka_heatmap(
   return _save(fig, path)
 
 
+def plot_sglp(diagnostics: Mapping[str, Any], path: PathLike) -> Path:
+  """SGLP's view of one iteration: CKA heatmap and per-unit GradNorm.
+
+  Left: the CKA matrix between the stem and every unit output, segment
+  boundaries drawn as lines, removed units' labels in red with an x on the
+  diagonal. Right: every unit's GradNorm, removed units in red.
+
+  Args:
+    diagnostics: an SGLP decision's diagnostics (`cka_labels`,
+      `cka_matrix`, `segments`, `grad_norms`, `removed`).
+    path: the PNG to write.
+
+  Returns:
+    `path`, as a Path.
+
+  Raises:
+    ValueError: a key is missing or the matrix does not match its labels.
+  """
+  missing = [
+    k
+    for k in ('cka_labels', 'cka_matrix', 'segments', 'grad_norms', 'removed')
+    if k not in diagnostics
+  ]
+  if missing:
+    raise ValueError(f'SGLP diagnostics miss {missing}.')
+  labels = [str(x) for x in diagnostics['cka_labels']]
+  matrix = np.asarray(diagnostics['cka_matrix'], dtype=float)
+  if matrix.shape != (len(labels), len(labels)):
+    raise ValueError(
+      f'cka_matrix {matrix.shape} does not match {len(labels)} labels.'
+    )
+  removed = set(diagnostics['removed'])
+  n = len(labels)
+  size = max(4.0, 1.8 + 0.3 * n)
+  fig = _new_figure((2 * size + 1.5, size))
+  ax, bars = fig.subplots(1, 2)
+  image = ax.imshow(matrix, cmap='magma', vmin=0.0, vmax=1.0)
+  # Segment k starts at its first unit; index 0 of the matrix is the stem.
+  for seg in diagnostics['segments'][1:]:
+    edge = labels.index(seg[0]) - 0.5
+    ax.axhline(edge, color='cyan', linewidth=1.5)
+    ax.axvline(edge, color='cyan', linewidth=1.5)
+  for i, name in enumerate(labels):
+    if name in removed:
+      ax.plot(i, i, 'x', color='red', markersize=8, markeredgewidth=2)
+  ax.set_xticks(range(n), labels, rotation=90, fontsize='x-small')
+  ax.set_yticks(range(n), labels, fontsize='x-small')
+  for tick in [*ax.get_xticklabels(), *ax.get_yticklabels()]:
+    if tick.get_text() in removed:
+      tick.set_color('red')
+  ax.set_title('CKA between unit outputs (segments, removed x)')
+  fig.colorbar(image, ax=ax, label='linear CKA')
+  units = [u for u in labels if u in diagnostics['grad_norms']]
+  values = [float(diagnostics['grad_norms'][u]) for u in units]
+  colors = ['tab:red' if u in removed else 'tab:blue' for u in units]
+  bars.bar(range(len(units)), values, color=colors)
+  bars.set_xticks(range(len(units)), units, rotation=90, fontsize='x-small')
+  bars.set_ylabel('GradNorm')
+  bars.set_title('GradNorm per unit (removed in red)')
+  return _save(fig, path)
+
+
+def _sglp_diagnostics(results: Mapping[str, Any]) -> Mapping[str, Any] | None:
+  """The first iteration's SGLP diagnostics, if the run recorded any."""
+  for entry in _iterations(results):
+    diag = entry.get('diagnostics') or {}
+    if 'cka_matrix' in diag and 'segments' in diag:
+      return diag
+  return None
+
+
 # --------------------------------------------------------------------------
 # Report.
 # --------------------------------------------------------------------------
@@ -625,6 +697,9 @@ def write_report(workdir: PathLike, *, title: str | None = None) -> str:
     {str(criterion): results}, workdir / ACCURACY_PLOT_FILENAME
   )
   plot_scores(results, workdir / SCORES_PLOT_FILENAME)
+  sglp_diag = _sglp_diagnostics(results)
+  if sglp_diag is not None:
+    plot_sglp(sglp_diag, workdir / SGLP_PLOT_FILENAME)
   if title is None:
     model = results.get('model')
     title = f'Layer pruning of {model}' if model else 'Layer pruning'
@@ -645,6 +720,11 @@ def write_report(workdir: PathLike, *, title: str | None = None) -> str:
       f'![Block scores per iteration]({SCORES_PLOT_FILENAME})',
       '',
     ]
+    + (
+      [f'![SGLP: CKA segments and GradNorm]({SGLP_PLOT_FILENAME})', '']
+      if sglp_diag is not None
+      else []
+    )
   )
   (workdir / REPORT_FILENAME).write_text(markdown, encoding='utf-8')
   return markdown

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 
 from lpjax import arch as arch_lib
 from lpjax import surgery
-from lpjax.methods import baselines, block_influence, cka, consensus
+from lpjax.methods import baselines, block_influence, cka, consensus, sglp
 from lpjax.methods.context import Context, Decision
 
 Method = Callable[[Context], Decision]
@@ -66,6 +66,7 @@ METHODS: dict[str, Method] = {
   'consensus': consensus.consensus,
   'kl': from_scores(baselines.kl_scores),
   'angular': from_scores(baselines.angular_scores),
+  'sglp': sglp.sglp,
 }
 
 
