@@ -18,8 +18,19 @@ table.
 
   python benchmarks/sglp_bench.py --n=5000 --repeats=1
   python benchmarks/sglp_bench.py --n=500 --full --pairwise --repeats=2
+
+`--part=digits`: SGLP against other criteria at equal FLOPs on digits,
+through the pipeline (`main.py`'s code path): per seed one baseline
+(`configs/quickstart.py` with `--model`, or `configs/vit_digits.py` for
+`--model=vit`), then every criterion removes `--target_blocks` units, one
+per iteration with `--finetune_epochs` of fine-tuning; test accuracy per
+iteration, mean and std over seeds. Resumable.
+
+  python benchmarks/sglp_bench.py --part=digits --model=resnet32 \
+      --seeds=0,1,2 --criteria=sglp,cka,random --out=/tmp/lpjax_sglp_r32
 """
 
+import json
 import os
 import platform
 import sys
@@ -31,9 +42,18 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lpjax import cka, models
+from configs import quickstart, vit_digits
+from lpjax import cka, models, pipeline, report
 from lpjax.methods import sglp
 
+_PART = flags.DEFINE_enum('part', 'cka', ['cka', 'digits'], 'Part.')
+_OUT = flags.DEFINE_string('out', '/tmp/lpjax_sglp', 'Output dir (digits).')
+_MODEL = flags.DEFINE_string('model', 'resnet32', 'resnet20.. or vit.')
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds.')
+_CRITERIA = flags.DEFINE_list('criteria', ['sglp', 'cka', 'random'], '.')
+_TARGET = flags.DEFINE_integer('target_blocks', 3, 'Units removed.')
+_BASE_EPOCHS = flags.DEFINE_integer('baseline_epochs', 0, '0: config.')
+_FT_EPOCHS = flags.DEFINE_integer('finetune_epochs', 3, 'Epochs.')
 _N = flags.DEFINE_integer('n', 500, 'Calibration images.')
 _BATCH = flags.DEFINE_integer('batch', 500, 'Images per batch.')
 _REPEATS = flags.DEFINE_integer('repeats', 2, 'Warm calls.')
@@ -53,8 +73,76 @@ def _timed(fn, repeats):
   return out, first, min(warm) if warm else float('nan')
 
 
+def _config(seed, criterion):
+  if _MODEL.value == 'vit':
+    c = vit_digits.get_config()
+  else:
+    c = quickstart.get_config()
+    c.model = _MODEL.value
+  c.seed = seed
+  if _BASE_EPOCHS.value:
+    c.baseline.epochs = _BASE_EPOCHS.value
+  c.prune.finetune_epochs = _FT_EPOCHS.value
+  c.prune.criterion = criterion
+  c.prune.target_blocks = _TARGET.value
+  return c
+
+
+def digits():
+  out = os.path.abspath(_OUT.value)
+  runs = {k: [] for k in _CRITERIA.value}
+  t0 = time.time()
+  for seed in map(int, _SEEDS.value):
+    base_dir = os.path.join(out, f'seed{seed}', 'baseline')
+    pipeline.Pipeline(_config(seed, _CRITERIA.value[0]), base_dir).baseline()
+    for crit in _CRITERIA.value:
+      c = _config(seed, crit)
+      c.baseline.source = 'checkpoint'
+      c.baseline.path = os.path.join(base_dir, 'baseline')
+      res = pipeline.run(c, os.path.join(out, f'seed{seed}', crit))
+      runs[crit].append(res)
+      last = res['iterations'][-1]
+      print(
+        f'seed {seed} {crit:>6}: {100 * res["baseline"]["test_accuracy"]:.2f}'
+        f' -> {100 * last["test_accuracy"]:.2f} % at -'
+        f'{last["flops_reduction"]:.2f} % FLOPs, removed '
+        f'{[u for it in res["iterations"] for u in it["removed"]]} '
+        f'({time.time() - t0:.0f}s)',
+        flush=True,
+      )
+  summary = {k: report.aggregate(v) for k, v in runs.items()}
+  with open(os.path.join(out, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=1)
+  first = summary[_CRITERIA.value[0]]
+  print(
+    f'\n{_MODEL.value} on digits, {len(_SEEDS.value)} seeds, '
+    f'{_FT_EPOCHS.value} fine-tuning epochs per removal\n'
+  )
+  print(
+    '| units removed | FLOPs ↓ % | '
+    + ' | '.join(f'{k} acc % (mean ± std)' for k in runs)
+    + ' |'
+  )
+  print('| ---: | ---: |' + ' ---: |' * len(runs))
+  for i, it in enumerate(first['iteration']):
+    flops = [s['flops_reduction_mean'][i] for s in summary.values()]
+    cells = [
+      f'{100 * s["accuracy_mean"][i]:.2f} ± {100 * s["accuracy_std"][i]:.2f}'
+      for s in summary.values()
+    ]
+    print(
+      f'| {it} | {min(flops):.2f}–{max(flops):.2f} | '
+      + ' | '.join(cells)
+      + ' |'
+    )
+  print(f'total {time.time() - t0:.0f}s')
+
+
 def main(argv):
   del argv
+  if _PART.value == 'digits':
+    digits()
+    return
   arch = models.get_arch('resnet56')
   variables = models.init_variables(arch, 0)
   x = np.random.default_rng(0).normal(size=(_N.value, 32, 32, 3))

@@ -318,9 +318,13 @@ def test_one_shot_on_a_resnet_removes_per_segment_by_gradnorm():
     ):
       assert max(g[u] for u in gone) <= min(g[u] for u in kept)
   assert d.scores == {u: diag['grad_norms'][u] for u in arch.candidates}
-  # Iterative: one unit per call.
-  ctx = _context(arch, variables, x, y, data_batch_size=16)
-  assert len(methods.get_method('sglp')(ctx).edit.remove) == 1
+  # Iterative: one unit per call. A zero SSE fraction asks for K = L
+  # segments of one unit each; K is capped at L - 1 so one can give.
+  hp = {'sse_fraction': 0.0}
+  ctx = _context(arch, variables, x, y, hparams=hp, data_batch_size=16)
+  d = methods.get_method('sglp')(ctx)
+  assert len(d.edit.remove) == 1
+  assert d.diagnostics['num_segments'] == len(arch.blocks) - 1
 
 
 def test_iterative_on_a_vit():

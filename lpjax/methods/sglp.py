@@ -34,7 +34,8 @@ then the reason; `config.prune.sglp` sets each):
    programme, `O(K L^2)` with prefix sums (`fisher_segmentation`).
 5. K (`num_segments`). 0 (default): the smallest K whose optimal SSE is at
    most `sse_fraction` (default 0.1) of K = 1's (`choose_num_segments`);
-   a positive value fixes K (capped at L). Reason: the paper's K is not
+   a positive value fixes K. Either is capped at L - R so that the
+   segments can lose R units and still keep one each. Reason: the paper's K is not
    known; the rule adapts to how distinct the unit groups are.
 6. Importance (`gradnorm`). `'params'` (default): GradNorm of Abdelfattah
    et al. (ICLR 2021), `g_l = sum_W ||dL/dW||_2` over unit l's parameter
@@ -521,14 +522,15 @@ def sglp(ctx: Context) -> Decision:
   k = int(hp.get('num_segments', 0))
   if k <= 0:
     k = choose_num_segments(seq, float(hp.get('sse_fraction', 0.1)))
-  k = min(k, len(units))
+  # Every segment keeps a unit: at most L - R segments can lose R units.
+  total = min(total, arch.max_removable())
+  k = max(1, min(k, len(units) - total))
   starts, sse = fisher_segmentation(seq, k)
   segments = [[units[i] for i in r] for r in segments_of(starts, len(units))]
   importance = grad_norms(ctx, str(hp.get('gradnorm', 'params')))
   capacity = [
     min(len(s) - 1, sum(arch.is_candidate(u) for u in s)) for s in segments
   ]
-  total = min(total, arch.max_removable())
   quota = allocate_removals([len(s) for s in segments], capacity, total)
   removed = select_removals(arch, segments, quota, importance)
   if not removed:
