@@ -31,6 +31,17 @@ run round-robin per repeat so load changes hit all of them alike.
   python benchmarks/cka_bench.py --out /tmp/cka_bench.md  # then paste into BENCHMARKS.md
 
 Runtime: about 15 minutes on 2 CPU cores (`--quick`: a few seconds).
+
+Before/after: `--baseline FILE` times this checkout's `lpjax.cka` against
+another version of the module, e.g. the last commit's, side by side in one
+run (no peers, no torch needed): single-pair `linear_cka` (both
+estimators), `linear_cka_one_to_many`, `rbf_cka`, `cka_matrix` and
+`minibatch_cka_matrix`, the two versions called back to back in every
+round (order alternating); the table gives median times and the median and
+quartiles of the per-round ratio. About three minutes on 2 CPU cores:
+
+  git show HEAD:lpjax/cka.py > /tmp/cka_before.py
+  python benchmarks/cka_bench.py --baseline /tmp/cka_before.py
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import statistics
@@ -329,6 +341,147 @@ def bench_matmul(args, torch):
   )
 
 
+def _load_module(path: str, name: str):
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _baseline_cases(quick: bool):
+  """(label, shape text, build) where `build(module)` gives `(fn, args)`.
+
+  Covers every public entry point whose numerics differ between versions:
+  single pair (both estimators; feature and Gram forms), one against 27
+  candidates (vmapped and one at a time), RBF, the pairwise matrix and
+  minibatch accumulation.
+  """
+  rng = np.random.default_rng(3)
+
+  def single(debiased):
+    def build(m, x, y):
+      f = jax.jit(functools.partial(m.linear_cka, debiased=debiased))
+      return f, (x, y)
+
+    return build
+
+  def many(m, x, y):
+    cands = np.stack([y + i * x for i in range(NUM_CANDIDATES)])
+    return jax.jit(m.linear_cka_one_to_many), (x, cands)
+
+  def rbf(m, x, y):
+    return jax.jit(m.rbf_cka), (x, y)
+
+  def matrix(m, x, y):
+    reps = [x, y, x**2, np.abs(y), x + y]
+    return jax.jit(m.cka_matrix), (reps,)
+
+  def minibatch(m, x, y):
+    reps = [a.reshape(8, -1, a.shape[1]) for a in (x, y, x**2, np.abs(y))]
+    return jax.jit(m.minibatch_cka_matrix), (reps,)
+
+  if quick:
+    shapes = {'single': [(200, 16)], 'many': [(200, 16)], 'rbf': [(200, 8)]}
+    shapes.update(matrix=[(200, 16)], minibatch=[(400, 16)])
+  else:
+    shapes = {
+      'single': [(500, 64), (2000, 64), (10_000, 64), (2000, 512), (500, 4096)],
+      'many': [(2000, 64), (500, 512)],
+      'rbf': [(1000, 64), (2000, 64)],
+      'matrix': [(2000, 64)],
+      'minibatch': [(2000, 64)],
+    }
+  builds = {
+    'linear_cka': ('single', single(False)),
+    'linear_cka debiased': ('single', single(True)),
+    f'linear_cka_one_to_many ({NUM_CANDIDATES})': ('many', many),
+    'rbf_cka': ('rbf', rbf),
+    'cka_matrix (5 reps)': ('matrix', matrix),
+    'minibatch_cka_matrix (4 reps, 8 batches)': ('minibatch', minibatch),
+  }
+  for label, (kind, build) in builds.items():
+    for n, d in shapes[kind]:
+      x = rng.standard_normal((n, d), dtype=np.float32)
+      y = x @ rng.standard_normal((d, d), dtype=np.float32) / np.sqrt(d)
+      y = (y + rng.standard_normal((n, d), dtype=np.float32)).astype('f4')
+      yield label, f'{n} x {d}', functools.partial(build, x=x, y=y)
+
+
+def _paired_times(fns, rounds):
+  """Times of `before` and `after`, called back to back in every round.
+
+  The order alternates round by round; on a shared machine the ratio of
+  the two calls of one round is far steadier than either time.
+  """
+  times = {name: [] for name in fns}
+  values = {}
+  for r in range(rounds):
+    order = ('before', 'after') if r % 2 else ('after', 'before')
+    for name in order:
+      start = time.perf_counter()
+      values[name] = fns[name]()
+      times[name].append(time.perf_counter() - start)
+  ratios = [a / b for a, b in zip(times['after'], times['before'])]
+  return times, ratios, values
+
+
+def bench_baseline(args):
+  """Median times of this checkout's `lpjax.cka` vs `--baseline`'s."""
+  before = _load_module(args.baseline, 'cka_baseline')
+  rows = []
+  for label, shape, build in _baseline_cases(args.quick):
+    fns = {}
+    for name, module in (('before', before), ('after', lpcka)):
+      fn, fargs = build(module)
+      fns[name] = functools.partial(
+        lambda fn, fargs: np.asarray(_block(fn)(*fargs)), fn, fargs
+      )
+      fns[name]()  # Compile and warm up.
+    start = time.perf_counter()
+    fns['after']()
+    t = time.perf_counter() - start
+    rounds = 1 if args.quick else 41 if t < 0.05 else 11 if t < 1 else 5
+    times, ratios, values = _paired_times(fns, rounds)
+    diff = float(np.max(np.abs(values['after'] - values['before'])))
+    q1, q2, q3 = np.percentile(ratios, [25, 50, 75])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows.append(
+      dict(label=label, shape=shape, med=med, ratio=(q1, q2, q3), diff=diff)
+    )
+    print(
+      f'{label:42} {shape:>12}  before {_fmt_t(med["before"]):>10}  after '
+      f'{_fmt_t(med["after"]):>10}  paired after/before {q2:.3f} '
+      f'[{q1:.3f}, {q3:.3f}] ({rounds} pairs)  max |diff| {diff:.1e}',
+      flush=True,
+    )
+  lines = [
+    '| function | n x d | before | after | after / before, paired median '
+    '[quartiles] | max abs diff |',
+    '|---|---|---|---|---|---|',
+  ]
+  for r in rows:
+    q1, q2, q3 = r['ratio']
+    lines.append(
+      f'| `{r["label"]}` | {r["shape"]} | {_fmt_t(r["med"]["before"])} | '
+      f'{_fmt_t(r["med"]["after"])} | {q2:.3f} [{q1:.3f}, {q3:.3f}] | '
+      f'{r["diff"]:.1e} |'
+    )
+  medians = [r['ratio'][1] for r in rows]
+  lines.append('')
+  lines.append(
+    f'Paired after / before over all rows: median '
+    f'{statistics.median(medians):.3f}, range {min(medians):.3f} to '
+    f'{max(medians):.3f}. Load average at start / end: {args.load[0]:.2f} '
+    f'/ {os.getloadavg()[0]:.2f}.'
+  )
+  text = '\n'.join(lines) + '\n'
+  print(text)
+  if args.out:
+    with open(args.out, 'w') as f:
+      f.write(text)
+    print(f'wrote {args.out}')
+
+
 # ---------------------------------------------------------------------------
 # Reporting.
 # ---------------------------------------------------------------------------
@@ -605,7 +758,18 @@ def main():
     default=2e9,
     help="Memory allowed for pytorch-cka's batched Grams.",
   )
+  p.add_argument(
+    '--baseline',
+    default=None,
+    help='Another version of lpjax/cka.py: time it against this checkout '
+    "(before/after), instead of the peers' comparison.",
+  )
   args = p.parse_args()
+  if args.baseline:
+    print(f'jax {jax.__version__} on {jax.default_backend()}', flush=True)
+    args.load = (os.getloadavg()[0],)
+    bench_baseline(args)
+    return
 
   torch, peers = _peers()
   load0 = os.getloadavg()[0]
