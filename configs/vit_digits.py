@@ -8,8 +8,12 @@ and the model fine-tuned, down to 3 layers.
 
   python main.py --config=configs/vit_digits.py --workdir=/tmp/lpjax_vit
 
-Expected (measured on a 2-core CPU): see README; the docstring's figures are
-updated from the latest measured run.
+Expected, measured on the project's 2-core CPU machine: test accuracy
+96.66 % unpruned (359 test images: one image is 0.28 pp), then 97.49,
+96.94 and 96.38 % after removing layer05, layer04 and layer03 (49.93 %
+fewer FLOPs). Wall time 6 min 06 s with the machine's two cores shared by
+about six other busy processes (3 min 25 s of CPU); see the README for the
+figure on an idle machine.
 """
 
 from configs import base
@@ -27,7 +31,7 @@ def get_config():
   c.vit.pool = 'cls'
   c.vit.dropout = 0.0
   c.min_blocks_per_stage = 3  # prune 6 -> 3 layers
-  c.baseline.epochs = 60
+  c.baseline.epochs = 100
   c.train.batch_size = 64
   c.train.learning_rate = 0.05
   c.train.schedule = 'cosine'
@@ -38,6 +42,6 @@ def get_config():
   c.prune.criterion = 'cka'
   c.prune.calibration_examples = 500
   c.prune.data_batch_size = 250
-  c.prune.finetune_epochs = 10
+  c.prune.finetune_epochs = 15
   c.prune.finetune_learning_rate = 0.01
   return c
