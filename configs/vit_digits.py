@@ -11,9 +11,9 @@ and the model fine-tuned, down to 3 layers.
 Expected, measured on the project's 2-core CPU machine: test accuracy
 96.66 % unpruned (359 test images: one image is 0.28 pp), then 97.49,
 96.94 and 96.38 % after removing layer05, layer04 and layer03 (49.93 %
-fewer FLOPs). Wall time 6 min 06 s with the machine's two cores shared by
-about six other busy processes (3 min 25 s of CPU); see the README for the
-figure on an idle machine.
+fewer FLOPs). Wall time 4 min 49 s, with another process using most of
+both cores (6 min 06 s at heavier load; 3 min 25 s of CPU); the same table
+both times.
 """
 
 from configs import base
