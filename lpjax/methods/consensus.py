@@ -35,8 +35,10 @@ Hyperparameters (`config.prune.consensus`):
   gaussian_max_iter, gaussian_tol, gaussian_init: the alternating fit of
     the Gaussian metrics (`lpjax.similarity.gaussian_stochastic_distance`).
 
-The decision's `scores` are the rank sums; `diagnostics` hold every
-metric's raw scores and ranks.
+`config.prune.similarity_dtype = 'float64'` runs every metric in float64
+(under `jax.enable_x64`) on the float32 representations. The decision's
+`scores` are the rank sums; `diagnostics` hold every metric's raw scores
+and ranks.
 """
 
 from __future__ import annotations
@@ -199,7 +201,7 @@ def metric_scores(ctx: Context) -> dict[str, dict[str, float]]:
   # A non-finite representation: the scorer's error, before any metric.
   finite = np.asarray(_finite_rows(ref, cands))
   scoring.checked_scores(units, np.where(finite, 0.0, np.nan))
-  dtype = getattr(ctx, 'similarity_dtype', 'float32')
+  dtype = ctx.similarity_dtype  # the forwards stay float32 either way
   if dtype == 'float64':
     ref, cands = np.asarray(ref, np.float64), np.asarray(cands, np.float64)
   labels = None if ctx.labels is None else np.asarray(ctx.labels)
