@@ -1,4 +1,17 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the suite's float32 tolerance rule.
+
+Every float32 comparison in the suite takes its tolerance from
+`tests/tolerances.py`: a value that accumulates `m` rounded operations on
+numbers of magnitude `s` through `depth` chained stages is within
+
+    MARGIN · √(depth · m) · eps · s,   eps = 2**-23, MARGIN = 10
+
+of the exact value and of any other float32 evaluation order (probabilistic
+rounding-error analysis; derivation and references in that module). Tests
+pass `m`, `depth` and `s` from their problem (a network's fan-in and kernel
+count, a CKA's `n · d`), and state any gain on top with its reason. Exact
+operations (replays, resumes, exact arithmetic) are compared bitwise.
+"""
 
 import os
 from pathlib import Path

@@ -16,6 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from oracles import cka64
+from tolerances import (
+  assert_f32_close,
+  cka_atol,
+  f32_atol,
+  magnitude,
+  network_terms,
+)
 
 from lpjax import flops, models, scoring, surgery
 from lpjax.models import vit
@@ -29,15 +36,6 @@ BATCH = 24  # enough examples for CKA of 16 features
 # ln1 (2·16) + qkv (16·48 + 48) + out (16·16 + 16) + ln2 (2·16)
 # + fc1 (16·32 + 32) + fc2 (32·16 + 16) = 32 + 816 + 272 + 32 + 544 + 528.
 LAYER_PARAMS = 2224
-
-# float32 has eps = 2**-23 ≈ 1.2e-7. Two compilations of the same forward
-# (jit vs op-by-op, different fusions, a batch of streams vs one) may sum the
-# dot products (K <= 32 terms here) in a different order; each sum then moves
-# by at most about K · eps ≈ 4e-6 of its terms' magnitude. Pre-LN layers
-# renormalise their branch inputs, so over 4 layers the errors add rather than
-# compound: the outputs agree to ~1e-5 of their scale. (Measured: <= 2e-7
-# of the scale, i.e. 5e-7 absolute on logits of magnitude 2.5.)
-RTOL = 1e-5
 
 
 def _arch(pool, dropout=0.0):
@@ -85,17 +83,21 @@ def _size(tree):
   return sum(math.prod(np.shape(x)) for x in jax.tree.leaves(tree))
 
 
+# Two compilations of the same forward (jit vs op-by-op, different fusions,
+# a batch of streams vs one) agree to the suite's float32 rule
+# (`tests/tolerances.py`) over the network's fan-in and depth; the networks
+# here are this one or smaller. "Differ" means by 10x more than that.
+NET = network_terms(models.variable_shapes(_arch('cls'), IMAGE)['params'])
+
+
 def _assert_float32_close(got, want):
-  want = np.asarray(want)
-  scale = max(1.0, float(np.abs(want).max()))
-  np.testing.assert_allclose(got, want, atol=RTOL * scale, rtol=RTOL)
+  assert_f32_close(got, want, *NET)
 
 
 def _assert_differ(a, b):
   """`a` and `b` differ by far more than the float32 tolerance."""
   a, b = np.asarray(a), np.asarray(b)
-  scale = max(1.0, float(np.abs(b).max()))
-  assert np.abs(a - b).max() > 100 * RTOL * scale
+  assert np.abs(a - b).max() > 10 * f32_atol(NET[0], magnitude(b), NET[1])
 
 
 @functools.cache
@@ -213,11 +215,8 @@ def test_scores_equal_separate_forwards_and_do_not_retrace():
   got = scoring.score_candidates(arch, variables, x, data_batch_size=12)
   assert list(got) == list(arch.candidates)
   # Oracle: the unpruned model and each surgered one, run separately; CKA in
-  # float64 NumPy. Tolerance: the pooled features agree to float32 rounding
-  # (within RTOL above); the scorer's float32 CKA sums n = 24 products into
-  # 16x16 cross-covariances, each off by at most ~n · eps ≈ 3e-6 relative, so
-  # 1 - CKA, a ratio of three such norms, is within ~1e-5: atol 2e-5.
-  # (Measured: <= 4e-7.)
+  # float64 NumPy. Tolerance: `cka_atol` (the forwards' rounding through the
+  # network, then the float32 CKA's).
   ref = models.representations(
     models.build_model(arch), variables, x, ['pooled']
   )['pooled']
@@ -228,7 +227,8 @@ def test_scores_equal_separate_forwards_and_do_not_retrace():
     rep = models.representations(
       models.build_model(small_arch), small_vars, x, ['pooled']
     )['pooled']
-    np.testing.assert_allclose(got[name], 1 - cka64(ref, rep), atol=2e-5)
+    want = 1 - cka64(ref, rep)
+    assert abs(got[name] - want) <= cka_atol(*ref.shape, NET), name
   # The scores tell the layers apart, so the comparison above can fail.
   assert len(set(np.round(list(got.values()), 4))) == DEPTH
   assert min(got.values()) > 1e-3
