@@ -9,15 +9,18 @@ brute force over permutations (or over the orthogonal group for `d = 2`)
 where that is feasible, and `scipy.stats.wasserstein_distance`.
 """
 
+import functools
 import itertools
 
 import hypothesis
 import hypothesis.strategies as st
+import jax
 import numpy as np
 import pytest
 import scipy.linalg
 import scipy.optimize
 import scipy.stats
+from tolerances import f32_atol
 
 from lpjax import similarity as sim
 
@@ -218,16 +221,18 @@ def wasserstein_oracle(x, y):
 # * Angles come from residuals ‖x̂ - ŷQ‖ of unit-norm matrices: each entry
 #   is off by a few eps, so the chord is off by ~ eps sqrt(n d) ~ 2.4e-6
 #   at most here, times the conditioning of the alignment and, for full
-#   whitening (alpha = 0), of the whitened data. 2e-5 rad; the largest error
-#   seen over these cases and seeds 0-2 was 5.3e-7.
+#   whitening (alpha = 0), of the whitened data: the suite's float32 rule
+#   (tests/tolerances.py) at n d = 400, 2.4e-5 rad; the largest error seen
+#   over these cases and seeds 0-2 was 5.3e-7.
 # * Gaussian distances are in data units (here 0.5 to 10); the fit stops
 #   when a step gains less than 1e-8 of the scale (class means and
 #   covariances, here up to ~100 times the squared distance), so the
 #   distance is within ~1e-4 relative of the oracle's fixed point (largest
 #   seen: 2.9e-4); rtol 1e-3.
-# * Wasserstein: a mean of absolute differences of float32 values, off by
-#   ~ eps relative: rtol 1e-5.
-ANGLE_ATOL = 2e-5
+# * Wasserstein: a mean of n d absolute differences of float32 values:
+#   the rule at n d = 400, relative.
+ANGLE_ATOL = f32_atol(400)
+W1_RTOL = f32_atol(400)
 GAUSS_RTOL = 1e-3
 
 
@@ -295,7 +300,55 @@ def test_gaussian_means_start_is_an_upper_bound_and_both_takes_the_lower():
   }
   exact = gaussian_oracle(x, y, labels, 1.0)
   assert d['means'] >= exact * (1 - GAUSS_RTOL)
-  assert d['both'] == pytest.approx(min(d['means'], d['samples']), rel=1e-6)
+  # 'both' also fits from y to x: at most the lower of the two one-way fits
+  # (the same fits, compiled apart: the float32 rule over n d = 150), and
+  # never below the exact distance.
+  lower = min(d['means'], d['samples'])
+  assert d['both'] <= lower * (1 + f32_atol(150))
+  assert d['both'] >= exact * (1 - GAUSS_RTOL)
+
+
+def test_gaussian_both_is_symmetric_where_one_start_is_not():
+  """A case Hypothesis found: from the paired-samples start the fit stops at
+  different local optima for (x, y) and (y, x); 'both' fits both ways."""
+  rng = np.random.default_rng(29437893)
+  x, y = (_random_rep(rng, 30, 5, 1) for _ in range(2))
+  labels = _labels(30)
+
+  def dist(a, b, init):
+    return float(
+      sim.gaussian_stochastic_distance(a, b, labels, alpha=0.0, init=init)
+    )
+
+  one_way = dist(x, y, 'samples'), dist(y, x, 'samples')
+  assert abs(one_way[0] - one_way[1]) > 0.05 * min(one_way)
+  both = dist(x, y, 'both'), dist(y, x, 'both')
+  assert both[0] == both[1]
+  assert both[0] == pytest.approx(
+    gaussian_oracle(x, y, labels, 0.0), rel=GAUSS_RTOL
+  )
+
+
+@pytest.mark.parametrize('alpha', [0.0, 1.0, 2.0])
+def test_gaussian_invariances_on_aligned_data(alpha):
+  """Related inputs (one optimum): independent rotations and translations
+  of either input leave the fitted distance alone, every α."""
+  x, y, labels = _data('classes', 30, 5, seed=11)
+  rng = np.random.default_rng(12)
+  q1, q2 = (np.linalg.qr(rng.normal(size=(5, 5)))[0] for _ in range(2))
+
+  def dist(a, b):
+    return float(
+      sim.gaussian_stochastic_distance(
+        a.astype('f4'), b.astype('f4'), labels, alpha=alpha
+      )
+    )
+
+  base = dist(x, y)
+  assert base > 0.1
+  tol = _tol('gaussian', x, y)
+  assert dist(x @ q1, y @ q2) == pytest.approx(base, abs=tol)
+  assert dist(x + 3.0, y - rng.normal(size=5)) == pytest.approx(base, abs=tol)
 
 
 def test_gaussian_alpha_one_is_the_wasserstein_distance_of_gaussians():
@@ -347,7 +400,7 @@ def test_permutation_brute_force_with_more_features_than_examples():
 def test_wasserstein_equals_scipy(case):
   x, y, _ = _data(*case, seed=0)
   got = float(sim.wasserstein_distance(x, y))
-  assert got == pytest.approx(wasserstein_oracle(x, y), rel=1e-5)
+  assert got == pytest.approx(wasserstein_oracle(x, y), rel=W1_RTOL)
 
 
 @pytest.mark.parametrize(
@@ -378,7 +431,7 @@ def test_different_widths(metric):
     assert float(got) == pytest.approx(permutation_oracle(x, y), abs=ANGLE_ATOL)
   else:
     got = sim.wasserstein_distance(x, y)
-    assert float(got) == pytest.approx(wasserstein_oracle(x, y), rel=1e-5)
+    assert float(got) == pytest.approx(wasserstein_oracle(x, y), rel=W1_RTOL)
 
 
 def test_one_to_many_equals_pairs():
@@ -404,7 +457,8 @@ def test_one_to_many_equals_pairs():
   }
   for name, (many, one) in pairs.items():
     want = [float(one(c)) for c in cands]
-    np.testing.assert_allclose(np.asarray(many), want, rtol=1e-5, atol=1e-6)
+    tol = _tol(name, x, *cands)
+    np.testing.assert_allclose(np.asarray(many), want, rtol=0, atol=tol)
     assert float(many[-1]) <= 1e-3, name  # the reference itself
 
 
@@ -415,19 +469,46 @@ def test_one_to_many_equals_pairs():
 # name -> (distance(x, y, labels), symmetric group actions it is invariant
 # to, is a metric, scale-invariant). Shapes below come from a small set so
 # that compilation stays bounded.
+#
+# The Gaussian metrics' properties are those of the exact minimum over the
+# orthogonal group; the estimator is a local fit, which the properties reach
+# only when every fit lands in the same optimum. These tests fit in float64
+# from every start in both directions (`_gaussian64`, symmetric by
+# construction). For α = 0 (covariances only) unrelated data have near-equal
+# optima whose basins meet at the starts: a pair and its translate, both
+# centred in float64 (a 1e-16 difference), landed at 2.568 and 2.576
+# (α = 0, d = 3, seed 0). Its invariances are not tested on random data;
+# `test_gaussian_invariances_on_aligned_data` covers them where the optimum
+# is unique.
+
+
+def _gaussian64(x, y, labels, *, alpha):
+  with jax.enable_x64(True):
+    return float(
+      sim.gaussian_stochastic_distance(
+        np.asarray(x, np.float64),
+        np.asarray(y, np.float64),
+        labels,
+        alpha=alpha,
+        init='both',
+      )
+    )
+
+
 METRICS = {
   'gaussian_0': (
-    lambda x, y, lab: sim.gaussian_stochastic_distance(x, y, lab, alpha=0.0),
-    ('orthogonal', 'translation'),
+    functools.partial(_gaussian64, alpha=0.0),
+    # Invariant in exact arithmetic, but not testable here: see above.
+    (),
     False,  # a pseudo-metric (α = 0); the triangle inequality still holds
   ),
   'gaussian_1': (
-    lambda x, y, lab: sim.gaussian_stochastic_distance(x, y, lab, alpha=1.0),
+    functools.partial(_gaussian64, alpha=1.0),
     ('orthogonal', 'translation'),
     False,
   ),
   'gaussian_2': (
-    lambda x, y, lab: sim.gaussian_stochastic_distance(x, y, lab, alpha=2.0),
+    functools.partial(_gaussian64, alpha=2.0),
     ('orthogonal', 'translation'),
     False,
   ),
@@ -476,11 +557,15 @@ def _random_rep(rng, n, d, kind):
 
 
 def _tol(name, *reps):
-  """Absolute tolerance: angles `ANGLE_ATOL`; data-unit metrics relative."""
+  """Absolute tolerance: angles `ANGLE_ATOL`; data-unit metrics relative to
+  the data's scale: Wasserstein by the float32 rule, the Gaussian metrics by
+  twice `GAUSS_RTOL` (two alternating fits, each within it)."""
   if name.startswith(('linear', 'permutation')):
     return ANGLE_ATOL
   scale = max(float(np.sqrt(np.mean(np.square(r)))) for r in reps)
-  return 2e-3 * scale
+  if name == 'wasserstein':
+    return f32_atol(max(r.size for r in reps), scale)
+  return 2 * GAUSS_RTOL * scale
 
 
 @PROPS
