@@ -1,0 +1,506 @@
+"""Every criterion side by side: the authors' ResNet-56, and pruning digits.
+
+`--part=resnet56`: the authors' trained Keras ResNet-56 (the Consensus
+paper's baseline, `shared/reference/keras`), no training. Calibration
+images: the 256 reference inputs (crops of natural photographs,
+preprocessed as for CIFAR-10) expanded to `--n` by random 4-pixel-padded
+crops and horizontal flips; labels are the unpruned model's predictions
+(the Gaussian metrics need classes; there are no true labels). It times
+`cka` and `consensus` side by side on the same context (first calls,
+compilation included, then `--repeats` warm calls in the order consensus,
+cka), times each metric of consensus on the shared representations and the
+other criteria, and writes every metric's and criterion's ranking of the 24
+blocks and the Kendall tau between every pair.
+
+  python benchmarks/compare_criteria.py --part=resnet56 --n=5000 \
+      --out=/tmp/lpjax_compare_r56
+
+`--part=digits`: as `benchmarks/digits_pruning.py` (ResNet-32 on
+scikit-learn's digits, one baseline per seed shared by all criteria, one
+block removed per iteration with a short fine-tune, down to the floor), for
+every criterion: test accuracy vs FLOPs reduction (mean and 95 % Student-t
+interval over seeds), accuracy right after each removal (before
+fine-tuning), scoring seconds per step, one accuracy-vs-FLOPs plot with every
+criterion, and the paired per-seed differences of consensus, cka and random
+with their 95 % intervals. Resumable: re-running the same command skips
+finished runs.
+
+  python benchmarks/compare_criteria.py --part=digits --seeds=0,1,2,3,4,5,6,7,8,9 \
+      --criteria=cka,consensus,kl,block_influence,angular,l1,random \
+      --finetune_epochs=5 --out=/tmp/lpjax_compare_digits
+
+Results go to `--out` (`summary.json`, `section.md`, plots) and stdout.
+"""
+
+import itertools
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from scipy import stats
+
+from configs import quickstart
+from lpjax import methods, models, pipeline, report, scoring
+from lpjax.interop import keras_h5
+from lpjax.methods import consensus
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PART = flags.DEFINE_enum('part', 'resnet56', ['resnet56', 'digits'], 'Part.')
+_OUT = flags.DEFINE_string('out', '/tmp/lpjax_compare', 'Output dir.')
+# resnet56
+_KERAS = flags.DEFINE_string(
+  'keras_dir',
+  os.path.join(os.path.dirname(_ROOT), 'shared', 'reference', 'keras'),
+  'Folder with resnet56_baseline.{json,h5} and reference_outputs.npz.',
+)
+_N = flags.DEFINE_integer('n', 5000, 'Calibration images (resnet56).')
+_BATCH = flags.DEFINE_integer('batch', 500, 'Images per forward (resnet56).')
+_REPEATS = flags.DEFINE_integer('repeats', 1, 'Warm calls (resnet56).')
+_TIMING_ONLY = flags.DEFINE_bool(
+  'timing_only',
+  False,
+  'resnet56: only the cka vs consensus calls (to `timing.json`), alternating.',
+)
+# digits
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (digits).')
+_CRITERIA = flags.DEFINE_list(
+  'criteria',
+  ['cka', 'consensus', 'kl', 'block_influence', 'angular', 'l1', 'random'],
+  'Criteria (digits; the resnet56 part always runs all of them).',
+)
+_MODEL = flags.DEFINE_string('model', 'resnet32', 'CIFAR ResNet (digits).')
+_BASELINE_EPOCHS = flags.DEFINE_integer('baseline_epochs', 30, 'Epochs.')
+_FINETUNE_EPOCHS = flags.DEFINE_integer('finetune_epochs', 5, 'Epochs.')
+
+OTHER_CRITERIA = ('kl', 'block_influence', 'angular', 'l1', 'random')
+
+
+def _table(header, rows):
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
+def _machine():
+  return (
+    f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, '
+    f'jax {jax.__version__} on {jax.default_backend()}; load average '
+    f'{os.getloadavg()[0]:.2f}'
+  )
+
+
+# ---------------------------------------------------------------------------
+# Part (b): the authors' ResNet-56.
+# ---------------------------------------------------------------------------
+
+
+def _augment(images, n, seed=0):
+  """`n` random 4-px-padded 32x32 crops with flips of `images` (cycled)."""
+  rng = np.random.default_rng(seed)
+  src = images[np.arange(n) % len(images)]
+  padded = np.pad(src, [(0, 0), (4, 4), (4, 4), (0, 0)])
+  dy, dx = rng.integers(0, 9, n), rng.integers(0, 9, n)
+  out = np.stack([p[y : y + 32, x : x + 32] for p, y, x in zip(padded, dy, dx)])
+  flip = rng.random(n) < 0.5
+  out[flip] = out[flip, :, ::-1]
+  out[: len(images)] = images[: min(n, len(images))]  # the originals first
+  return out.astype(np.float32)
+
+
+_CPU_SECONDS = []  # process CPU seconds of every `_timed` call, in order
+
+
+def _timed(fn):
+  """`(fn(), wall seconds)`; the call's process CPU seconds (all threads)
+  go to `_CPU_SECONDS`: the cost, less sensitive than wall time to other
+  processes sharing the machine."""
+  t0, c0 = time.perf_counter(), time.process_time()
+  out = fn()
+  _CPU_SECONDS.append(time.process_time() - c0)
+  return out, time.perf_counter() - t0
+
+
+def _kendall(a, b, units):
+  return stats.kendalltau([a[u] for u in units], [b[u] for u in units])[0]
+
+
+def _logits(model, variables, x):
+  return models.representations(model, variables, x, ['logits'])['logits']
+
+
+def resnet56(out):
+  arch, variables = keras_h5.load_keras_model(
+    os.path.join(_KERAS.value, 'resnet56_baseline.json'),
+    os.path.join(_KERAS.value, 'resnet56_baseline.h5'),
+  )
+  ref = np.load(os.path.join(_KERAS.value, 'reference_outputs.npz'))['inputs']
+  x = _augment(ref, _N.value)
+  logits = scoring.map_batches(
+    _logits,
+    arch,
+    variables,
+    x,
+    data_batch_size=_BATCH.value,
+  )
+  labels = np.asarray(logits).reshape(len(x), -1).argmax(-1)
+  counts = np.bincount(labels, minlength=10)
+  print(f'{_machine()}\npredicted classes: {counts.tolist()}', flush=True)
+  ctx = methods.Context(
+    arch=arch,
+    variables=variables,
+    inputs=x,
+    labels=labels,
+    hparams={},
+    data_batch_size=_BATCH.value,
+  )
+
+  def run(name):  # every method with its default hyperparameters
+    return methods.get_method(name)(ctx)
+
+  times = {'cka': [], 'consensus': []}
+  cpu = {'cka': [], 'consensus': []}
+  decisions = {}
+  for name in ('cka', 'consensus'):  # first calls, compilation included
+    decisions[name], s = _timed(lambda name=name: run(name))
+    times[name].append(s)
+    cpu[name].append(_CPU_SECONDS[-1])
+    print(f'{name} first call: {s:.1f}s ({cpu[name][-1]:.1f} CPU s)', flush=True)
+  for i in range(_REPEATS.value):  # alternate which goes first
+    for name in ('consensus', 'cka')[:: 1 if i % 2 == 0 else -1]:
+      _, s = _timed(lambda name=name: run(name))
+      times[name].append(s)
+      cpu[name].append(_CPU_SECONDS[-1])
+      print(f'{name} warm call: {s:.1f}s ({cpu[name][-1]:.1f} CPU s)', flush=True)
+  if _TIMING_ONLY.value:
+    result = {'machine': _machine(), 'n': len(x), 'seconds': times, 'cpu': cpu}
+    with open(os.path.join(out, 'timing.json'), 'w') as f:
+      json.dump(result, f)
+    for unit, t in (('wall', times), ('CPU', cpu)):
+      if _REPEATS.value:
+        med = {k: float(np.median(v[1:])) for k, v in t.items()}
+        print(
+          f'warm medians ({unit}): cka {med["cka"]:.1f} s, consensus '
+          f'{med["consensus"]:.1f} s, ratio {med["consensus"] / med["cka"]:.2f}'
+        )
+    return
+
+  # Where consensus spends its time: the shared pass, then each metric.
+  reps, t_reps = _timed(
+    lambda: jax.block_until_ready(
+      scoring.candidate_representations(
+        arch, variables, x, data_batch_size=_BATCH.value
+      )
+    )
+  )
+  r, cands = scoring.flatten(reps[0], reps[1:])
+  metric_seconds = {}
+  for name, fn in consensus.METRICS.items():
+    _, metric_seconds[name] = _timed(
+      lambda fn=fn: jax.block_until_ready(fn(r, cands, labels, {}))
+    )
+  print(
+    f'representations {t_reps:.1f}s; metrics '
+    + ', '.join(f'{k} {v:.2f}s' for k, v in metric_seconds.items()),
+    flush=True,
+  )
+
+  other_seconds = {}
+  for name in OTHER_CRITERIA:
+    decisions[name], other_seconds[name] = _timed(lambda name=name: run(name))
+    print(f'{name}: {other_seconds[name]:.1f}s', flush=True)
+
+  units = list(arch.candidates)
+  scores = dict(decisions['consensus'].diagnostics['metric_scores'])
+  scores['consensus'] = dict(decisions['consensus'].scores)
+  for name in OTHER_CRITERIA:
+    scores[name] = dict(decisions[name].scores)
+  ranks = {k: consensus.ranks(v) for k, v in scores.items()}
+  names = list(scores)
+  tau = {
+    (a, b): _kendall(scores[a], scores[b], units)
+    for a, b in itertools.product(names, names)
+  }
+  summary = {
+    'machine': _machine(),
+    'n': len(x),
+    'predicted_class_counts': counts.tolist(),
+    'seconds': times,
+    'seconds_representations': t_reps,
+    'seconds_per_metric': metric_seconds,
+    'seconds_other_criteria': other_seconds,
+    'scores': scores,
+    'ranks': ranks,
+    'removed': {k: list(d.edit.remove) for k, d in decisions.items()},
+    'kendall_tau': {f'{a}|{b}': t for (a, b), t in tau.items()},
+  }
+  with open(os.path.join(out, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=1)
+
+  short = {
+    'cka': 'cka',
+    'gaussian_stochastic_0': 'gs0',
+    'gaussian_stochastic_1': 'gs1',
+    'gaussian_stochastic_2': 'gs2',
+    'permutation': 'perm',
+    'linear_0': 'lin0',
+    'linear_1': 'lin1',
+    'wasserstein': 'w1',
+    'consensus': 'cons',
+    'kl': 'kl',
+    'block_influence': 'bi',
+    'angular': 'ang',
+    'l1': 'l1',
+    'random': 'rand',
+  }
+  rank_rows = [[f'`{u}`', *(f'{ranks[k][u]:g}' for k in names)] for u in units]
+  tau_rows = [[short[a], *(f'{tau[a, b]:+.2f}' for b in names)] for a in names]
+  ratio_first = times['consensus'][0] / times['cka'][0]
+  warm = ''
+  if _REPEATS.value:
+    ratio_warm = np.median(times['consensus'][1:]) / np.median(times['cka'][1:])
+    warm = (
+      f'; warm (median of {_REPEATS.value}): cka '
+      f'{np.median(times["cka"][1:]):.1f} s, consensus '
+      f'{np.median(times["consensus"][1:]):.1f} s, ratio {ratio_warm:.2f}x'
+    )
+  text = '\n\n'.join(
+    [
+      f'n = {len(x)} images; {_machine()} at the end.',
+      f'Scoring time, first calls: cka {times["cka"][0]:.1f} s, consensus '
+      f'{times["consensus"][0]:.1f} s, ratio {ratio_first:.2f}x{warm}. '
+      f'The shared representation pass alone: {t_reps:.1f} s; the metrics '
+      'on it (warm): '
+      + ', '.join(f'{k} {v:.2f} s' for k, v in metric_seconds.items())
+      + '. Other criteria (first call): '
+      + ', '.join(f'{k} {v:.1f} s' for k, v in other_seconds.items())
+      + '.',
+      'Removed first: '
+      + ', '.join(
+        f'{k} `{d.edit.remove[0]}`' for k, d in sorted(decisions.items())
+      )
+      + '.',
+      'Rank of each block (1 = most removable):\n\n'
+      + _table(['block', *(short[k] for k in names)], rank_rows),
+      'Kendall tau between rankings:\n\n'
+      + _table(['', *(short[k] for k in names)], tau_rows),
+    ]
+  )
+  with open(os.path.join(out, 'section.md'), 'w') as f:
+    f.write(text + '\n')
+  print(text)
+
+
+# ---------------------------------------------------------------------------
+# Part (a): pruning digits with every criterion.
+# ---------------------------------------------------------------------------
+
+
+def _config(seed, criterion):
+  c = quickstart.get_config()
+  c.seed = seed
+  c.model = _MODEL.value
+  c.baseline.epochs = _BASELINE_EPOCHS.value
+  c.prune.finetune_epochs = _FINETUNE_EPOCHS.value
+  c.prune.criterion = criterion
+  c.prune.target_blocks = 0  # to the floor
+  return c
+
+
+def _ci95(values):
+  """Mean and half-width of the 95 % Student-t interval of the mean."""
+  v = np.asarray(values, np.float64)
+  if len(v) < 2:
+    return float(v.mean()), float('nan')
+  half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+  return float(v.mean()), float(half)
+
+
+def _mean_ci(values):
+  """`mean ± 95 % half-width`, in % of accuracy."""
+  mean, half = _ci95(100.0 * np.asarray(values, np.float64))
+  return f'{mean:.2f} ± {half:.2f}'
+
+
+def digits(out):
+  logging.set_verbosity(logging.WARNING)
+  criteria = _CRITERIA.value
+  seeds = [int(s) for s in _SEEDS.value]
+  runs = {k: [] for k in criteria}
+  t0 = time.time()
+  for seed in seeds:
+    base_dir = os.path.join(out, f'seed{seed}', 'baseline')
+    # The baseline's workdir records one config whatever --criteria is (a
+    # workdir refuses to resume under a changed config); training ignores
+    # the criterion.
+    pipeline.Pipeline(_config(seed, 'cka'), base_dir).baseline()
+    for crit in criteria:
+      c = _config(seed, crit)
+      c.baseline.source = 'checkpoint'
+      c.baseline.path = os.path.join(base_dir, 'baseline')
+      res = pipeline.run(c, os.path.join(out, f'seed{seed}', crit))
+      runs[crit].append(res)
+      last = res['iterations'][-1]
+      print(
+        f'seed {seed} {crit:>15}: baseline '
+        f'{100 * res["baseline"]["test_accuracy"]:.2f}% -> '
+        f'{100 * last["test_accuracy"]:.2f}% at '
+        f'-{last["flops_reduction"]:.2f}% FLOPs '
+        f'({time.time() - t0:.0f}s elapsed)',
+        flush=True,
+      )
+  report.plot_accuracy_vs_flops(
+    runs,
+    os.path.join(out, 'accuracy_vs_flops.png'),
+    title=f'{_MODEL.value} on digits, {len(seeds)} seeds',
+  )
+  iters = [r['iterations'] for r in runs[criteria[0]]]
+  num = len(iters[0])
+  flops = [0.0] + [it['flops_reduction'] for it in iters[0]]
+
+  def acc(crit, i, key='test_accuracy'):
+    """Per-seed values at iteration i (0 = baseline)."""
+    if i == 0:
+      return [r['baseline']['test_accuracy'] for r in runs[crit]]
+    return [r['iterations'][i - 1][key] for r in runs[crit]]
+
+  after = _table(
+    ['removed', 'FLOPs ↓ %', *criteria],
+    [
+      [i, f'{flops[i]:.2f}', *(_mean_ci(acc(k, i)) for k in criteria)]
+      for i in range(num + 1)
+    ],
+  )
+  before = _table(
+    ['removed', *criteria],
+    [
+      [i, *(_mean_ci(acc(k, i, 'accuracy_before_finetune')) for k in criteria)]
+      for i in range(1, num + 1)
+    ],
+  )
+  mean_before = {
+    k: np.mean(
+      [acc(k, i, 'accuracy_before_finetune') for i in range(1, num + 1)]
+    )
+    for k in criteria
+  }
+  mean_after = {
+    k: np.mean([acc(k, i) for i in range(1, num + 1)]) for k in criteria
+  }
+  seconds = {
+    k: [it['seconds_scoring'] for r in runs[k] for it in r['iterations']]
+    for k in criteria
+  }
+  overview = _table(
+    [
+      'criterion',
+      'mean acc. after fine-tune %',
+      'mean acc. before fine-tune %',
+      'final acc. %',
+      'scoring s/step (mean, max)',
+    ],
+    [
+      [
+        k,
+        f'{100 * mean_after[k]:.2f}',
+        f'{100 * mean_before[k]:.2f}',
+        _mean_ci(acc(k, num)),
+        f'{np.mean(seconds[k]):.2f}, {np.max(seconds[k]):.2f}',
+      ]
+      for k in criteria
+    ],
+  )
+  # Paired differences (same baseline per seed): mean and 95 % interval over
+  # seeds of the per-seed difference, averaged over iterations 1..num and at
+  # the floor; "separated" when the interval excludes 0.
+  pairs = [
+    (a, b)
+    for a, b in (
+      ('consensus', 'cka'),
+      ('cka', 'random'),
+      ('consensus', 'random'),
+    )
+    if a in criteria and b in criteria
+  ]
+  pair_rows = []
+  for a, b in pairs:
+    per_seed = np.asarray(
+      [
+        np.mean([acc(a, i)[s] - acc(b, i)[s] for i in range(1, num + 1)])
+        for s in range(len(seeds))
+      ]
+    )
+    final = np.asarray(acc(a, num)) - np.asarray(acc(b, num))
+
+    def cell(v):
+      mean, half = _ci95(100 * v)
+      verdict = 'separated' if abs(mean) > half else 'noise'
+      return f'{mean:+.2f} ± {half:.2f} ({verdict})'
+
+    pair_rows.append(
+      [
+        f'{a} − {b}',
+        cell(per_seed),
+        cell(final),
+        ', '.join(f'{100 * v:+.2f}' for v in per_seed),
+      ]
+    )
+  paired = _table(
+    [
+      'pair',
+      'mean over iterations (pp, 95 %)',
+      'at the floor (pp, 95 %)',
+      'per seed, mean over iterations',
+    ],
+    pair_rows,
+  )
+  summary = {
+    'machine': _machine(),
+    'seeds': seeds,
+    'criteria': criteria,
+    'flops_reduction': flops,
+    'accuracy': {k: [acc(k, i) for i in range(num + 1)] for k in criteria},
+    'accuracy_before_finetune': {
+      k: [acc(k, i, 'accuracy_before_finetune') for i in range(1, num + 1)]
+      for k in criteria
+    },
+    'seconds_scoring': seconds,
+    'seconds_total': time.time() - t0,
+  }
+  with open(os.path.join(out, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=1)
+  text = '\n\n'.join(
+    [
+      f'{len(seeds)} seeds; {_machine()} at the end; '
+      f'{time.time() - t0:.0f} s in this invocation.',
+      'Test accuracy after fine-tuning, % (mean ± 95 % interval over seeds):'
+      '\n\n' + after,
+      'Right after each removal, before fine-tuning, %:\n\n' + before,
+      'Per criterion:\n\n' + overview,
+      'Paired differences (same baseline per seed):\n\n' + paired,
+    ]
+  )
+  with open(os.path.join(out, 'section.md'), 'w') as f:
+    f.write(text + '\n')
+  print(text)
+
+
+def main(argv):
+  del argv
+  out = os.path.abspath(_OUT.value)
+  os.makedirs(out, exist_ok=True)
+  if _PART.value == 'resnet56':
+    resnet56(out)
+  else:
+    digits(out)
+
+
+if __name__ == '__main__':
+  app.run(main)
