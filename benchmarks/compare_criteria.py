@@ -45,10 +45,11 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import digits_runs
 from scipy import stats
 
 from configs import quickstart
-from lpjax import methods, models, pipeline, report, scoring
+from lpjax import methods, models, report, scoring
 from lpjax.interop import keras_h5
 from lpjax.methods import consensus
 
@@ -333,29 +334,8 @@ def digits(out):
   logging.set_verbosity(logging.WARNING)
   criteria = _CRITERIA.value
   seeds = [int(s) for s in _SEEDS.value]
-  runs = {k: [] for k in criteria}
   t0 = time.time()
-  for seed in seeds:
-    base_dir = os.path.join(out, f'seed{seed}', 'baseline')
-    # The baseline's workdir records one config whatever --criteria is (a
-    # workdir refuses to resume under a changed config); training ignores
-    # the criterion.
-    pipeline.Pipeline(_config(seed, 'cka'), base_dir).baseline()
-    for crit in criteria:
-      c = _config(seed, crit)
-      c.baseline.source = 'checkpoint'
-      c.baseline.path = os.path.join(base_dir, 'baseline')
-      res = pipeline.run(c, os.path.join(out, f'seed{seed}', crit))
-      runs[crit].append(res)
-      last = res['iterations'][-1]
-      print(
-        f'seed {seed} {crit:>15}: baseline '
-        f'{100 * res["baseline"]["test_accuracy"]:.2f}% -> '
-        f'{100 * last["test_accuracy"]:.2f}% at '
-        f'-{last["flops_reduction"]:.2f}% FLOPs '
-        f'({time.time() - t0:.0f}s elapsed)',
-        flush=True,
-      )
+  runs = digits_runs.run_criteria(out, seeds, criteria, _config)
   report.plot_accuracy_vs_flops(
     runs,
     os.path.join(out, 'accuracy_vs_flops.png'),

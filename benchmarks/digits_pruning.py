@@ -21,8 +21,10 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import digits_runs
+
 from configs import quickstart
-from lpjax import pipeline, report
+from lpjax import report
 
 _OUT = flags.DEFINE_string('out', '/tmp/lpjax_digits_bench', 'Output dir.')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds.')
@@ -47,29 +49,10 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   out = os.path.abspath(_OUT.value)
-  runs: dict[str, list] = {k: [] for k in _CRITERIA.value}
   t0 = time.time()
-  for seed in map(int, _SEEDS.value):
-    base_dir = os.path.join(out, f'seed{seed}', 'baseline')
-    c = _config(seed, _CRITERIA.value[0])
-    c.prune.target_blocks = 0
-    p = pipeline.Pipeline(c, base_dir)
-    p.baseline()
-    for crit in _CRITERIA.value:
-      c = _config(seed, crit)
-      c.baseline.source = 'checkpoint'
-      c.baseline.path = os.path.join(base_dir, 'baseline')
-      res = pipeline.run(c, os.path.join(out, f'seed{seed}', crit))
-      runs[crit].append(res)
-      last = res['iterations'][-1]
-      print(
-        f'seed {seed} {crit:>6}: baseline '
-        f'{100 * res["baseline"]["test_accuracy"]:.2f}% -> '
-        f'{100 * last["test_accuracy"]:.2f}% at '
-        f'-{last["flops_reduction"]:.2f}% FLOPs '
-        f'({time.time() - t0:.0f}s elapsed)',
-        flush=True,
-      )
+  runs = digits_runs.run_criteria(
+    out, list(map(int, _SEEDS.value)), _CRITERIA.value, _config
+  )
   summary = {k: report.aggregate(v) for k, v in runs.items()}
   with open(os.path.join(out, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=1)

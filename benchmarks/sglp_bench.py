@@ -42,8 +42,10 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import digits_runs
+
 from configs import quickstart, vit_digits
-from lpjax import cka, models, pipeline, report
+from lpjax import cka, models, report
 from lpjax.methods import sglp
 
 _PART = flags.DEFINE_enum('part', 'cka', ['cka', 'digits'], 'Part.')
@@ -90,26 +92,10 @@ def _config(seed, criterion):
 
 def digits():
   out = os.path.abspath(_OUT.value)
-  runs = {k: [] for k in _CRITERIA.value}
   t0 = time.time()
-  for seed in map(int, _SEEDS.value):
-    base_dir = os.path.join(out, f'seed{seed}', 'baseline')
-    pipeline.Pipeline(_config(seed, _CRITERIA.value[0]), base_dir).baseline()
-    for crit in _CRITERIA.value:
-      c = _config(seed, crit)
-      c.baseline.source = 'checkpoint'
-      c.baseline.path = os.path.join(base_dir, 'baseline')
-      res = pipeline.run(c, os.path.join(out, f'seed{seed}', crit))
-      runs[crit].append(res)
-      last = res['iterations'][-1]
-      print(
-        f'seed {seed} {crit:>6}: {100 * res["baseline"]["test_accuracy"]:.2f}'
-        f' -> {100 * last["test_accuracy"]:.2f} % at -'
-        f'{last["flops_reduction"]:.2f} % FLOPs, removed '
-        f'{[u for it in res["iterations"] for u in it["removed"]]} '
-        f'({time.time() - t0:.0f}s)',
-        flush=True,
-      )
+  runs = digits_runs.run_criteria(
+    out, list(map(int, _SEEDS.value)), _CRITERIA.value, _config
+  )
   summary = {k: report.aggregate(v) for k, v in runs.items()}
   with open(os.path.join(out, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=1)
