@@ -48,7 +48,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import digits_runs
 from scipy import stats
 
-from configs import quickstart
 from lpjax import methods, models, report, scoring
 from lpjax.interop import keras_h5
 from lpjax.methods import consensus
@@ -305,14 +304,13 @@ def resnet56(out):
 
 
 def _config(seed, criterion):
-  c = quickstart.get_config()
-  c.seed = seed
-  c.model = _MODEL.value
-  c.baseline.epochs = _BASELINE_EPOCHS.value
-  c.prune.finetune_epochs = _FINETUNE_EPOCHS.value
-  c.prune.criterion = criterion
-  c.prune.target_blocks = 0  # to the floor
-  return c
+  return digits_runs.pruning_config(
+    seed,
+    criterion,
+    _MODEL.value,
+    _BASELINE_EPOCHS.value,
+    _FINETUNE_EPOCHS.value,
+  )
 
 
 def _ci95(values):

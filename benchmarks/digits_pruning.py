@@ -23,7 +23,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import digits_runs
 
-from configs import quickstart
 from lpjax import report
 
 _OUT = flags.DEFINE_string('out', '/tmp/lpjax_digits_bench', 'Output dir.')
@@ -34,15 +33,14 @@ _BASELINE_EPOCHS = flags.DEFINE_integer('baseline_epochs', 30, 'Epochs.')
 _FINETUNE_EPOCHS = flags.DEFINE_integer('finetune_epochs', 8, 'Epochs.')
 
 
-def _config(seed: int, criterion: str):
-  c = quickstart.get_config()
-  c.seed = seed
-  c.model = _MODEL.value
-  c.baseline.epochs = _BASELINE_EPOCHS.value
-  c.prune.finetune_epochs = _FINETUNE_EPOCHS.value
-  c.prune.criterion = criterion
-  c.prune.target_blocks = 0  # to the floor
-  return c
+def _config(seed, criterion):
+  return digits_runs.pruning_config(
+    seed,
+    criterion,
+    _MODEL.value,
+    _BASELINE_EPOCHS.value,
+    _FINETUNE_EPOCHS.value,
+  )
 
 
 def main(argv):

@@ -48,3 +48,19 @@ def run_criteria(
         flush=True,
       )
   return runs
+
+
+def pruning_config(
+  seed: int, criterion: str, model: str, baseline_epochs: int, finetune: int
+) -> ml_collections.ConfigDict:
+  """The quickstart config on `model`, pruned to the floor by `criterion`."""
+  from configs import quickstart
+
+  c = quickstart.get_config()
+  c.seed = seed
+  c.model = model
+  c.baseline.epochs = baseline_epochs
+  c.prune.finetune_epochs = finetune
+  c.prune.criterion = criterion
+  c.prune.target_blocks = 0  # to the floor
+  return c
