@@ -12,7 +12,7 @@ from tolerances import assert_f32_close, f32_atol, network_terms
 
 from lpjax import arch as arch_lib
 from lpjax import models, surgery
-from lpjax.models import resnet
+from lpjax.models import resnet, vit
 
 # Tiny networks: few blocks, narrow, small images (each shape = one compile).
 CIFAR = resnet.resnet_cifar(blocks_per_stage=(4, 3, 3), width=4, num_classes=5)
@@ -307,3 +307,52 @@ def test_skip_mask_orders_candidates(arch):
   assert [c for c, m in zip(arch.candidates, mask) if m] == names
   with pytest.raises(ValueError, match='not candidate'):
     arch.skip_mask(['stage1_block00'])
+
+
+def _random_filter_mask(arch, rng):
+  """A 0/1 mask over `prunable_filters(arch)` dropping about a third of each
+  width (at least one kept), and the `Edit` that removes the same filters."""
+  masks, shrink = [], []
+  for unit, k, w in models.prunable_filters(arch):
+    keep = np.sort(rng.choice(w, size=max(1, w - w // 3), replace=False))
+    m = np.zeros(w, np.float32)
+    m[keep] = 1.0
+    masks.append(m)
+    if len(keep) < w:
+      shrink.append(surgery.Shrink(unit, k, tuple(int(i) for i in keep)))
+  return np.concatenate(masks), surgery.Edit(shrink=tuple(shrink))
+
+
+def test_filter_mask_equals_filter_surgery(net):
+  """Masking filters' activations == deleting them by surgery (one `Edit`
+  shrinking every prunable width at once)."""
+  arch, image_shape, variables, x = net
+  mask, edit = _random_filter_mask(arch, np.random.default_rng(0))
+  assert len(edit.shrink) == len(models.prunable_filters(arch))
+  small_arch, small_vars = surgery.apply(arch, variables, edit)
+  chex.assert_trees_all_equal_shapes_and_dtypes(
+    small_vars, models.variable_shapes(small_arch, image_shape)
+  )
+  model = models.build_model(arch)
+  want = models.build_model(small_arch).apply(small_vars, x, train=False)
+  got = model.apply(variables, x, train=False, filter_mask=jnp.asarray(mask))
+  atol = _assert_float32_close(got, want, variables['params'])
+  orig = model.apply(variables, x, train=False)
+  assert np.abs(orig - want).max() > 100 * atol
+  with pytest.raises(ValueError, match='filter_mask must have shape'):
+    model.apply(variables, x, filter_mask=jnp.ones(3))
+
+
+def test_num_filters_counts_every_conv_output():
+  """ResNet-56 has 2,128 filters (ALGORITHMS.md §5.1: the Everything
+  authors' budget unit); deleting an identity block of width C frees 2C."""
+  a = resnet.resnet_cifar(56)
+  assert models.num_filters(a) == 2128
+  for stage, width in ((1, 16), (2, 32), (3, 64)):
+    smaller = a.without([f'stage{stage}_block03'])
+    assert models.num_filters(a) - models.num_filters(smaller) == 2 * width
+  assert sum(w for *_, w in models.prunable_filters(a)) == 9 * (16 + 32 + 64)
+  with pytest.raises(ValueError, match='no filter pruning'):
+    models.prunable_filters(
+      vit.vit(image_shape=(8, 8, 1), patch=4, width=8, depth=2, heads=2, mlp=16)
+    )

@@ -114,6 +114,7 @@ def representations(
   *,
   skip: jax.Array | None = None,
   fanout: bool = False,
+  filter_mask: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
   """Named representations of `x` in eval mode, from one forward pass.
 
@@ -129,6 +130,8 @@ def representations(
       `lpjax.models.resnet.ResNet`); every representation then
       gets a leading axis `[1 + K, batch, ...]`: index 0 is the unpruned
       model, index 1 + i the model without `arch.candidates[i]`.
+    filter_mask: optional `[num prunable filters]` multiplier of the
+      prunable filters' activations (`prunable_filters`); zero = removed.
 
   Returns:
     `{name: array}` for every requested name.
@@ -151,6 +154,7 @@ def representations(
     # alone finds the unit.
     return method == '__call__' and mdl.name in units
 
+  extra = {} if filter_mask is None else {'filter_mask': filter_mask}
   logits, state = model.apply(
     variables,
     x,
@@ -159,6 +163,7 @@ def representations(
     fanout=fanout,
     capture_intermediates=capture,
     mutable=['intermediates'],
+    **extra,
   )
   inter = state['intermediates']
   out = {}
@@ -172,6 +177,47 @@ def representations(
     if fanout:
       out[n] = _unstack_streams(model.arch, n, out[n], x.shape[0])
   return out
+
+
+def prunable_filters(arch: arch_lib.Arch) -> tuple[tuple[str, int, int], ...]:
+  """`(unit, k, width)` of every inner width filter pruning may shrink.
+
+  Raises:
+    ValueError: the family has no filter pruning.
+  """
+  fam = get_family(arch.family)
+  if fam.prunable_filters is None:
+    raise ValueError(
+      f'The {arch.family} family has no filter pruning; families with it: '
+      f'{sorted(n for n, f in FAMILIES.items() if f.prunable_filters)}.'
+    )
+  return tuple(fam.prunable_filters(arch))
+
+
+def num_filters(arch: arch_lib.Arch) -> int:
+  """Every convolution's output channels (the filter budget's unit)."""
+  fam = get_family(arch.family)
+  if fam.num_filters is None:
+    raise ValueError(f'The {arch.family} family does not count filters.')
+  return int(fam.num_filters(arch))
+
+
+def inner_activations(
+  model: nn.Module, variables: Any, x: jax.Array
+) -> dict[tuple[str, int], jax.Array]:
+  """Every prunable inner width's activation, eval mode, one forward.
+
+  Returns:
+    `{(unit, k): [batch, ..., width]}` in `prunable_filters` order: the
+    output of inner width `k` of `unit` after its normalisation and
+    non-linearity (what the next layer reads, and what a filter mask
+    multiplies).
+  """
+  _, state = model.apply(variables, x, train=False, mutable=['intermediates'])
+  inter = state['intermediates']
+  return {
+    (u, k): inter[u][f'inner{k}'][0] for u, k, _ in prunable_filters(model.arch)
+  }
 
 
 def _unstack_streams(arch, name, rep, batch):

@@ -9,7 +9,8 @@ so adding a family touches nothing outside `lpjax/models/` (see the README's
 
 Every family's module follows one contract:
 
-* `module(x, *, train=False, skip=None, fanout=False) -> logits`, with
+* `module(x, *, train=False, skip=None, fanout=False) -> logits` (plus
+  `filter_mask=None` where the family has `prunable_filters`), with
   `skip` a traced boolean `[len(arch.candidates)]` mask (a skipped unit
   returns its input, exactly as if deleted) and, where `fanout` is
   supported, the shared-prefix evaluation of every single-unit removal
@@ -53,6 +54,12 @@ class Family:
     width_slices: `(arch, unit, k) -> rules`: the leaves filter surgery
       slices when inner width `k` (0-based) of `unit` shrinks; empty when
       that width may not shrink.
+    prunable_filters: optional `arch -> ((unit, k, width), ...)`: the inner
+      widths whose filters a filter criterion scores and the filter child
+      of `everything` shrinks, in the order of the module's `filter_mask`
+      argument (`None`: the family has no filter pruning).
+    num_filters: optional `arch -> int`: every convolution's output
+      channels, the unit filter budgets are counted in.
     from_config: `(config, num_classes, input_shape) -> Arch`, the unpruned
       network an experiment config asks for.
     check: `arch -> None`, raising `ValueError` on an `Arch` this family
@@ -75,6 +82,10 @@ class Family:
   check: Callable[[arch_lib.Arch], None] = lambda arch: None
   macs: Callable[[arch_lib.Arch, tuple[int, ...]], int] | None = None
   batchnorm: bool = True
+  prunable_filters: (
+    Callable[[arch_lib.Arch], tuple[tuple[str, int, int], ...]] | None
+  ) = None
+  num_filters: Callable[[arch_lib.Arch], int] | None = None
 
 
 def check_call(

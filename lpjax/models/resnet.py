@@ -125,6 +125,7 @@ class BasicBlock(nn.Module):
     train: bool,
     skip: jax.Array | None = None,
     passthrough: int = 0,
+    filter_masks: Sequence[jax.Array] | None = None,
   ) -> jax.Array:
     """The block's output, or its input where skipped.
 
@@ -133,12 +134,15 @@ class BasicBlock(nn.Module):
       train: BatchNorm mode.
       skip: optional traced boolean scalar; true returns `x` unchanged (only
         valid for identity blocks).
+      filter_masks: optional, one `[inner width k]` array per inner conv but
+        the last: multiplies conv `k+1`'s activation (after BN and ReLU), so
+        a zero entry is that filter removed (`lpjax.surgery`).
       passthrough: static; if positive, the first `passthrough` rows of `x`
         are appended unchanged after the output rows (the shared-prefix
         evaluation of `ResNet(..., fanout=True)`).
     """
     conv, norm = _layers(self.style, train)
-    y = self._residual(x, conv, norm)
+    y = self._residual(x, conv, norm, _Inner(self, filter_masks))
     y = nn.relu(y + self._shortcut(x, conv, norm))
     if skip is not None:
       y = jnp.where(skip, x, y)
@@ -146,11 +150,11 @@ class BasicBlock(nn.Module):
       y = jnp.concatenate([y, x[:passthrough]])
     return y
 
-  def _residual(self, x, conv, norm):
+  def _residual(self, x, conv, norm, inner):
     s = (self.stride, self.stride)
     pad = _pad3x3(self.style, self.stride)
     y = conv(self.inner, (3, 3), strides=s, padding=pad, name='conv1')(x)
-    y = nn.relu(norm(name='bn1')(y))
+    y = inner(0, nn.relu(norm(name='bn1')(y)))
     y = conv(self.width, (3, 3), padding='SAME', name='conv2')(y)
     return norm(name='bn2')(y)
 
@@ -173,20 +177,33 @@ class Bottleneck(BasicBlock):
 
   inner2: int = 0
 
-  def _residual(self, x, conv, norm):
+  def _residual(self, x, conv, norm, inner):
     on3 = self.style.bottleneck_stride_on_3x3
     s1 = (1, 1) if on3 else (self.stride, self.stride)
     s3 = (self.stride, self.stride) if on3 else (1, 1)
     pad = _pad3x3(self.style, s3[0])
     y = conv(self.inner, (1, 1), strides=s1, padding='VALID', name='conv1')(x)
-    y = nn.relu(norm(name='bn1')(y))
+    y = inner(0, nn.relu(norm(name='bn1')(y)))
     y = conv(self.inner2, (3, 3), strides=s3, padding=pad, name='conv2')(y)
-    y = nn.relu(norm(name='bn2')(y))
+    y = inner(1, nn.relu(norm(name='bn2')(y)))
     y = conv(self.width, (1, 1), padding='VALID', name='conv3')(y)
     return norm(name='bn3')(y)
 
 
 BLOCK_TYPES = (BasicBlock, Bottleneck)
+
+
+class _Inner:
+  """Sows inner activation `k` as `inner{k}` and applies its filter mask."""
+
+  def __init__(self, block: nn.Module, masks: Sequence[jax.Array] | None):
+    self.block, self.masks = block, masks
+
+  def __call__(self, k: int, y: jax.Array) -> jax.Array:
+    if self.masks is not None:
+      y = y * self.masks[k].astype(y.dtype)
+    self.block.sow('intermediates', f'inner{k}', y)
+    return y
 
 
 class ResNet(nn.Module):
@@ -206,6 +223,7 @@ class ResNet(nn.Module):
     train: bool = False,
     skip: jax.Array | None = None,
     fanout: bool = False,
+    filter_mask: jax.Array | None = None,
   ) -> jax.Array:
     """Logits for a batch of images.
 
@@ -223,6 +241,10 @@ class ResNet(nn.Module):
         `[(1 + i) * batch, (2 + i) * batch)` the model without candidate i.
         Blocks before candidate i are evaluated once for all of them, so the
         work is about half that of K + 1 masked forwards.
+      filter_mask: optional `[num_prunable_filters]` multiplier of the
+        prunable filters' activations, in `prunable_filters(arch)` order
+        (a block's inner conv 1, then 2, ...); a zero entry equals that
+        filter removed by surgery. May be traced.
 
     Returns:
       Logits `[batch, num_classes]` (`[(1 + K) * batch, num_classes]` with
@@ -231,6 +253,7 @@ class ResNet(nn.Module):
     arch = self.arch
     cands = arch.candidates
     family_lib.check_call(arch, train=train, skip=skip, fanout=fanout)
+    masks = _split_filter_mask(arch, filter_mask)
     batch = x.shape[0]
     style = style_of(arch)
     stem_width = arch.option('stem_width')
@@ -268,6 +291,8 @@ class ResNet(nn.Module):
           route['skip'] = skip[cands.index(block.name)]
         if fanout and block.candidate:
           route['passthrough'] = batch  # the unpruned stream comes first
+        if masks is not None:
+          route['filter_masks'] = masks[block.name]
         if arch.family == 'resnet_cifar':
           x = BasicBlock(**kw)(x, **route)
         else:
@@ -494,6 +519,57 @@ def _check(arch: arch_lib.Arch) -> None:
         )
 
 
+def _prunable_filters(arch: arch_lib.Arch) -> tuple[tuple[str, int, int], ...]:
+  """`(block, k, width)` of every inner conv whose filters may be pruned.
+
+  Every inner conv of every block but the last (whose outputs join the
+  shortcut): the first 3x3 conv of a basic block, the 1x1 and 3x3 convs of
+  a bottleneck, down-sampling blocks included (Nascimento et al. 2025, the
+  CIFAR code's prunable layers).
+  """
+  return tuple(
+    (block.name, k, w)
+    for block in arch.blocks
+    for k, w in enumerate(block.widths)
+  )
+
+
+def _num_filters(arch: arch_lib.Arch) -> int:
+  """Output channels of every convolution: stem, inner, last, projection.
+
+  ResNet-56 (Keras style) has 2,128: 16 + 9 x (16 + 16) + 9 x (32 + 32) +
+  9 x (64 + 64) plus the two projections' 32 + 64 (Nascimento et al. 2025
+  count "filters" this way).
+  """
+  total = arch.option('stem_width')
+  in_width = total
+  for stage in arch.stages:
+    for block in stage.blocks:
+      total += sum(block.widths) + stage.width
+      if block.index == 0 and (stage.stride != 1 or in_width != stage.width):
+        total += stage.width
+      in_width = stage.width
+  return total
+
+
+def _split_filter_mask(arch, filter_mask):
+  """`[F]` -> `{block: [mask of inner width k, ...]}`, checked."""
+  if filter_mask is None:
+    return None
+  units = _prunable_filters(arch)
+  total = sum(w for _, _, w in units)
+  if jnp.shape(filter_mask) != (total,):
+    raise ValueError(
+      f'filter_mask must have shape ({total},) = one entry per prunable '
+      f'filter; got shape {jnp.shape(filter_mask)}.'
+    )
+  out, start = {}, 0
+  for name, _, w in units:
+    out.setdefault(name, []).append(filter_mask[start : start + w])
+    start += w
+  return out
+
+
 def _width_slices(arch, block, k):
   """Inner conv `k+1`'s outputs: its kernel and bias, its BN, the next conv."""
   del arch, block
@@ -532,6 +608,8 @@ def _family(name: str, input_shape: tuple[int, ...]) -> family_lib.Family:
     default_input_shape=lambda arch: input_shape,
     fanout=True,
     width_slices=_width_slices,
+    prunable_filters=_prunable_filters,
+    num_filters=_num_filters,
     from_config=_from_config,
     check=_check,
   )
