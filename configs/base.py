@@ -130,6 +130,24 @@ def get_config() -> ml_collections.ConfigDict:
   c.prune.sglp.cka = 'minibatch'
   c.prune.sglp.aggregation = 'row_sum'
   c.prune.sglp.gradnorm = 'params'
+  # Everything (Nascimento et al. 2025; lpjax.methods.everything): per step
+  # a layer child (layer_criterion: any layer method) and a filter child
+  # removing as many filters (filter_criterion: l1 | kl | hrank | random),
+  # each fine-tuned probe_epochs, the one with the higher linear CKA to the
+  # parent (representation: pooled | logits) on arbitration_examples of the
+  # holdout (0 = all; needs c.holdout > 0) kept; winner_continues: the
+  # iteration fine-tunes the winner's probe-trained weights (False: the
+  # edit applied to the parent). filter_chunk: masked forwards at a time of
+  # the kl filter criterion (memory grows with it). The authors' CIFAR
+  # recipe: probe 10 epochs, then finetune_epochs=190.
+  c.prune.everything = ml_collections.ConfigDict()
+  c.prune.everything.layer_criterion = 'kl'
+  c.prune.everything.filter_criterion = 'kl'
+  c.prune.everything.probe_epochs = 10
+  c.prune.everything.arbitration_examples = 0
+  c.prune.everything.representation = 'pooled'
+  c.prune.everything.winner_continues = True
+  c.prune.everything.filter_chunk = 16
 
   # --- Bookkeeping ---
   c.checkpoint_max_to_keep = 2

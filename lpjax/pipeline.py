@@ -95,7 +95,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     ValueError: a bad count (batch size, epochs, ...), a bad baseline
       source or weight-decay mask.
   """
-  methods.get_method(config.prune.criterion)
+  hparams = config.prune.get(config.prune.criterion)
+  methods.check_hparams(
+    config.prune.criterion,
+    hparams.to_dict() if hparams is not None else {},
+    holdout=config.holdout,
+  )
   if config.baseline.source == 'train':
     models.get_arch(config.model)  # KeyError listing the valid models.
   for field, least in _COUNTS.items():
@@ -189,7 +194,9 @@ def check_target(
       f'{arch.summary()} keeps >= {arch.min_blocks_per_stage} units per '
       f'stage, so at most {most} units can be removed.'
     )
-  if p.target_flops_reduction:
+  if p.criterion in methods.SHRINKS_WIDTHS:
+    models.prunable_filters(arch)  # ValueError if the family has none
+  if p.target_flops_reduction and p.criterion not in methods.SHRINKS_WIDTHS:
     best = flops.reduction(arch.floor(), arch, input_shape)['flops_reduction']
     if p.target_flops_reduction > best + 1e-9:
       raise ConfigError(
@@ -361,6 +368,15 @@ class Pipeline:
     )
     self.info = self.dataset.info
     check_calibration(c, self.dataset)
+    hparams = c.prune.get(c.prune.criterion)
+    methods.check_hparams(
+      c.prune.criterion,
+      hparams.to_dict() if hparams is not None else {},
+      holdout=c.holdout,
+      holdout_examples=(
+        self.dataset.num_examples('holdout') if c.holdout > 0 else 0
+      ),
+    )
     if c.baseline.source == 'train':
       # Models from a file are checked once loaded (`_load_baseline`).
       check_target(c, self._new_arch(), self.info.image_shape)
@@ -420,6 +436,7 @@ class Pipeline:
     red = flops.reduction(arch, base_arch, shape)
     rec = {
       'blocks_per_stage': list(arch.blocks_per_stage),
+      'widths': {b.name: list(b.widths) for b in arch.blocks},
       'macs': cost.macs,
       'params': cost.params,
       **red,
@@ -587,7 +604,22 @@ class Pipeline:
       similarity_dtype=p.similarity_dtype,
       mesh=self.mesh,
       finetune=functools.partial(self._probe, k),
+      holdout=self._holdout if c.holdout > 0 else None,
     )
+
+  def _holdout(self, n: int | None = None) -> np.ndarray:
+    """`Context.holdout`: `n` inputs of the holdout split (all if None)."""
+    available = self.dataset.num_examples('holdout')
+    if n is not None and n > available:
+      raise ValueError(
+        f'{n} holdout examples asked for; the holdout split has {available}.'
+      )
+    return self.dataset.calibration(
+      num_examples=n or available,
+      seed=self.config.seed,
+      split='holdout',
+      per_class=False,
+    )['image']
 
   def _probe(self, k, name, arch, variables, *, epochs=None):
     """`Context.finetune`: trains a probe child as stage `iter_<k>_<name>`."""
@@ -624,6 +656,9 @@ class Pipeline:
       arch, variables = surgery.apply(
         parent_arch, _variables(parent_state), decision.edit
       )
+      if decision.variables is not None:  # e.g. a probe-trained child
+        _check_same_shapes(variables, decision.variables)
+        variables = decision.variables
       probe = self._new_state(arch, variables, self._tx(0, 0.0))
       meta = {
         'removed': list(decision.edit.remove),
@@ -721,6 +756,22 @@ class Pipeline:
     if jax.process_index() == 0:  # one writer in a multi-host run
       _write_json(os.path.join(self.workdir, 'results.json'), results)
       report_lib.write_report(self.workdir)
+
+
+def _check_same_shapes(want, got) -> None:
+  """Raises unless `got` has the tree and shapes of `want`."""
+
+  def shapes(tree):
+    return {
+      jax.tree_util.keystr(path): np.shape(leaf)
+      for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+  if shapes(want) != shapes(got):
+    raise ValueError(
+      'The method returned variables that do not fit its edit: their tree '
+      'or shapes differ from the edited model.'
+    )
 
 
 class _Augmenting:

@@ -176,10 +176,10 @@ def _prepare(arch, variables, images, representation, data_batch_size, mesh):
     )
   if not arch.candidates:
     raise ValueError(f'{arch.summary()} has no candidate units to score.')
-  return _batched(arch, variables, images, data_batch_size, mesh)
+  return batch_inputs(arch, variables, images, data_batch_size, mesh)
 
 
-def _batched(arch, variables, inputs, data_batch_size, mesh):
+def batch_inputs(arch, variables, inputs, data_batch_size, mesh):
   """`(variables, [num_batches, b, ...] inputs)`, placed on `mesh` if given.
 
   The inputs are the whole calibration set, the same on every process (not
@@ -322,5 +322,5 @@ def map_batches(
     `fn`'s pytree with a leading `[num_batches]` axis.
   """
   return _compiled_map(arch, fn)(
-    *_batched(arch, variables, inputs, data_batch_size, mesh)
+    *batch_inputs(arch, variables, inputs, data_batch_size, mesh)
   )

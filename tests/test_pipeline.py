@@ -325,3 +325,21 @@ def test_resnet56_smoke_config_under_mock_data(tmp_path):
   assert len(it['scores']) == 24
   assert sum(it['blocks_per_stage']) == 26
   assert it['flops_reduction'] > 0
+
+
+@pytest.mark.parametrize(
+  'path',
+  sorted(
+    p.name for p in (REPO / 'configs').glob('*.py') if p.stem != '__init__'
+  ),
+)
+def test_every_config_file_passes_the_checks(path):
+  """Each experiment config names known datasets, models and methods with
+  workable values (the checks a run makes before any work)."""
+  c = _load_config(REPO / 'configs' / path)
+  if c.baseline.source == 'checkpoint' and not c.baseline.path:
+    with pytest.raises(ValueError, match=r'baseline\.path'):
+      pipeline.check_config(c)  # the one value the user must give
+    c.baseline.path = '/path/given/on/the/command/line'
+  pipeline.check_config(c)
+  assert c.to_json()  # plain data, no callables

@@ -14,10 +14,19 @@ README's "Add a criterion").
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from lpjax import arch as arch_lib
 from lpjax import surgery
-from lpjax.methods import baselines, block_influence, cka, consensus, sglp
+from lpjax.methods import (
+  baselines,
+  block_influence,
+  cka,
+  consensus,
+  everything,
+  filters,
+  sglp,
+)
 from lpjax.methods.context import Context, Decision
 
 Method = Callable[[Context], Decision]
@@ -67,7 +76,45 @@ METHODS: dict[str, Method] = {
   'kl': from_scores(baselines.kl_scores),
   'angular': from_scores(baselines.angular_scores),
   'sglp': sglp.sglp,
+  'everything': everything.everything,
 }
+
+# Methods whose edits may shrink widths (not only remove units): their FLOPs
+# can go below the layer-only floor, and the family needs filter pruning.
+SHRINKS_WIDTHS = frozenset({'everything'})
+
+
+def check_hparams(
+  name: str,
+  hparams: Mapping[str, Any],
+  *,
+  holdout: float,
+  holdout_examples: int | None = None,
+) -> None:
+  """Raises on a method's hyperparameters that cannot work, before work.
+
+  Args:
+    name: the method.
+    hparams: its `config.prune.<name>` as a dict.
+    holdout: the run's holdout fraction.
+    holdout_examples: the holdout split's size, once the data are known.
+  """
+  get_method(name)
+  if name == 'everything':
+    hp = everything.hparams(hparams)
+    if not holdout > 0:
+      raise ValueError(
+        'everything compares its children on a holdout carved from the '
+        'training data, never the test split: set --config.holdout to a '
+        'fraction in (0, 1), e.g. 0.1.'
+      )
+    wanted = hp['arbitration_examples']
+    if holdout_examples is not None and wanted > holdout_examples:
+      raise ValueError(
+        f'prune.everything.arbitration_examples={wanted} is more than the '
+        f'{holdout_examples} holdout examples; use at most that, or 0 (all), '
+        'or a larger --config.holdout.'
+      )
 
 
 def get_method(name: str) -> Method:
@@ -82,9 +129,12 @@ def get_method(name: str) -> Method:
 
 __all__ = [
   'METHODS',
+  'SHRINKS_WIDTHS',
   'Context',
   'Decision',
   'Method',
+  'check_hparams',
+  'filters',
   'from_scores',
   'get_method',
   'lowest_allowed',

@@ -19,6 +19,8 @@ LossFn = Callable[[Any, Mapping[str, Any]], jax.Array]
 # finetune(name, arch, variables, *, epochs=None) -> trained variables; runs
 # a checkpointed stage called `name` inside the current iteration.
 FinetuneFn = Callable[..., Any]
+# holdout(n) -> inputs [n, ...] of the holdout split (None: all of it).
+HoldoutFn = Callable[[int | None], np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +54,10 @@ class Context:
     finetune: `finetune(name, arch, variables, *, epochs=None) -> variables`
       trains a probe child as a checkpointed, resumable stage of this
       iteration (`None` outside a pipeline run).
+    holdout: `holdout(n) -> inputs [n, ...]`: examples of the holdout split
+      carved from the training data (`n=None`: all of it), for methods that
+      compare trained children (`everything`); `None` when the run has no
+      holdout. Never the test split.
   """
 
   arch: arch_lib.Arch
@@ -69,6 +75,7 @@ class Context:
   similarity_dtype: str = 'float32'
   mesh: Mesh | None = None
   finetune: FinetuneFn | None = None
+  holdout: HoldoutFn | None = None
 
   @property
   def model(self) -> nn.Module:
@@ -89,8 +96,13 @@ class Decision:
     scores: per-unit scores (lower = more removable), keyed by unit id, for
       the report; empty for methods that do not score units.
     diagnostics: anything else worth recording (JSON-able).
+    variables: `None` (the usual): the pipeline applies `edit` to the
+      context's variables and fine-tunes that. Otherwise the variables of
+      the edited model to continue from instead, e.g. a probe child the
+      method already fine-tuned; they must have the edited model's shapes.
   """
 
   edit: surgery.Edit
   scores: Mapping[str, float] = dataclasses.field(default_factory=dict)
   diagnostics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  variables: Any = None

@@ -162,7 +162,7 @@ def unit_cka_matrix(
     raise ValueError(
       f"cka estimator must be 'minibatch' or 'full'; got {estimator!r}."
     )
-  variables, xs = scoring._batched(
+  variables, xs = scoring.batch_inputs(
     arch, variables, inputs, data_batch_size, mesh
   )
   out = _compiled_matrix(arch, estimator)(variables, xs)
