@@ -22,6 +22,7 @@ reports can be made without JAX.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -121,6 +122,37 @@ def _removed(entry: Mapping[str, Any]) -> list[str]:
   return [str(name) for name in removed]
 
 
+def _filters_removed(
+  entry: Mapping[str, Any], previous: Mapping[str, Any] | None
+) -> tuple[int, int]:
+  """(filters removed, widths shrunk) by the entry's edit of `previous`.
+
+  Counted from the inner widths both records hold, of the units that are
+  still there (a removed unit's filters count as the unit, not here).
+  """
+  now = entry.get('widths') or {}
+  before = (previous or {}).get('widths') or {}
+  removed = shrunk = 0
+  for unit, widths in now.items():
+    if unit in before:
+      for w0, w1 in zip(before[unit], widths):
+        if int(w1) < int(w0):
+          removed += int(w0) - int(w1)
+          shrunk += 1
+  return removed, shrunk
+
+
+def _edit_cell(
+  entry: Mapping[str, Any], previous: Mapping[str, Any] | None
+) -> str:
+  """The removed blocks and the filters the edit removed, if any."""
+  parts = [f'`{name}`' for name in _removed(entry)]
+  removed, shrunk = _filters_removed(entry, previous)
+  if shrunk:
+    parts.append(f'{removed} filters in {shrunk} conv(s)')
+  return ', '.join(parts) or _MISSING
+
+
 def _reduction(
   entry: Mapping[str, Any], baseline: Mapping[str, Any], key: str, cost: str
 ) -> float:
@@ -212,11 +244,10 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     align.append('---:')
   lines = [_table_line(header), _table_line(align)]
   for i, entry in enumerate(rows):
-    removed = _removed(entry)
     blocks = entry.get('blocks_per_stage')
     cells = [
       str(entry.get('iteration', i)),
-      ', '.join(f'`{name}`' for name in removed) or _MISSING,
+      _edit_cell(entry, rows[i - 1] if i else None),
       '[' + ', '.join(str(b) for b in blocks) + ']' if blocks else _MISSING,
       _fmt(_flops_reduction(entry, baseline), '.2f'),
       _fmt(_params_reduction(entry, baseline), '.2f'),
@@ -663,14 +694,104 @@ def _summary(results: Mapping[str, Any]) -> str:
     return f'{line}\n\nBaseline only: accuracy {acc} %.'
   last = iterations[-1]
   removed = sum(len(_removed(it)) for it in iterations)
+  rows = _rows(results)
+  filters = sum(
+    _filters_removed(now, before)[0] for before, now in itertools.pairwise(rows)
+  )
+  what = f'{removed} block(s)' + (f' and {filters} filters' if filters else '')
   return (
     f'{line}\n\n'
-    f'Removed {removed} block(s): FLOPs ↓ '
+    f'Removed {what}: FLOPs ↓ '
     f'{_fmt(_flops_reduction(last, baseline), ".2f")} %, params ↓ '
     f'{_fmt(_params_reduction(last, baseline), ".2f")} %, accuracy '
     f'{acc} % → {_fmt(_accuracy(last), ".2f", 100.0)} % '
     f'({_fmt(_delta_accuracy(last, baseline), "+.2f", 100.0)} pp).'
   )
+
+
+def everything_table(results: Mapping[str, Any]) -> str | None:
+  """Per step of an `everything` run: the children, their CKA, the winner.
+
+  Returns:
+    A Markdown table, or None if no iteration recorded `everything`
+    diagnostics.
+  """
+  steps = [
+    (it, (it.get('diagnostics') or {}).get('everything'))
+    for it in _iterations(results)
+  ]
+  steps = [(it, d) for it, d in steps if d]
+  if not steps:
+    return None
+  base = results['baseline']
+  header = [
+    'iteration',
+    'filters removed',
+    'CKA layer child',
+    'CKA filter child',
+    'winner',
+    'layer child FLOPs ↓ % / params ↓ %',
+    'filter child FLOPs ↓ % / params ↓ %',
+  ]
+  lines = [
+    _table_line(header),
+    _table_line(['---:', '---:', '---:', '---:', ':---', '---:', '---:']),
+  ]
+
+  def child(record):
+    if not record:
+      return _MISSING
+    flops = _reduction(record, base, '_', 'macs')
+    params = _reduction(record, base, '_', 'params')
+    return f'{_fmt(flops, ".2f")} / {_fmt(params, ".2f")}'
+
+  for it, d in steps:
+    lines.append(
+      _table_line(
+        [
+          str(it.get('iteration', _MISSING)),
+          str(d.get('filters_removed', _MISSING)),
+          _fmt(d.get('cka_layer'), '.4f'),
+          _fmt(d.get('cka_filter'), '.4f'),
+          str(d.get('winner', _MISSING)),
+          child(d.get('layer_child')),
+          child(d.get('filter_child')),
+        ]
+      )
+    )
+  return '\n'.join(lines) + '\n'
+
+
+def widths_table(results: Mapping[str, Any]) -> str | None:
+  """The final model's inner widths of every block whose widths changed.
+
+  Returns:
+    A Markdown table (block, baseline widths, final widths), or None if no
+    width changed (or the run did not record widths).
+  """
+  iterations = _iterations(results)
+  first = results['baseline'].get('widths')
+  last = iterations[-1].get('widths') if iterations else None
+  if not first or not last:
+    return None
+  changed = [
+    (b, first[b], last[b])
+    for b in sorted(last, key=block_sort_key)
+    if b in first and list(first[b]) != list(last[b])
+  ]
+  if not changed:
+    return None
+  lines = [
+    _table_line(['block', 'baseline widths', 'final widths']),
+    _table_line([':---', ':---', ':---']),
+  ]
+  for b, w0, w1 in changed:
+    lines.append(_table_line([f'`{b}`', str(list(w0)), str(list(w1))]))
+  return '\n'.join(lines) + '\n'
+
+
+def _section(title: str, table: str | None) -> list[str]:
+  return [] if table is None else [f'## {title}', '', table.rstrip('\n'), '']
 
 
 def write_report(workdir: PathLike, *, title: str | None = None) -> str:
@@ -713,6 +834,13 @@ def write_report(workdir: PathLike, *, title: str | None = None) -> str:
       '',
       markdown_table(results).rstrip('\n'),
       '',
+      *_section(
+        'Everything: the two children of every step', everything_table(results)
+      ),
+      *_section(
+        'Final inner widths (blocks whose filters were pruned)',
+        widths_table(results),
+      ),
       '## Figures',
       '',
       f'![Accuracy vs FLOPs reduction]({ACCURACY_PLOT_FILENAME})',
