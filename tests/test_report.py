@@ -271,3 +271,87 @@ def test_import_is_cheap():
     'assert not bad, bad'
   )
   subprocess.run([sys.executable, '-c', code], check=True)
+
+
+def _everything_results():
+  """A hand-made two-step `everything` run: a filter step, then a block."""
+  widths0 = {
+    'stage1_block00': [16],
+    'stage1_block01': [16],
+    'stage2_block00': [32],
+  }
+  widths1 = {
+    'stage1_block00': [12],
+    'stage1_block01': [4],
+    'stage2_block00': [32],
+  }
+  widths2 = {'stage1_block00': [12], 'stage2_block00': [32]}
+
+  def child(macs, params):
+    return {'macs': macs, 'params': params, 'edit': {}}
+
+  def step(k, winner, widths, macs, removed):
+    return {
+      'iteration': k,
+      'removed': removed,
+      'blocks_per_stage': [len(widths) - 1, 1],
+      'widths': widths,
+      'macs': macs,
+      'params': macs // 10,
+      'test_accuracy': 0.9,
+      'diagnostics': {
+        'everything': {
+          'filters_removed': 16 if k == 1 else 20,
+          'cka_layer': 0.8,
+          'cka_filter': 0.9 if winner == 'filter' else 0.7,
+          'winner': winner,
+          'layer_child': child(750, 75),
+          'filter_child': child(800, 80),
+        }
+      },
+    }
+
+  base = {
+    'blocks_per_stage': [2, 1],
+    'widths': widths0,
+    'macs': 1000,
+    'params': 100,
+    'test_accuracy': 0.95,
+  }
+  return {
+    'criterion': 'everything',
+    'baseline': base,
+    'iterations': [
+      step(1, 'filter', widths1, 800, []),
+      step(2, 'layer', widths2, 500, ['stage1_block01']),
+    ],
+  }
+
+
+def test_everything_tables_and_filter_counts():
+  results = _everything_results()
+  table = report.markdown_table(results)
+  assert '16 filters in 2 conv(s)' in table  # 4 + 12 from the widths
+  assert '`stage1_block01`' in table
+  ev = report.everything_table(results)
+  rows = [
+    line
+    for line in ev.splitlines()
+    if line.startswith('| 1') or line.startswith('| 2')
+  ]
+  assert rows[0].split(' | ')[1:5] == ['16', '0.8000', '0.9000', 'filter']
+  assert '25.00 / 25.00' in rows[0] and '20.00 / 20.00' in rows[0]
+  assert rows[1].split(' | ')[4] == 'layer'
+  widths = report.widths_table(results)
+  assert '| `stage1_block00` | [16] | [12] |' in widths
+  assert 'stage2_block00' not in widths and 'stage1_block01' not in widths
+  summary = report._summary(results)
+  assert 'Removed 1 block(s) and 16 filters' in summary
+  # A layer-only run has neither table.
+  results['iterations'] = [
+    {k: v for k, v in it.items() if k != 'diagnostics'}
+    for it in results['iterations']
+  ]
+  assert report.everything_table(results) is None
+  results['iterations'][-1]['widths'] = results['baseline']['widths']
+  assert report.widths_table(results) is None
