@@ -37,7 +37,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lpjax import cka, flops, models, surgery
+from lpjax import cka, flops, models, scoring, surgery
 from lpjax.methods import filters
 from lpjax.methods.context import Context, Decision
 
@@ -99,8 +99,6 @@ _FEATURES = {'pooled': _pooled, 'logits': _logits}
 
 def features(ctx: Context, arch, variables, inputs, representation):
   """`[n, d]` representation of `inputs` (eval mode), batched."""
-  from lpjax import scoring
-
   out = scoring.map_batches(
     _FEATURES[representation],
     arch,
