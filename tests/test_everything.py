@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_pipeline import _load_config
 from tolerances import EPS32, f32_atol, magnitude, network_terms
 
 from lpjax import checkpointing, flops, methods, models, pipeline, surgery
@@ -300,19 +301,6 @@ def get_config():
   c.prune.everything.filter_chunk = 8
   return c
 """
-
-
-def _load_config(path):
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location('tiny_everything', path)
-  mod = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, str(REPO))
-  try:
-    spec.loader.exec_module(mod)
-  finally:
-    sys.path.remove(str(REPO))
-  return mod.get_config()
 
 
 class _GuardedTestSplit:
