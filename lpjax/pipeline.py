@@ -336,6 +336,7 @@ class Pipeline:
     self.steps_per_epoch = self.dataset.steps_per_epoch(c.train.batch_size)
     self.writer = _Writer(os.path.join(self.workdir, 'tb'))
     self._calibration = None
+    self._holdout_inputs = {}  # n -> inputs: read once, not every step
     _write_json(os.path.join(self.workdir, 'config.json'), c.to_dict())
 
   def _check_resume(self):
@@ -614,12 +615,15 @@ class Pipeline:
       raise ValueError(
         f'{n} holdout examples asked for; the holdout split has {available}.'
       )
-    return self.dataset.calibration(
-      num_examples=n or available,
-      seed=self.config.seed,
-      split='holdout',
-      per_class=False,
-    )['image']
+    n = n or available
+    if n not in self._holdout_inputs:
+      self._holdout_inputs[n] = self.dataset.calibration(
+        num_examples=n,
+        seed=self.config.seed,
+        split='holdout',
+        per_class=False,
+      )['image']
+    return self._holdout_inputs[n]
 
   def _probe(self, k, name, arch, variables, *, epochs=None):
     """`Context.finetune`: trains a probe child as stage `iter_<k>_<name>`."""
