@@ -75,7 +75,7 @@ def _cost(arch: arch_lib.Arch, input_shape: tuple[int, ...]) -> Cost:
       total[0] += math.prod(out.shape[1:-1]) * math.prod(kernel.shape)
     return out
 
-  x = jnp.zeros((1, *input_shape), family.input_dtype)
+  x = jnp.zeros((1, *input_shape), models.input_dtype(arch))
 
   def init():
     with nn.intercept_methods(count):
@@ -134,7 +134,7 @@ def xla_flops(
   shape = _input_shape(arch, input_shape)
   model = models.build_model(arch)
   variables = models.variable_shapes(arch, shape)
-  dtype = models.get_family(arch.family).input_dtype
+  dtype = models.input_dtype(arch)
   x = jax.ShapeDtypeStruct((batch, *shape), dtype)
   fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
   analysis = fn.lower(variables, x).compile().cost_analysis()

@@ -187,7 +187,7 @@ def batch_inputs(arch, variables, inputs, data_batch_size, mesh):
   copies only the slices its own devices hold (`P(None, 'data')`) and the
   variables are replicated, so scores are global and equal everywhere.
   """
-  images = np.asarray(inputs, models.get_family(arch.family).input_dtype)
+  images = np.asarray(inputs, models.input_dtype(arch))
   n = images.shape[0]
   devices = mesh.size if mesh is not None else 1
   b = _batch_size(n, data_batch_size, devices)

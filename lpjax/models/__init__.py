@@ -10,7 +10,10 @@ named, for every family:
   token embeddings), `[batch, ...]`;
 * `'pooled'`: the features before the classifier `[batch, width]` (the
   papers' choice);
-* `'logits'`: the classifier output `[batch, num_classes]`;
+* `'logits'`: the classifier output `[batch, num_classes]` (a language
+  model's: `[batch, tokens, vocab]`);
+* a family's own features (`Family.representations`), e.g. the decoder's
+  `'last'`: the last token's final hidden state `[batch, width]`;
 * a unit name such as `'stage2_block07'` or `'layer05'`: that unit's output
   (its input, if skipped), e.g. `[batch, height, width, channels]` or
   `[batch, tokens, width]`.
@@ -26,12 +29,19 @@ import jax
 import jax.numpy as jnp
 
 from lpjax import arch as arch_lib
-from lpjax.models import resnet, vit
+from lpjax.models import decoder, encoder, resnet, vit
 from lpjax.models.family import Family
 
 # Registry name -> family. Adding a family = one module + one line here.
 FAMILIES: dict[str, Family] = {
-  f.name: f for f in (resnet.CIFAR, resnet.IMAGENET, vit.VIT)
+  f.name: f
+  for f in (
+    resnet.CIFAR,
+    resnet.IMAGENET,
+    vit.VIT,
+    encoder.ENCODER,
+    decoder.DECODER,
+  )
 }
 
 
@@ -68,11 +78,16 @@ def get_arch(name: str, **kwargs: Any) -> arch_lib.Arch:
   """
   if name == 'vit':
     return vit.vit(**kwargs)
+  if name == 'encoder':
+    return encoder.encoder(**kwargs)
+  if name == 'decoder':
+    return decoder.decoder(**kwargs)
   try:
     return resnet.get_arch(name, **kwargs)
   except KeyError:
     raise KeyError(
-      f'Unknown model {name!r}; valid models: {(*resnet.NAMES, "vit")}.'
+      f'Unknown model {name!r}; valid models: '
+      f'{(*resnet.NAMES, "vit", "encoder", "decoder")}.'
     ) from None
 
 
@@ -90,10 +105,18 @@ def arch_from_config(
   """
   if config.model == 'vit':
     family = vit.VIT
+  elif config.model == 'encoder':
+    family = encoder.ENCODER
   else:
     get_arch(config.model)  # KeyError listing every valid model name.
     family = resnet.CIFAR
   return family.from_config(config, num_classes, tuple(input_shape))
+
+
+def input_dtype(arch: arch_lib.Arch) -> str:
+  """The dtype `arch`'s model takes its inputs in (`'float32'`, `'int32'`)."""
+  dtype = get_family(arch.family).input_dtype
+  return dtype if isinstance(dtype, str) else dtype(arch)
 
 
 def default_input_shape(arch: arch_lib.Arch) -> tuple[int, ...]:
@@ -103,7 +126,8 @@ def default_input_shape(arch: arch_lib.Arch) -> tuple[int, ...]:
 
 def representation_names(arch: arch_lib.Arch) -> tuple[str, ...]:
   """Every representation name `representations` accepts for `arch`."""
-  return ('stem', 'pooled', 'logits', *(b.name for b in arch.blocks))
+  extra = get_family(arch.family).representations
+  return ('stem', 'pooled', 'logits', *extra, *(b.name for b in arch.blocks))
 
 
 def representations(
@@ -148,6 +172,7 @@ def representations(
       f'{list(valid)}.'
     )
   units = {b.name for b in model.arch.blocks}.intersection(names)
+  sown = ('pooled', 'stem', *get_family(model.arch.family).representations)
 
   def capture(mdl: nn.Module, method: str) -> bool:
     # Unit ids are unique module names (`Arch` checks it), so the name
@@ -170,7 +195,7 @@ def representations(
   for n in names:
     if n == 'logits':
       out[n] = logits
-    elif n in ('pooled', 'stem'):
+    elif n in sown:
       out[n] = inter[n][0]
     else:
       out[n] = inter[n]['__call__'][0]
@@ -260,7 +285,7 @@ def init_variables(
 
 def _dummy_input(arch, input_shape):
   shape = input_shape or default_input_shape(arch)
-  return jnp.zeros((1, *shape), get_family(arch.family).input_dtype)
+  return jnp.zeros((1, *shape), input_dtype(arch))
 
 
 def variable_shapes(

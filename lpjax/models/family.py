@@ -47,7 +47,8 @@ class Family:
     name: registry name, stored in `Arch.family`.
     module: `arch -> nn.Module` following the contract above.
     input_dtype: dtype of the model's inputs (`'float32'` images or series,
-      `'int32'` tokens); calibration data are cast to it.
+      `'int32'` tokens), or `arch -> dtype` where it depends on the options;
+      calibration data are cast to it (`lpjax.models.input_dtype`).
     default_input_shape: `arch -> per-example input shape` used when none
       is given (FLOPs, docs).
     fanout: whether `module(..., fanout=True)` is supported.
@@ -68,11 +69,14 @@ class Family:
       per example`; `None` counts the module's `nn.Conv` / `nn.Dense` calls
       (`lpjax.flops`).
     batchnorm: whether the module has `batch_stats`.
+    representations: names of further features the module sows into
+      `intermediates` beside `stem` and `pooled` (e.g. the decoder's
+      `last`: the last token's hidden state).
   """
 
   name: str
   module: Callable[[arch_lib.Arch], nn.Module]
-  input_dtype: str
+  input_dtype: str | Callable[[arch_lib.Arch], str]
   default_input_shape: Callable[[arch_lib.Arch], tuple[int, ...]]
   fanout: bool
   width_slices: Callable[
@@ -86,6 +90,7 @@ class Family:
     Callable[[arch_lib.Arch], tuple[tuple[str, int, int], ...]] | None
   ) = None
   num_filters: Callable[[arch_lib.Arch], int] | None = None
+  representations: tuple[str, ...] = ()
 
 
 def check_call(

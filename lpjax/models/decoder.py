@@ -1,0 +1,359 @@
+"""LLaMA-style decoder-only language models, as an lpjax family.
+
+Token ids `[batch, T]` are embedded, then each layer is pre-norm with
+RMSNorm (Zhang & Sennrich 2019), causal grouped-query attention with rotary
+position embeddings (RoPE, Su et al. 2021), and a SwiGLU MLP:
+
+    y = x + Wo · Attention(RoPE(Wq h), RoPE(Wk h), Wv h),  h = RMSNorm(x)
+    z = y + Wdown · (SiLU(Wgate g) ⊙ Wup g),               g = RMSNorm(y)
+
+with `heads` query heads sharing `kv_heads` key/value heads (each key/value
+head serves `heads / kv_heads` query heads). A final RMSNorm gives the
+hidden states; the logits are their product with the token embedding matrix
+(`tied=True`, SmolLM2) or with a separate `lm_head`. RoPE rotates the two
+halves of each head's features (the Hugging Face layout; the GGUF importer
+undoes llama.cpp's interleaved row order, `lpjax.interop.gguf_llama`).
+
+Representations: every layer's output `[batch, T, D]`; `pooled`, the mean
+over tokens of the final normed hidden states; `last`, the last token's
+final normed hidden state (what next-token prediction reads); `logits`
+`[batch, T, vocab]`. There is no padding: calibration and evaluation text
+is cut into full-length windows.
+
+Every layer is a candidate (floor `min_blocks_per_stage`); skipping one
+returns its input, the model with that layer deleted. Filter surgery may
+shrink a layer's MLP width (`gate`/`up` outputs, `down` inputs).
+
+FLOPs (multiply-accumulates per sequence of `T` tokens, `macs`), width `D`,
+`H` query and `G` key/value heads of `D / H` features, MLP width `M_l`:
+
+    Σ_l [ T D² + 2 T D (D G / H) + T² D + T² D + T D² + 3 T D M_l ]
+          Wq     Wk, Wv            QKᵀ    AV     Wo     SwiGLU
+  + T D V                                          logits (V: vocabulary)
+
+The attention products are counted in full (T², as computed; the causal
+mask discards about half). Norms, RoPE, softmax, SiLU and the embedding
+look-up are not counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lpjax import arch as arch_lib
+from lpjax.models import encoder as encoder_lib
+from lpjax.models import family as family_lib
+
+_DENSE_INIT = nn.initializers.normal(0.02)
+
+
+class RMSNorm(nn.Module):
+  """`x / sqrt(mean(x²) + eps) * scale`, computed in float32."""
+
+  eps: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param('scale', nn.initializers.ones, (x.shape[-1],))
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    return (x32 * jax.lax.rsqrt(var + self.eps)).astype(x.dtype) * scale
+
+
+def rope(x: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding of `[b, t, h, dh]`, halves layout.
+
+  Feature `i < dh/2` pairs with `i + dh/2`; the pair at position `p` turns
+  by the angle `p · theta^(-2i/dh)`.
+  """
+  _, t, _, dh = x.shape
+  inv = 1.0 / (theta ** (np.arange(0, dh, 2, dtype=np.float64) / dh))
+  angles = np.arange(t, dtype=np.float64)[:, None] * inv[None]
+  cos = jnp.asarray(np.cos(angles), x.dtype)[None, :, None]
+  sin = jnp.asarray(np.sin(angles), x.dtype)[None, :, None]
+  x1, x2 = x[..., : dh // 2], x[..., dh // 2 :]
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def causal_bias(t: int, dtype: Any) -> jax.Array:
+  """`[1, 1, t, t]`: 0 where key <= query, the most negative number above."""
+  allowed = np.tril(np.ones((t, t), bool))
+  return jnp.where(allowed, 0.0, jnp.finfo(dtype).min).astype(dtype)[None, None]
+
+
+class DecoderLayer(nn.Module):
+  """One LLaMA layer.
+
+  Attributes:
+    heads: query heads.
+    kv_heads: key/value heads (divides `heads`).
+    mlp: SwiGLU inner width.
+    eps: RMSNorm epsilon.
+    theta: RoPE base.
+  """
+
+  heads: int
+  kv_heads: int
+  mlp: int
+  eps: float
+  theta: float
+
+  @nn.compact
+  def __call__(
+    self,
+    x: jax.Array,
+    *,
+    train: bool,
+    skip: jax.Array | None = None,
+    passthrough: int = 0,
+  ) -> jax.Array:
+    """The layer's output `[rows, T, D]`, or `x` where skipped.
+
+    Args:
+      x: hidden states `[rows, T, D]`.
+      train: unused (no dropout); part of the family contract.
+      skip: optional traced boolean scalar.
+      passthrough: static; append the first `passthrough` rows of `x`
+        unchanged after the output (`fanout`).
+    """
+    del train
+    rows, t, d = x.shape
+    dh = d // self.heads
+
+    def dense(features, name):
+      return nn.Dense(
+        features, use_bias=False, kernel_init=_DENSE_INIT, name=name
+      )
+
+    h = RMSNorm(self.eps, name='attn_norm')(x)
+    q = dense(d, 'q')(h).reshape(rows, t, self.heads, dh)
+    k = dense(self.kv_heads * dh, 'k')(h).reshape(rows, t, self.kv_heads, dh)
+    v = dense(self.kv_heads * dh, 'v')(h).reshape(rows, t, self.kv_heads, dh)
+    q, k = rope(q, self.theta), rope(k, self.theta)
+    group = self.heads // self.kv_heads
+    k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
+    attended = encoder_lib.attention(q, k, v, causal_bias(t, x.dtype))
+    y = x + dense(d, 'o')(attended)
+
+    g = RMSNorm(self.eps, name='mlp_norm')(y)
+    gated = nn.silu(dense(self.mlp, 'gate')(g)) * dense(self.mlp, 'up')(g)
+    z = y + dense(d, 'down')(gated)
+    if skip is not None:
+      z = jnp.where(skip, x, z)
+    if passthrough:
+      z = jnp.concatenate([z, x[:passthrough]])
+    return z
+
+
+class Decoder(nn.Module):
+  """A (possibly pruned) decoder described by `arch` (family `'decoder'`).
+
+  Attributes:
+    arch: the network; hashable, a static attribute.
+  """
+
+  arch: arch_lib.Arch
+
+  @nn.compact
+  def __call__(
+    self,
+    x: jax.Array,
+    *,
+    train: bool = False,
+    skip: jax.Array | None = None,
+    fanout: bool = False,
+  ) -> jax.Array:
+    """Next-token logits `[batch, T, vocab]` for token ids `[batch, T]`.
+
+    Args:
+      x: token ids `[batch, T]`.
+      train: no dropout; accepted for the family contract.
+      skip: optional boolean mask `[len(arch.candidates)]`; may be traced.
+      fanout: the unpruned model and every single-layer removal in one
+        pass, stream-major rows (see `lpjax.models.resnet.ResNet`).
+    """
+    arch = self.arch
+    o = arch.options_dict()
+    family_lib.check_call(arch, train=train, skip=skip, fanout=fanout)
+    if x.ndim != 2:
+      raise ValueError(f'A decoder takes token ids [batch, T]; got {x.shape}.')
+    batch, d = x.shape[0], o['width']
+    embed = nn.Embed(
+      o['vocab'], d, embedding_init=_DENSE_INIT, name='tok_embed'
+    )
+    h = embed(x)
+    self.sow('intermediates', 'stem', h)
+    cands = arch.candidates
+    for block in arch.blocks:
+      route: dict[str, Any] = dict(train=train)
+      if skip is not None:
+        route['skip'] = skip[cands.index(block.name)]
+      if fanout:
+        route['passthrough'] = batch
+      h = DecoderLayer(
+        heads=o['heads'],
+        kv_heads=o['kv_heads'],
+        mlp=block.widths[0],
+        eps=o['eps'],
+        theta=o['rope_theta'],
+        name=block.name,
+      )(h, **route)
+    h = RMSNorm(o['eps'], name='norm')(h)
+    self.sow('intermediates', 'pooled', jnp.mean(h, axis=1))
+    self.sow('intermediates', 'last', h[:, -1])
+    if o['tied']:
+      return embed.attend(h)
+    return nn.Dense(
+      o['vocab'], use_bias=False, kernel_init=_DENSE_INIT, name='lm_head'
+    )(h)
+
+
+def layer_name(index: int) -> str:
+  """The module name of layer `index`: `layer05`."""
+  return f'layer{index:02d}'
+
+
+def decoder(
+  *,
+  vocab: int = 49152,
+  width: int = 576,
+  depth: int = 30,
+  heads: int = 9,
+  kv_heads: int = 3,
+  mlp: int = 1536,
+  rope_theta: float = 100000.0,
+  eps: float = 1e-5,
+  tied: bool = True,
+  seq_len: int = 256,
+  min_blocks_per_stage: int = 1,
+) -> arch_lib.Arch:
+  """An unpruned decoder (defaults: SmolLM2-135M's shape).
+
+  Args:
+    vocab: vocabulary size (also `num_classes`: the logits' width).
+    width: model width `D`, a multiple of `heads`.
+    depth: layers.
+    heads: query heads.
+    kv_heads: key/value heads, dividing `heads`.
+    mlp: SwiGLU inner width.
+    rope_theta: RoPE base.
+    eps: RMSNorm epsilon.
+    tied: logits from the token embedding matrix (no `lm_head`).
+    seq_len: the default sequence length for FLOPs.
+    min_blocks_per_stage: the fewest layers pruning may leave.
+  """
+  arch = arch_lib.Arch(
+    family='decoder',
+    stages=(
+      arch_lib.Stage(
+        width=int(width),
+        stride=1,
+        blocks=tuple(
+          arch_lib.Block(1, i, (int(mlp),), layer_name(i)) for i in range(depth)
+        ),
+      ),
+    ),
+    num_classes=int(vocab),
+    options=dict(
+      vocab=int(vocab),
+      width=int(width),
+      heads=int(heads),
+      kv_heads=int(kv_heads),
+      rope_theta=float(rope_theta),
+      eps=float(eps),
+      tied=bool(tied),
+      seq_len=int(seq_len),
+    ),
+    min_blocks_per_stage=min_blocks_per_stage,
+  )
+  _check(arch)
+  return arch
+
+
+def _check(arch: arch_lib.Arch) -> None:
+  o = arch.options_dict()
+  need = {'vocab', 'width', 'heads', 'kv_heads', 'rope_theta', 'eps', 'tied'}
+  missing = (need | {'seq_len'}) - set(o)
+  if missing:
+    raise ValueError(f'Decoder arch lacks options {sorted(missing)}.')
+  if (
+    o['heads'] < 1 or o['width'] % o['heads'] or (o['width'] // o['heads']) % 2
+  ):
+    raise ValueError(
+      f'Decoder width {o["width"]} must be a multiple of heads={o["heads"]} '
+      'with an even head size (RoPE rotates feature pairs).'
+    )
+  if o['kv_heads'] < 1 or o['heads'] % o['kv_heads']:
+    raise ValueError(
+      f'kv_heads={o["kv_heads"]} must divide heads={o["heads"]}.'
+    )
+  if arch.num_classes != o['vocab']:
+    raise ValueError(
+      f'A decoder predicts tokens: num_classes must equal vocab={o["vocab"]};'
+      f' got {arch.num_classes}.'
+    )
+  if len(arch.stages) != 1 or any(len(b.widths) != 1 for b in arch.blocks):
+    raise ValueError('A decoder has one stage of layers with one width (mlp).')
+
+
+def macs(arch: arch_lib.Arch, input_shape: Sequence[int]) -> int:
+  """Multiply-accumulates per sequence of `input_shape = (T,)` tokens."""
+  if len(input_shape) != 1:
+    raise ValueError(f'Decoder inputs have shape (T,); got {input_shape}.')
+  o = arch.options_dict()
+  t, d = int(input_shape[0]), o['width']
+  kv = d * o['kv_heads'] // o['heads']
+  layers = sum(
+    2 * t * d * d + 2 * t * d * kv + 2 * t * t * d + 3 * t * d * b.widths[0]
+    for b in arch.blocks
+  )
+  return layers + t * d * o['vocab']
+
+
+def width_slices(arch, block, k):
+  """The SwiGLU width: `gate`/`up` output units and `down` input rows."""
+  del arch, block, k
+  return (
+    (('gate', 'kernel'), -1),
+    (('up', 'kernel'), -1),
+    (('down', 'kernel'), 0),
+  )
+
+
+def _from_config(config, num_classes, input_shape):
+  del num_classes
+  c = config.decoder
+  return decoder(
+    vocab=c.vocab,
+    width=c.width,
+    depth=c.depth,
+    heads=c.heads,
+    kv_heads=c.kv_heads,
+    mlp=c.mlp,
+    rope_theta=c.rope_theta,
+    eps=c.eps,
+    tied=c.tied,
+    seq_len=int(input_shape[0]),
+    min_blocks_per_stage=config.min_blocks_per_stage,
+  )
+
+
+DECODER = family_lib.Family(
+  name='decoder',
+  module=Decoder,
+  input_dtype='int32',
+  default_input_shape=lambda arch: (arch.option('seq_len'),),
+  fanout=True,
+  width_slices=width_slices,
+  from_config=_from_config,
+  check=_check,
+  macs=macs,
+  batchnorm=False,
+  representations=('last',),
+)
