@@ -16,6 +16,16 @@
   ~30 MB test): random access to 50k small PNG records one by one would
   dominate the step time, and the normalization statistics need a full pass
   anyway. Nothing is written to `data_dir`, which may be read-only or shared.
+* `'basicmotions'`: real wearable-sensor human activity recognition, as
+  bundled by `aeon` (fetched with `lpjax.interop.weights.fetch('aeon')`,
+  the wheel only): a smartwatch's 3-D accelerometer and 3-D gyroscope at
+  10 Hz for 10 s, four activities (standing, running, walking, badminton),
+  40 train and 40 test recordings of shape (100, 6).
+* `'japanesevowels'`: nine speakers uttering the vowels /ae/, 12 LPC
+  cepstrum coefficients per frame; aeon's equal-length version, 270 train
+  and 370 test series of shape (25, 12).
+  Series default to `'per_channel_standardize'` (train statistics) and have
+  no augmentation.
 * `'imagenet2012'`: streamed with `tfds.data_source` (random access, decoded
   uint8 images), never held in memory. Our 'test' split is TFDS 'validation'
   (the 50k labelled images). Train: shorter side resized to 256 (bilinear,
@@ -82,7 +92,26 @@ from typing import Any
 
 import numpy as np
 
-DATASETS = ('digits', 'synthetic', 'cifar10', 'cifar100', 'imagenet2012')
+DATASETS = (
+  'digits',
+  'synthetic',
+  'basicmotions',
+  'japanesevowels',
+  'cifar10',
+  'cifar100',
+  'imagenet2012',
+)
+# Series datasets bundled with aeon: name -> files (train, test).
+SERIES = {
+  'basicmotions': (
+    'BasicMotions/BasicMotions_TRAIN.ts',
+    'BasicMotions/BasicMotions_TEST.ts',
+  ),
+  'japanesevowels': (
+    'JapaneseVowels/JapaneseVowels_eq_TRAIN.ts',
+    'JapaneseVowels/JapaneseVowels_eq_TEST.ts',
+  ),
+}
 NORMALIZATIONS = (
   'per_pixel_mean',
   'per_channel_mean',
@@ -140,7 +169,7 @@ class DatasetInfo:
   Attributes:
     name: one of `DATASETS`.
     num_classes: number of classes; labels are in [0, num_classes).
-    image_shape: [H, W, C] of the preprocessed images.
+    image_shape: [H, W, C] of the preprocessed images ([T, C] for series).
     num_train: examples in the 'train' split (without the holdout).
     num_test: examples in the 'test' split.
     num_holdout: examples in the 'holdout' split (0 without holdout).
@@ -174,6 +203,8 @@ AUGMENTATIONS = {
   'cifar10': Augmentation(pad=4, flip=True),
   'cifar100': Augmentation(pad=4, flip=True),
   'imagenet2012': Augmentation(pad=0, flip=True),
+  'basicmotions': Augmentation(pad=0, flip=False),
+  'japanesevowels': Augmentation(pad=0, flip=False),
   # 'synthetic': Augmentation(pad=H // 8, flip=False), set in `load`.
 }
 
@@ -699,6 +730,90 @@ def _load_digits() -> dict[str, _ArrayReader]:
   }
 
 
+class SeriesFileError(ValueError):
+  """A `.ts` series file that cannot be read, naming the file and line."""
+
+
+def read_ts(path: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+  """An equal-length, labelled `.ts` file (the UCR/UEA archive format).
+
+  Header lines start with `@` (`@classLabel true A B ...` names the
+  classes, in label order), comments with `#`; after `@data` every line is
+  one series: per channel, comma-separated values, channels separated by
+  `:`, the class name last.
+
+  Returns:
+    `(series [n, T, C] float32, labels [n] int32, class names)`.
+
+  Raises:
+    SeriesFileError: no class labels, an unknown class, missing values,
+      or series of different lengths or channel counts.
+  """
+  classes: tuple[str, ...] = ()
+  rows, labels = [], []
+  in_data = False
+  with open(path, encoding='utf-8') as f:
+    for number, line in enumerate(f, start=1):
+      line = line.strip()
+      if not line or line.startswith('#'):
+        continue
+      if not in_data:
+        low = line.lower()
+        if low.startswith('@classlabel'):
+          parts = line.split()
+          if len(parts) < 3 or parts[1].lower() != 'true':
+            raise SeriesFileError(f'{path}:{number}: no class labels.')
+          classes = tuple(parts[2:])
+        elif low.startswith('@data'):
+          in_data = True
+        continue
+      *channels, label = line.split(':')
+      if label not in classes:
+        raise SeriesFileError(
+          f'{path}:{number}: class {label!r} is not among {classes}.'
+        )
+      try:
+        series = np.array(
+          [[float(v) for v in c.split(',')] for c in channels], np.float64
+        )
+      except ValueError as e:
+        raise SeriesFileError(
+          f'{path}:{number}: ragged or non-numeric series ({e}); only '
+          'equal-length series without missing values are read.'
+        ) from None
+      if not np.all(np.isfinite(series)):
+        raise SeriesFileError(f'{path}:{number}: missing or infinite values.')
+      if rows and series.shape != rows[0].shape:
+        raise SeriesFileError(
+          f'{path}:{number}: series of shape {series.shape[::-1]} after '
+          f'{rows[0].shape[::-1]} (steps, channels); lengths must be equal.'
+        )
+      rows.append(series)
+      labels.append(classes.index(label))
+  if not rows:
+    raise SeriesFileError(f'{path}: no series after @data.')
+  x = np.stack(rows).transpose(0, 2, 1).astype(np.float32)
+  return x, np.asarray(labels, np.int32), classes
+
+
+def _load_series(name: str) -> tuple[dict[str, _ArrayReader], int]:
+  from lpjax.interop import weights
+
+  folder = weights.fetch('aeon')
+  train_file, test_file = SERIES[name]
+  x_tr, y_tr, classes = read_ts(str(folder / train_file))
+  x_te, y_te, classes_te = read_ts(str(folder / test_file))
+  if classes_te != classes or x_te.shape[1:] != x_tr.shape[1:]:
+    raise SeriesFileError(
+      f'{name}: train and test files disagree on classes or shapes.'
+    )
+  readers = {
+    'train': _ArrayReader(x_tr, y_tr),
+    'test': _ArrayReader(x_te, y_te),
+  }
+  return readers, len(classes)
+
+
 def _make_synthetic(
   *,
   seed: int,
@@ -799,7 +914,8 @@ def _open_tfds(
 def _image_stats(
   reader: _ArrayReader, keys: np.ndarray, scale: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Mean image [H, W, C], channel mean [C] and channel std [C] (float64).
+  """Mean image [H, W, C] (or series [T, C]), channel mean [C] and channel
+  std [C] (float64).
 
   One chunked pass; uint8 images are summed exactly in integers.
   """
@@ -816,8 +932,8 @@ def _image_stats(
     total_sq += np.square(flat).sum(axis=0, dtype=acc)
   n = len(keys)
   mean_image = total * scale / n
-  channel_mean = mean_image.mean(axis=(0, 1))
-  pixels = n * images.shape[1] * images.shape[2]
+  channel_mean = mean_image.reshape(-1, channels).mean(axis=0)
+  pixels = n * int(np.prod(images.shape[1:-1]))
   channel_var = total_sq * scale**2 / pixels - np.square(channel_mean)
   return mean_image, channel_mean, np.sqrt(np.maximum(channel_var, 0))
 
@@ -873,7 +989,9 @@ def load(
     raise KeyError(f'Unknown dataset {name!r}; valid: {", ".join(DATASETS)}.')
   if normalization is None:
     normalization = (
-      'per_channel_standardize' if name == 'imagenet2012' else 'per_pixel_mean'
+      'per_channel_standardize'
+      if name == 'imagenet2012' or name in SERIES
+      else 'per_pixel_mean'
     )
   if normalization not in NORMALIZATIONS:
     raise ValueError(
@@ -909,6 +1027,9 @@ def load(
     num_classes = int(config['num_classes'])
     image_shape = tuple(int(d) for d in config['image_shape'])
     augmentation = Augmentation(pad=image_shape[0] // 8, flip=False)
+  elif name in SERIES:
+    readers, num_classes = _load_series(name)
+    image_shape = tuple(readers['train'].images.shape[1:])
   else:
     sources, num_classes = _open_tfds(
       name, data_dir=data_dir, manual_dir=manual_dir

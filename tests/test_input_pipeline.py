@@ -569,3 +569,72 @@ def test_imagenet_mock(mock_tfds, tmp_path):
   assert [b['mask'].sum() for b in evals] == [32, 16]
   sample = ds.calibration(num_examples=3, seed=0, per_class=False)
   np.testing.assert_array_equal(sample['image'].shape, (3, 224, 224, 3))
+
+
+# --- Sensor series (aeon's .ts files) -----------------------------------------
+
+_TS = """# a comment
+@problemName Tiny
+@timeStamps false
+@univariate false
+@dimensions 2
+@equalLength true
+@seriesLength 3
+@classLabel true walk run
+@data
+1,2,3:4,5,6:run
+-1.5,0,2e-1:7,8,9:walk
+"""
+
+
+def test_read_ts_parses_channels_steps_and_labels(tmp_path):
+  path = tmp_path / 'tiny.ts'
+  path.write_text(_TS)
+  x, y, classes = ip.read_ts(str(path))
+  assert classes == ('walk', 'run')
+  np.testing.assert_array_equal(y, [1, 0])
+  # [n, steps, channels]: channel 0 is the first ':' field.
+  np.testing.assert_array_equal(
+    x,
+    np.array(
+      [[[1, 4], [2, 5], [3, 6]], [[-1.5, 7], [0, 8], [0.2, 9]]], np.float32
+    ),
+  )
+
+
+@pytest.mark.parametrize(
+  'data, message',
+  [
+    ('1,2,3:4,5,6:jump\n', 'not among'),
+    ('1,2:4,5,6:run\n', 'ragged'),
+    ('1,2,3:4,5,6:run\n1,2:4,5:run\n', 'lengths must be equal'),
+    ('1,NaN,3:4,5,6:run\n', 'missing'),
+    ('', 'no series'),
+  ],
+)
+def test_read_ts_rejects_broken_files(tmp_path, data, message):
+  path = tmp_path / 'bad.ts'
+  path.write_text(_TS.split('@data')[0] + '@data\n' + data)
+  with pytest.raises(ip.SeriesFileError, match=message):
+    ip.read_ts(str(path))
+
+
+def test_basicmotions_is_the_published_dataset():
+  """40 + 40 recordings of 100 steps x 6 sensors, 10 per activity; train
+  statistics standardise the train split; no augmentation."""
+  ds = ip.load('basicmotions')
+  assert ds.info.image_shape == (100, 6) and ds.info.num_classes == 4
+  assert (ds.info.num_train, ds.info.num_test) == (40, 40)
+  batches = list(ds.eval_batches(split='train', batch_size=40))
+  x, labels = batches[0]['image'], batches[0]['label']
+  np.testing.assert_array_equal(np.bincount(labels), [10, 10, 10, 10])
+  flat = x.reshape(-1, 6).astype(np.float64)
+  atol = f32_atol(len(flat), magnitude(flat))
+  np.testing.assert_allclose(flat.mean(0), 0, atol=atol)
+  np.testing.assert_allclose(flat.std(0), 1, atol=f32_atol(len(flat)))
+  a = next(iter(ds.train_batches(batch_size=8, epoch=0, seed=0)))
+  b = next(iter(ds.train_batches(batch_size=8, epoch=0, seed=0)))
+  np.testing.assert_array_equal(a['image'], b['image'])
+  jv = ip.load('japanesevowels')
+  assert jv.info.image_shape == (25, 12) and jv.info.num_classes == 9
+  assert (jv.info.num_train, jv.info.num_test) == (270, 370)
