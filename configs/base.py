@@ -11,6 +11,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   """The defaults: the papers' CIFAR-10 ResNet-56 recipe (Pons et al. 2024)."""
   c = ml_collections.ConfigDict()
+  # main: train, prune and fine-tune a classifier (lpjax.pipeline);
+  # embedding: prune a pretrained sentence encoder (configs/minilm.py).
+  c.task = 'main'
   c.seed = 0  # Seeds initialisation, data order and stochastic criteria.
   # Several hosts: True calls jax.distributed.initialize() before any work;
   # with no arguments it reads the cluster from the environment (Cloud TPU
@@ -19,9 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.distributed = False
 
   # --- Data (lpjax.input_pipeline) ---
-  c.dataset = (
-    'cifar10'  # digits | synthetic | cifar10 | cifar100 | imagenet2012
-  )
+  c.dataset = 'cifar10'  # digits | synthetic | basicmotions | japanesevowels |  # cifar10 | cifar100 | imagenet2012
   c.data_dir = ''  # tfds data_dir with the prepared dataset ('' = tfds default)
   c.manual_dir = ''  # where the downloaded archives are (for instructions)
   c.normalization = ''  # '' = dataset default (per_pixel_mean for CIFAR)
@@ -34,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.synthetic.num_test = 128
 
   # --- Model (lpjax.models: the family registry) ---
-  # resnet{6n+2} (CIFAR) | resnet50/101/152 (ImageNet) | vit
+  # resnet{6n+2} (CIFAR) | resnet50/101/152 (ImageNet) | vit | encoder
   c.model = 'resnet56'
   c.min_blocks_per_stage = 2  # pruning floor per stage (papers: 2)
   # ResNets only:
@@ -50,6 +51,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.vit.mlp = 768  # MLP inner width
   c.vit.pool = 'cls'  # cls (class token) | mean (mean over patch tokens)
   c.vit.dropout = 0.0
+  # Sensor-series transformer encoder only (lpjax.models.encoder; steps and
+  # channels come from the dataset): each time step projected to `width`.
+  c.encoder = ml_collections.ConfigDict()
+  c.encoder.width = 64
+  c.encoder.depth = 10  # encoder layers, every one a pruning candidate
+  c.encoder.heads = 4
+  c.encoder.mlp = 128
+  c.encoder.norm = 'pre'  # pre (LN before each branch) | post (BERT)
+  c.encoder.pool = 'mean'  # mean over time steps | cls (first step)
+  c.encoder.dropout = 0.1
 
   # --- Baseline: the unpruned model pruning starts from ---
   c.baseline = ml_collections.ConfigDict()
@@ -151,6 +162,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Bookkeeping ---
   c.checkpoint_max_to_keep = 2
+  # Save a training checkpoint every this many epochs (and at the end);
+  # more than 1 for tiny datasets, where saving costs more than an epoch.
+  c.checkpoint_every_epochs = 1
   # A workdir remembers its config: resuming it with any field changed that
   # changes results is refused, unless this is True.
   c.resume_despite_config_change = False

@@ -111,6 +111,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f'{field} must be an integer >= {least}; got {value!r}. '
         f'Set it with --config.{field}=N.'
       )
+  every = config.get('checkpoint_every_epochs', 1)
+  if not isinstance(every, int) or every < 1:
+    raise ValueError(
+      f'checkpoint_every_epochs must be an integer >= 1; got {every!r}.'
+    )
   if config.train.weight_decay_mask not in train.DECAY_MASKS:
     raise ValueError(
       f'Unknown train.weight_decay_mask {config.train.weight_decay_mask!r}; '
@@ -209,6 +214,7 @@ def check_target(
 # Fields that cannot change a run's results: they may differ on resume.
 FREE_FIELDS = (
   'train.log_every_steps',
+  'checkpoint_every_epochs',  # Resume replays the same epochs exactly.
   'train.eval_batch_size',
   'checkpoint_max_to_keep',
   'data_dir',
@@ -510,6 +516,7 @@ class Pipeline:
         start = 0
       if start < epochs:
         t = self.config.train
+        every = self.config.get('checkpoint_every_epochs', 1)
         state = train.fit(
           state,
           _Augmenting(self.dataset, t.augment),
@@ -520,7 +527,11 @@ class Pipeline:
           decay=t.weight_decay_mask,
           start_epoch=start,
           mesh=self.mesh,
-          on_epoch_end=lambda st, e, _: save(e + 1, st, e + 1 == epochs),
+          on_epoch_end=lambda st, e, _: (
+            save(e + 1, st, e + 1 == epochs)
+            if e + 1 == epochs or (e + 1) % every == 0
+            else None
+          ),
           log_every_steps=t.log_every_steps,
           writer=self.writer.with_prefix(f'{name}/'),
           description=name,

@@ -183,6 +183,31 @@ def test_resume_after_sigkill(tiny, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
 
+def test_sparse_checkpoints_resume_to_the_same_result(tiny, tmp_path):
+  """checkpoint_every_epochs=2: epoch 1 is not saved, a kill after epoch 2's
+  save resumes there, and the run ends bitwise like the clean one."""
+  _, clean_dir, clean_results = tiny
+  cfg_path = tmp_path / 'sparse_config.py'
+  cfg_path.write_text(
+    TINY.replace('  return c', '  c.checkpoint_every_epochs = 2\n  return c')
+  )
+  workdir = tmp_path / 'sparse'
+  proc = _start(cfg_path, workdir)
+  _wait_for(workdir / 'iter_001' / '2' / 'commit_success.txt', proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (workdir / 'iter_001' / '1').exists()
+  proc = _start(cfg_path, workdir)
+  assert proc.wait(timeout=600) == 0
+  results = json.loads((workdir / 'results.json').read_text())
+  assert _strip_times(results) == _strip_times(clean_results)
+  _, _, params_a = _final_params(clean_dir)
+  _, _, params_b = _final_params(workdir)
+  jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+  with pytest.raises(ValueError, match='checkpoint_every_epochs'):
+    pipeline.check_config(_config(tiny[0], checkpoint_every_epochs=0))
+
+
 def test_corrupt_checkpoint_gives_a_clear_error(tiny, tmp_path):
   cfg_path, clean_dir, _ = tiny
   workdir = tmp_path / 'corrupt'
@@ -337,6 +362,11 @@ def test_every_config_file_passes_the_checks(path):
   """Each experiment config names known datasets, models and methods with
   workable values (the checks a run makes before any work)."""
   c = _load_config(REPO / 'configs' / path)
+  if c.task == 'embedding':
+    from lpjax import embedding_pipeline
+
+    embedding_pipeline.check_config(c)
+    return
   if c.baseline.source == 'checkpoint' and not c.baseline.path:
     with pytest.raises(ValueError, match=r'baseline\.path'):
       pipeline.check_config(c)  # the one value the user must give
