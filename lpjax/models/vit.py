@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from lpjax import arch as arch_lib
+from lpjax.models import encoder as encoder_lib
 from lpjax.models import family as family_lib
 
 POOLS = ('cls', 'mean')
@@ -91,9 +92,7 @@ class EncoderLayer(nn.Module):
     h = nn.LayerNorm(name='ln1')(x)
     qkv = dense(3 * d, 'qkv')(h).reshape(b, t, 3, self.heads, dh)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(dh).astype(x.dtype)
-    weights = jax.nn.softmax(logits, axis=-1)
-    attended = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(b, t, d)
+    attended = encoder_lib.attention(q, k, v, None)
     y = x + drop(dense(d, 'out')(attended))
 
     h = nn.LayerNorm(name='ln2')(y)
