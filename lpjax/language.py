@@ -1,0 +1,111 @@
+"""Offline English text and language-model metrics.
+
+`corpus(split)` is human-written English from the standard library's
+`pydoc_data.topics` (the Python reference manual's topics, as `help()`
+shows them: 79 topics, about 465,000 characters in CPython 3.11). Topics
+are sorted by name; every fourth one (names at sorted positions 3, 7, 11,
+...) is `'heldout'`, the rest `'calibration'`. Calibration text may steer
+pruning decisions and healing; held-out text is only for evaluation. The
+split is by whole topic, so no passage is in both.
+
+`perplexity` and `next_token_agreement` evaluate a decoder on token
+windows `[n, T]` (`lpjax.interop.gguf_llama.windows`): every position but
+the last predicts the next token of its window.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SPLITS = ('calibration', 'heldout')
+
+
+def corpus(split: str) -> str:
+  """The text of `split` (topics joined by blank lines)."""
+  if split not in SPLITS:
+    raise ValueError(f'Unknown text split {split!r}; valid: {SPLITS}.')
+  from pydoc_data import topics
+
+  names = sorted(topics.topics)
+  held = {n for i, n in enumerate(names) if i % 4 == 3}
+  keep = [n for n in names if (n in held) == (split == 'heldout')]
+  return '\n\n'.join(topics.topics[n].strip() for n in keep)
+
+
+@functools.cache
+def _compiled_nll(model: Any):
+  @jax.jit
+  def nll(variables, ids):
+    logits = model.apply(variables, ids[:, :-1]).astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    target = ids[:, 1:]
+    picked = jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
+    return -jnp.sum(picked), jnp.argmax(logits, axis=-1)
+
+  return nll
+
+
+def _batches(ids: np.ndarray, batch: int):
+  ids = np.asarray(ids, np.int32)
+  if ids.ndim != 2 or ids.shape[1] < 2:
+    raise ValueError(f'Token windows must be [n, T >= 2]; got {ids.shape}.')
+  if batch < 1:
+    raise ValueError(f'batch must be positive; got {batch}.')
+  for start in range(0, len(ids), batch):
+    yield ids[start : start + batch]
+
+
+def perplexity(
+  model: Any, variables: Any, ids: np.ndarray, *, batch: int = 8
+) -> float:
+  """exp(mean next-token negative log-likelihood) over every window.
+
+  Args:
+    model: a decoder module (`lpjax.models.decoder.Decoder`).
+    variables: its variables.
+    ids: token windows `[n, T]`; T − 1 predictions per window.
+    batch: windows per forward (a last smaller batch compiles once more).
+  """
+  nll = _compiled_nll(model)
+  total, count = 0.0, 0
+  for chunk in _batches(ids, batch):
+    s, _ = nll(variables, jnp.asarray(chunk))
+    total += float(s)
+    count += chunk.shape[0] * (chunk.shape[1] - 1)
+  return float(np.exp(total / count))
+
+
+def predictions(
+  model: Any, variables: Any, ids: np.ndarray, *, batch: int = 8
+) -> np.ndarray:
+  """The argmax next token at every position but the last, `[n, T − 1]`."""
+  nll = _compiled_nll(model)
+  return np.concatenate(
+    [
+      np.asarray(nll(variables, jnp.asarray(c))[1])
+      for c in _batches(ids, batch)
+    ]
+  )
+
+
+def next_token_agreement(
+  model: Any,
+  variables: Any,
+  reference: np.ndarray,
+  ids: np.ndarray,
+  *,
+  batch: int = 8,
+) -> float:
+  """Fraction of positions whose argmax equals `reference`'s (the unpruned
+  model's `predictions` on the same windows)."""
+  got = predictions(model, variables, ids, batch=batch)
+  if got.shape != np.shape(reference):
+    raise ValueError(
+      f'reference predictions {np.shape(reference)} do not match {got.shape}.'
+    )
+  return float(np.mean(got == reference))

@@ -1,0 +1,144 @@
+"""Text corpus, language-model metrics and the sentence-encoder pipeline.
+
+Perplexity and next-token agreement against float64 NumPy on a tiny
+decoder; the corpus split is disjoint and fixed; the embedding pipeline
+runs the real MiniLM end to end on a few sentences, resumes by replaying
+its edits, and refuses a changed config.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from test_pipeline import REPO, _load_config
+from tolerances import f32_atol
+
+from lpjax import embedding_pipeline, language, models
+from lpjax.models import decoder
+
+
+def test_corpus_splits_are_disjoint_whole_topics():
+  from pydoc_data import topics
+
+  cal, held = language.corpus('calibration'), language.corpus('heldout')
+  texts = {n: t.strip() for n, t in topics.topics.items()}
+  in_cal = {n for n, t in texts.items() if t and t in cal}
+  in_held = {n for n, t in texts.items() if t and t in held}
+  assert not in_cal & in_held
+  assert len(in_held) == len(texts) // 4  # every fourth topic
+  assert len(in_cal) + len(in_held) == sum(bool(t) for t in texts.values())
+  with pytest.raises(ValueError, match='valid'):
+    language.corpus('test')
+
+
+def _log_softmax64(z):
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_perplexity_and_agreement_equal_a_float64_oracle():
+  arch = decoder.decoder(
+    vocab=30, width=16, depth=2, heads=4, kv_heads=2, mlp=8
+  )
+  variables = models.init_variables(arch, 0, (9,))
+  model = models.build_model(arch)
+  ids = np.random.default_rng(0).integers(0, 30, size=(5, 9)).astype(np.int32)
+  # Oracle: the model's logits in float64, then NumPy log-softmax.
+  logits = np.asarray(model.apply(variables, ids[:, :-1]), np.float64)
+  logp = _log_softmax64(logits)
+  nll = -np.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
+  want = np.exp(nll.mean())
+  got = language.perplexity(model, variables, ids, batch=2)  # 2 + 2 + 1
+  # Same logits; only the float32 log-softmax and mean differ: 30 terms per
+  # log-sum-exp, nll.size terms in the mean, on numbers of size |log p|.
+  atol = f32_atol(30 * nll.size, float(np.abs(logp).max()))
+  assert abs(got - want) <= want * atol
+  preds = language.predictions(model, variables, ids, batch=5)
+  np.testing.assert_array_equal(preds, logits.argmax(-1))
+  assert language.next_token_agreement(model, variables, preds, ids) == 1.0
+  other = preds.copy()
+  other[0, :4] = (other[0, :4] + 1) % 30
+  assert language.next_token_agreement(model, variables, other, ids) == (
+    1 - 4 / preds.size
+  )
+  with pytest.raises(ValueError, match='T >= 2'):
+    language.perplexity(model, variables, ids[:, :1])
+
+
+def test_sentences_and_agreement():
+  text = 'First one is here.  A second\nsentence, split over lines!  Hi. ' * 2
+  assert (
+    embedding_pipeline.sentences(text)
+    == [
+      'First one is here.',
+      'A second sentence, split over lines!',
+    ]
+    * 2
+  )
+  rng = np.random.default_rng(0)
+  e = rng.normal(size=(6, 4))
+  e /= np.linalg.norm(e, axis=1, keepdims=True)
+  same = embedding_pipeline.agreement(e, e)
+  assert same['nn_agreement'] == 1.0
+  assert abs(same['cosine'] - 1.0) < 1e-12
+  flipped = embedding_pipeline.agreement(-e, e)
+  assert abs(flipped['cosine'] + 1.0) < 1e-12
+  # Nearest neighbours by an explicit loop, for two unrelated sets.
+  p = rng.normal(size=(6, 4))
+  p /= np.linalg.norm(p, axis=1, keepdims=True)
+
+  def nearest(x, i):
+    others = [j for j in range(len(x)) if j != i]
+    return max(others, key=lambda j: float(np.dot(x[i], x[j])))
+
+  want = np.mean([nearest(p, i) == nearest(e, i) for i in range(6)])
+  got = embedding_pipeline.agreement(p, e)
+  assert got['nn_agreement'] == want
+  assert abs(got['cosine'] - np.mean(np.sum(p * e, 1))) < 1e-12
+  assert abs(got['cosine_min'] - np.min(np.sum(p * e, 1))) < 1e-12
+
+
+def _tiny_config(**overrides):
+  c = _load_config(REPO / 'configs' / 'minilm.py')
+  c.embedding.calibration_sentences = 12
+  c.embedding.heldout_sentences = 10
+  c.embedding.max_length = 24
+  c.embedding.data_batch_size = 12
+  c.prune.target_blocks = 2
+  for k, v in overrides.items():
+    group, key = k.split('.')
+    c[group][key] = v
+  return c
+
+
+def test_minilm_pipeline_runs_resumes_and_refuses_changes(tmp_path):
+  c = _tiny_config()
+  res = embedding_pipeline.run(c, str(tmp_path))
+  its = res['iterations']
+  assert [len(r['removed']) for r in its] == [1, 1]
+  assert its[0]['blocks'] == 5 and its[1]['blocks'] == 4
+  # The scores ranked the removed layer lowest among the removable ones.
+  for r in its:
+    assert r['scores'][r['removed'][0]] == min(r['scores'].values())
+    assert 0.0 < r['cosine'] <= 1.0 + 1e-6
+    assert 0.0 <= r['nn_agreement'] <= 1.0
+  assert its[0]['removed'] != its[1]['removed']
+  saved = json.loads((tmp_path / 'results.json').read_text())
+  # A re-run replays the recorded edits and rewrites the same record.
+  again = embedding_pipeline.run(c, str(tmp_path))
+  assert json.loads(json.dumps(again['iterations'])) == saved['iterations']
+  with pytest.raises(
+    embedding_pipeline.EmbeddingConfigError, match='target_blocks'
+  ):
+    embedding_pipeline.run(
+      _tiny_config(**{'prune.target_blocks': 3}), str(tmp_path)
+    )
+  with pytest.raises(embedding_pipeline.EmbeddingConfigError, match='valid'):
+    embedding_pipeline.run(
+      _tiny_config(**{'prune.criterion': 'sglp'}), str(tmp_path / 'x')
+    )
+  with pytest.raises(embedding_pipeline.EmbeddingConfigError, match='holds'):
+    embedding_pipeline.run(
+      _tiny_config(**{'embedding.heldout_sentences': 10**6}),
+      str(tmp_path / 'y'),
+    )
