@@ -22,7 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.distributed = False
 
   # --- Data (lpjax.input_pipeline) ---
-  c.dataset = 'cifar10'  # digits | synthetic | basicmotions | japanesevowels |  # cifar10 | cifar100 | imagenet2012
+  # digits | synthetic | basicmotions | japanesevowels (sensor series) |
+  # cifar10 | cifar100 | imagenet2012
+  c.dataset = 'cifar10'
   c.data_dir = ''  # tfds data_dir with the prepared dataset ('' = tfds default)
   c.manual_dir = ''  # where the downloaded archives are (for instructions)
   c.normalization = ''  # '' = dataset default (per_pixel_mean for CIFAR)

@@ -24,8 +24,9 @@ unpruned model's sentence embeddings.
    both models). No fine-tuning: the pruned model is the edit of the
    pretrained one, so it is rebuilt exactly from the recorded edits.
 4. `results.json` is rewritten after every iteration; a re-run resumes by
-   replaying the recorded edits (and refuses a changed config, like the
-   main pipeline).
+   replaying the recorded edits. A re-run with a config that changes
+   results is refused (no override: the run takes minutes, and edits chosen
+   under another config would mix two runs in one record).
 
 FLOPs are counted per sentence at `embedding.max_length` tokens.
 """
@@ -44,11 +45,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lpjax import flops, language, models, scoring, surgery
+from lpjax import flops, language, models, pipeline, scoring, surgery
 from lpjax.interop import safetensors_bert, weights
 
 CRITERIA = ('cka', 'random')
-_FREE = ('embedding.data_batch_size', 'resume_despite_config_change')
+# Fields that do not change an embedding run's results (besides the main
+# pipeline's `FREE_FIELDS`): batching, and the main pipeline's own groups.
+_FREE = ('embedding.data_batch_size', 'train.', 'baseline.', 'checkpoint_')
 
 
 class EmbeddingConfigError(ValueError):
@@ -135,18 +138,6 @@ def agreement(pruned: np.ndarray, full: np.ndarray) -> dict[str, float]:
   }
 
 
-def _config_changes(saved: dict[str, Any], config) -> list[str]:
-  from lpjax.pipeline import _flat
-
-  new = _flat(json.loads(json.dumps(config.to_dict())))
-  old = _flat(saved)
-  return [
-    f'{k}: {old.get(k, "<absent>")!r} -> {new.get(k, "<absent>")!r}'
-    for k in sorted(set(old) | set(new))
-    if k not in _FREE and old.get(k) != new.get(k)
-  ]
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the embedding pruning; returns the results dict."""
   check_config(config)
@@ -157,12 +148,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if os.path.exists(path):
     with open(path) as f:
       previous = json.load(f)
-    changes = _config_changes(previous['config'], config)
-    if changes and not config.resume_despite_config_change:
+    changes = [
+      c
+      for c in pipeline.config_changes(previous['config'], config)
+      if not c.startswith(_FREE)
+    ]
+    if changes:
+      # Replaying edits chosen under another config would mix two runs'
+      # numbers in one record; a run takes minutes, so no override.
       raise EmbeddingConfigError(
-        f'{workdir} holds a run with a different config ({"; ".join(changes)}'
-        '). Use a new --workdir, or --config.resume_despite_config_change='
-        'True.'
+        f'{workdir} holds a run with a different config '
+        f'({"; ".join(changes)}). Use a new --workdir.'
       )
   folder = weights.fetch('minilm')
   base_arch, base_vars = safetensors_bert.load_bert(
@@ -182,6 +178,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     'task': 'embedding',
     'model': e.model,
     'criterion': config.prune.criterion,
+    'corpus': language.corpus_digest(),
     'calibration_shape': list(cal.shape),
     'heldout_shape': list(held.shape),
     'baseline': {
@@ -194,7 +191,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   }
   arch, variables = base_arch, base_vars
   done = previous['iterations'] if previous else []
-  target = config.prune.target_blocks or len(base_arch.blocks)
+  room = base_arch.max_removable()
+  if config.prune.target_blocks > room:
+    raise EmbeddingConfigError(
+      f'prune.target_blocks={config.prune.target_blocks} is beyond the floor: '
+      f'min_blocks_per_stage={config.min_blocks_per_stage} lets pruning '
+      f'remove {room} of the {len(base_arch.blocks)} layers.'
+    )
+  target = config.prune.target_blocks or room
   k = 0
   while arch.removable() and k < target:
     k += 1

@@ -40,12 +40,13 @@ TFDS datasets are never downloaded: a dataset that is not prepared raises
 Normalization (`load(normalization=...)`), with statistics computed from the
 training examples (the train split minus any holdout) of in-memory datasets:
 
-* `'per_pixel_mean'` (default except for ImageNet): x / scale minus the mean
+* `'per_pixel_mean'` (default for the image datasets but ImageNet): x /
+  scale minus the mean
   image of the training set, no division by a std; as in the ResNet CIFAR
   papers.
 * `'per_channel_mean'`: minus the per-channel mean.
 * `'per_channel_standardize'`: minus the per-channel mean, divided by the
-  per-channel std. The ImageNet default, with the standard ImageNet constants
+  per-channel std. The default of the sensor series. The ImageNet default, with the standard ImageNet constants
   mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225) on x / 255 (the
   convention of torchvision's pretrained ResNets); ImageNet supports no
   per-pixel mean (images vary in size).
@@ -768,6 +769,10 @@ def read_ts(path: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
           in_data = True
         continue
       *channels, label = line.split(':')
+      if not classes:
+        raise SeriesFileError(
+          f'{path}:{number}: no `@classLabel true ...` line before the data.'
+        )
       if label not in classes:
         raise SeriesFileError(
           f'{path}:{number}: class {label!r} is not among {classes}.'
@@ -972,7 +977,7 @@ def load(
     manual_dir: where the downloaded archives are (only quoted in the
       preparation instructions of `DatasetNotPreparedError`).
     normalization: one of `NORMALIZATIONS`; None: 'per_channel_standardize'
-      for ImageNet, 'per_pixel_mean' otherwise.
+      for ImageNet and the sensor series, 'per_pixel_mean' otherwise.
     seed: seed (>= 0) of the synthetic data and of the holdout split.
     synthetic: overrides of `SYNTHETIC_DEFAULTS` (only for 'synthetic').
     holdout: fraction in [0, 1) of the train split moved to 'holdout'.

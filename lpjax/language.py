@@ -6,7 +6,9 @@ shows them: 79 topics, about 465,000 characters in CPython 3.11). Topics
 are sorted by name; every fourth one (names at sorted positions 3, 7, 11,
 ...) is `'heldout'`, the rest `'calibration'`. Calibration text may steer
 pruning decisions and healing; held-out text is only for evaluation. The
-split is by whole topic, so no passage is in both.
+split is by whole topic, so no passage is in both. The topics change
+between CPython releases (they are the release's documentation), so
+`corpus_digest` identifies the text a result came from.
 
 `perplexity` and `next_token_agreement` evaluate a decoder on token
 windows `[n, T]` (`lpjax.interop.gguf_llama.windows`): every position but
@@ -37,7 +39,19 @@ def corpus(split: str) -> str:
   return '\n\n'.join(topics.topics[n].strip() for n in keep)
 
 
-@functools.cache
+def corpus_digest() -> str:
+  """SHA-256 (first 16 hex digits) of both splits' text, and Python's
+  version: `'3.11.7:1a2b...'`."""
+  import hashlib
+  import platform
+
+  h = hashlib.sha256()
+  for split in SPLITS:
+    h.update(corpus(split).encode())
+  return f'{platform.python_version()}:{h.hexdigest()[:16]}'
+
+
+@functools.lru_cache(maxsize=8)
 def _compiled_nll(model: Any):
   @jax.jit
   def nll(variables, ids):
@@ -52,8 +66,10 @@ def _compiled_nll(model: Any):
 
 def _batches(ids: np.ndarray, batch: int):
   ids = np.asarray(ids, np.int32)
-  if ids.ndim != 2 or ids.shape[1] < 2:
-    raise ValueError(f'Token windows must be [n, T >= 2]; got {ids.shape}.')
+  if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 2:
+    raise ValueError(
+      f'Token windows must be [n >= 1, T >= 2]; got {ids.shape}.'
+    )
   if batch < 1:
     raise ValueError(f'batch must be positive; got {batch}.')
   for start in range(0, len(ids), batch):

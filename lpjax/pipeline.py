@@ -101,6 +101,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     hparams.to_dict() if hparams is not None else {},
     holdout=config.holdout,
   )
+  if config.model == 'decoder':
+    raise ConfigError(
+      'model=decoder: decoders are pruned from pretrained weights '
+      '(lpjax.interop.gguf_llama), not trained by this pipeline.'
+    )
   if config.baseline.source == 'train':
     models.get_arch(config.model)  # KeyError listing the valid models.
   for field, least in _COUNTS.items():

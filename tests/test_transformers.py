@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.special import erf
 from tolerances import assert_f32_close, f32_atol, magnitude, network_terms
 
 from lpjax import flops, models, surgery
@@ -333,3 +334,101 @@ def test_gguf_row_order_gives_the_same_attention_scores():
   q = rng.normal(size=(1, t, heads, dh)).astype(np.float32)
   got = decoder.rope(jnp.asarray(q), 1e4)
   assert_f32_close(got[0], _rope_halves(q[0].astype(np.float64), 1e4), 2)
+
+
+# --- Float64 NumPy oracles of the whole forward -------------------------------
+
+
+def _np(tree):
+  return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def _softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(-1, keepdims=True)
+
+
+def _decoder_oracle(arch, params, ids):
+  """LLaMA in float64, written from the published definitions."""
+  o = arch.options_dict()
+  d, h, g = o['width'], o['heads'], o['kv_heads']
+  dh, t = d // h, ids.shape[1]
+
+  def rms(x, w):
+    return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + o['eps']) * w
+
+  x = params['tok_embed']['embedding'][ids]
+  causal = np.tril(np.ones((t, t), bool))
+  for b in arch.blocks:
+    p = params[b.name]
+    a = rms(x, p['attn_norm']['scale'])
+    q = _rope_halves_batched((a @ p['q']['kernel']).reshape(-1, t, h, dh), o)
+    k = _rope_halves_batched((a @ p['k']['kernel']).reshape(-1, t, g, dh), o)
+    v = (a @ p['v']['kernel']).reshape(-1, t, g, dh)
+    # Query head j reads key/value head j // (h / g) (HF's repeat_kv).
+    k, v = k[:, :, np.arange(h) // (h // g)], v[:, :, np.arange(h) // (h // g)]
+    s = np.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(dh)
+    s = np.where(causal, s, -np.inf)
+    att = np.einsum('bhqk,bkhd->bqhd', _softmax(s), v).reshape(-1, t, d)
+    x = x + att @ p['o']['kernel']
+    m = rms(x, p['mlp_norm']['scale'])
+    gate = m @ p['gate']['kernel']
+    x = (
+      x
+      + (gate / (1 + np.exp(-gate)) * (m @ p['up']['kernel']))
+      @ p['down']['kernel']
+    )
+  x = rms(x, params['norm']['scale'])
+  return x @ params['tok_embed']['embedding'].T
+
+
+def _rope_halves_batched(x, o):
+  return np.stack([_rope_halves(row, o['rope_theta']) for row in x])
+
+
+def _bert_oracle(arch, params, ids):
+  """Post-LN BERT with a padding mask and masked mean pooling, float64."""
+  o = arch.options_dict()
+  d, h = o['width'], o['heads']
+  dh, t = d // h, ids.shape[1]
+  valid = ids != o['pad_id']
+
+  def ln(x, p):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + o['eps']) * p['scale'] + p['bias']
+
+  def dense(x, p):
+    return x @ p['kernel'] + p['bias']
+
+  x = (
+    params['tok_embed']['embedding'][ids]
+    + params['pos_embed'][:t]
+    + params['type_embed'][0]
+  )
+  x = ln(x, params['embed_ln'])
+  for b in arch.blocks:
+    p = params[b.name]
+    q, k, v = (
+      dense(x, p[n]).reshape(-1, t, h, dh) for n in ('query', 'key', 'value')
+    )
+    s = np.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(dh)
+    s = np.where(valid[:, None, None, :], s, -np.inf)
+    att = np.einsum('bhqk,bkhd->bqhd', _softmax(s), v).reshape(-1, t, d)
+    y = ln(x + dense(att, p['out']), p['ln1'])
+    hid = dense(y, p['fc1'])
+    gelu = 0.5 * hid * (1 + erf(hid / np.sqrt(2)))
+    x = ln(y + dense(gelu, p['fc2']), p['ln2'])
+  w = valid[..., None].astype(np.float64)
+  return (x * w).sum(1) / w.sum(1)
+
+
+@pytest.mark.parametrize('kind', ['decoder', 'tokens'])
+def test_forward_equals_a_float64_oracle(kind):
+  arch, variables, x = _net(kind)
+  got = models.build_model(arch).apply(variables, x)
+  oracle = _decoder_oracle if kind == 'decoder' else _bert_oracle
+  want = oracle(arch, _np(variables['params']), np.asarray(x))
+  _close(arch, got, want)
+  assert np.abs(want).max() > 0.1  # not a degenerate comparison

