@@ -16,10 +16,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from oracles import cka64
 from scipy.special import erf
-from tolerances import assert_f32_close, f32_atol, magnitude, network_terms
+from tolerances import (
+  assert_f32_close,
+  cka_atol,
+  f32_atol,
+  magnitude,
+  network_terms,
+)
 
-from lpjax import flops, models, surgery
+from lpjax import flops, models, scoring, surgery
 from lpjax.interop import gguf_llama
 from lpjax.models import decoder, encoder
 
@@ -432,3 +439,31 @@ def test_forward_equals_a_float64_oracle(kind):
   want = oracle(arch, _np(variables['params']), np.asarray(x))
   _close(arch, got, want)
   assert np.abs(want).max() > 0.1  # not a degenerate comparison
+
+
+@pytest.mark.parametrize('representation', ['pooled', 'last'])
+def test_decoder_scores_are_one_compiled_call_equal_to_surgered_forwards(
+  representation,
+):
+  """All layers scored in one XLA computation, equal to CKA of the unpruned
+  model against each surgered model, run separately (float64 CKA)."""
+  arch, variables, _ = _net('decoder')
+  x = np.random.default_rng(2).integers(0, VOCAB, size=(24, T)).astype(np.int32)
+  fn = scoring._compiled_scores(
+    arch, representation, None, scoring.cka_similarity
+  )
+  got = scoring.score_candidates(
+    arch, variables, x, representation=representation, data_batch_size=24
+  )
+  assert fn._cache_size() == 1  # one compiled computation for every layer
+  ref = models.representations(
+    models.build_model(arch), variables, x, [representation]
+  )[representation]
+  for name in arch.candidates:
+    small_arch, small_vars = surgery.remove_blocks(arch, variables, [name])
+    rep = models.representations(
+      models.build_model(small_arch), small_vars, x, [representation]
+    )[representation]
+    want = 1 - cka64(ref, rep)
+    assert abs(got[name] - want) <= cka_atol(*ref.shape, _tol(arch)), name
+  assert min(got.values()) > 1e-3  # the comparison can fail
