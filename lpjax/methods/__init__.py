@@ -25,6 +25,7 @@ from lpjax.methods import (
   consensus,
   everything,
   filters,
+  llm,
   sglp,
 )
 from lpjax.methods.context import Context, Decision
@@ -77,6 +78,9 @@ METHODS: dict[str, Method] = {
   'angular': from_scores(baselines.angular_scores),
   'sglp': sglp.sglp,
   'everything': everything.everything,
+  'sleb': from_scores(llm.sleb_scores),
+  'angular_block': llm.angular_block,
+  'tail': from_scores(llm.tail_scores),
 }
 
 # Methods whose edits may shrink widths (not only remove units): their FLOPs
@@ -100,6 +104,8 @@ def check_hparams(
     holdout_examples: the holdout split's size, once the data are known.
   """
   get_method(name)
+  if name == 'angular_block':
+    llm.hparams(hparams)
   if name == 'everything':
     hp = everything.hparams(hparams)
     if not holdout > 0:
