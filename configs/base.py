@@ -90,7 +90,8 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Pruning ---
   c.prune = ml_collections.ConfigDict()
   # The pruning method: any name in lpjax.methods.METHODS (cka | random |
-  # l1 | ...). Its own hyperparameters live in c.prune.<name>, below.
+  # l1 | ...; sleb, angular_block and tail need a decoder). Its own
+  # hyperparameters live in c.prune.<name>, below.
   c.prune.criterion = 'cka'
   # What similarity methods compare: pooled | logits | stem | a unit name
   c.prune.representation = 'pooled'
