@@ -240,3 +240,23 @@ def test_weights_command_prints_the_folders(capsys):
   assert capsys.readouterr().out.strip() == f'minilm: {weights.fetch("minilm")}'
   assert weights.main(['no-such-model']) == 2
   assert 'known' in capsys.readouterr().err
+
+
+def test_smollm_tokenizer_splits_digits_like_llama_cpp():
+  """SmolLM's pre-tokenizer ('smollm' in the GGUF) isolates every digit
+  before byte-level BPE, as llama.cpp does; transformers' GGUF converter
+  lacks that rule (it differs on spaces before a digit, so the fixture
+  avoids them). Expected ids straight from the file's vocabulary."""
+  import gguf
+
+  folder, _, _ = _smollm()
+  reader = gguf.GGUFReader(str(folder / GGUF))
+  vocab = {
+    t: i
+    for i, t in enumerate(reader.fields['tokenizer.ggml.tokens'].contents())
+  }
+  tok = gguf_llama.GGUFTokenizer(folder / GGUF)
+  want = [vocab[t] for t in ('a', 'ĠĠ', '2')]
+  np.testing.assert_array_equal(tok.encode('a  2'), want)
+  want = [vocab[t] for t in ('x', 'Ġ=', 'Ġ', '1', '2', '3', '4', '5')]
+  np.testing.assert_array_equal(tok.encode('x = 12345'), want)
