@@ -1,13 +1,20 @@
-"""Multi-process data parallelism: 2 processes x 4 CPU devices vs 1 x 8.
+"""Multi-process data parallelism: 2 processes x 4 CPU devices vs 1 x 1.
 
 Each run is a subprocess (the device count and `jax.distributed` are fixed
 per process). The two workers join one cluster on 127.0.0.1 through
 `main.initialize` (`config.distributed=True`, the cluster read from the
 environment as on a SLURM cluster) and talk through JAX's CPU collectives
-(gloo); the reference is one process with 8 devices. All three train the
-same tiny ResNet on the same synthetic dataset with `train.fit`, evaluate it
-with padded eval batches and score its blocks on the calibration set; each
-worker reads only its rows of every global batch.
+(gloo); the reference is one process with one device: the same global
+batches with no collectives at all. All three train the same tiny ResNet on
+the same synthetic dataset with `train.fit`, evaluate it with padded eval
+batches and score its blocks on the calibration set; each worker reads only
+its rows of every global batch.
+
+Why not one process with 8 devices: on one machine of the project's kind
+(AMD EPYC, AVX2, 2 cores) XLA's in-process collectives over 8 forced host
+devices gave a first-epoch loss 0.18 % off (1.64360 vs 1.64654), while 1, 2
+and 4 in-process devices and the 2 x 4 cluster agreed to 2e-7; on another
+machine all of them agreed. A one-device run has no collective to go wrong.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from lpjax import input_pipeline, models, scoring, train
 
 PROCESSES = 2
 DEVICES = 8
+REFERENCE_DEVICES = 1
 BATCH = 16
 EVAL_BATCH = 16
 EPOCHS = 2
@@ -40,13 +48,15 @@ SYNTHETIC = {
   'num_test': 37,  # The last eval batch: 5 real rows, all in process 0.
 }
 CALIBRATION = 32
-# Both runs shard every batch over the same 8 devices, so only the order of
-# the cross-device float32 sums (gloo across processes, XLA within one) can
-# differ. Tolerances: the suite's float32 rule (tests/tolerances.py) over
-# the training's chain of forward and backward passes (`_tolerance`).
-# Measured: parameters and BatchNorm statistics within 4.8e-7 (a few ulps of
-# values near 1), scores within 5.4e-7 (both dtypes), eval loss within 3e-8,
-# epoch metrics within 1e-7 relative.
+# Both runs see the same global batches, so only the order of the float32
+# sums (across devices and processes in the cluster, within one device in
+# the reference) can differ. Tolerances: the suite's float32 rule
+# (tests/tolerances.py) over the training's chain of forward and backward
+# passes (`_tolerance`). Measured against 1 x 8 devices on a machine where
+# that reference held: parameters and BatchNorm statistics within 4.8e-7,
+# scores within 5.4e-7 (both dtypes), eval loss within 3e-8, epoch metrics
+# within 1e-7 relative. Against 1 x 1: parameters within 3.9e-7, scores
+# within 6.7e-7, eval loss within 2.1e-7, epoch metrics within 4.1e-7.
 TIMEOUT_S = 240
 
 
@@ -142,7 +152,8 @@ def _worker(out_path: str) -> None:
 
     config = ml_collections.ConfigDict({'distributed': True})
     main.initialize(config)
-  assert jax.device_count() == DEVICES, jax.devices()
+  want = int(os.environ.get('LPJAX_TEST_DEVICES', DEVICES))
+  assert jax.device_count() == want, jax.devices()
   dataset = input_pipeline.load('synthetic', seed=0, synthetic=SYNTHETIC)
   reads = {'train': [], 'test': []}
   for split, log in reads.items():
@@ -306,7 +317,13 @@ def reports(tmp_path_factory):
     )
     for i in range(PROCESSES)
   ]
-  procs.append(_start(str(tmp / 'reference.json'), DEVICES, {}))
+  procs.append(
+    _start(
+      str(tmp / 'reference.json'),
+      REFERENCE_DEVICES,
+      {'LPJAX_TEST_DEVICES': str(REFERENCE_DEVICES)},
+    )
+  )
   outputs = _finish(procs)
   for proc, output in zip(procs, outputs):
     assert proc.returncode == 0, output[-5000:]
@@ -331,7 +348,8 @@ def test_two_processes_join_one_cluster_of_eight_devices(reports):
     assert r['mesh_processes'] == [0] * 4 + [1] * 4
     assert r['global_rows'] == BATCH
   ref = reports['reference']
-  assert ref['process'] == [0, 1] and ref['devices'] == [DEVICES, DEVICES]
+  assert ref['process'] == [0, 1]
+  assert ref['devices'] == [REFERENCE_DEVICES, REFERENCE_DEVICES]
 
 
 def test_each_process_reads_only_its_rows_of_every_batch(reports):
@@ -355,7 +373,7 @@ def test_each_process_reads_only_its_rows_of_every_batch(reports):
   assert [len(k) for k in reports['process0']['reads']['test']] == [8, 8, 5]
 
 
-def test_training_matches_one_process_with_eight_devices(reports):
+def test_training_matches_one_process_with_one_device(reports):
   ref = reports['reference']
   assert ref['step'] == EPOCHS * SYNTHETIC['num_train'] // BATCH
   diffs = {}
@@ -373,7 +391,7 @@ def test_training_matches_one_process_with_eight_devices(reports):
     assert [e['accuracy'] for e in r['epochs']] == [
       e['accuracy'] for e in ref['epochs']
     ]
-  print('max |difference| (metrics: relative) from 1 x 8 devices:', diffs)
+  print('max |difference| (metrics: relative) from 1 x 1 device:', diffs)
   tol = _tolerance()
   assert max(v for k, v in diffs.items() if k.startswith('state')) <= tol
   assert max(v for k, v in diffs.items() if not k.startswith('state')) <= tol
@@ -394,7 +412,7 @@ def test_padded_eval_and_scores_are_global(reports):
       diffs[f'scores_{dtype}_{i}'] = max(
         abs(r['scores'][dtype][u] - s) for u, s in ref_scores.items()
       )
-  print('max |difference| from 1 process x 8 devices:', diffs)
+  print('max |difference| from 1 process x 1 device:', diffs)
   tol = _tolerance()
   for i in range(PROCESSES):
     r = reports[f'process{i}']

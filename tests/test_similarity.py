@@ -118,13 +118,25 @@ def _gaussian_prepare(x, y, labels):
   return x, y, (_class_stats(x, labels), _class_stats(y, labels))
 
 
-def gaussian_oracle(x, y, labels, alpha):
-  """Alternating Procrustes (SciPy) from the paired examples, to 1e-14."""
+def gaussian_oracle(x, y, labels, alpha, start='samples'):
+  """Alternating Procrustes (SciPy) to 1e-14, from the Procrustes alignment
+  of the paired examples (`start='samples'`) or of the class means
+  (`'means'`); `'both'`: the lowest of those two starts in both directions
+  (a local search, like the function under test, in float64)."""
+  if start == 'both':
+    return min(
+      gaussian_oracle(a, b, labels, alpha, s)
+      for a, b in ((x, y), (y, x))
+      for s in ('samples', 'means')
+    )
   x, y, stats = _gaussian_prepare(x, y, labels)
   (mx, sx), (my, sy) = stats
   ax = [_psd_sqrt(s) for s in sx]
   by = [_psd_sqrt(s) for s in sy]
-  t = scipy.linalg.orthogonal_procrustes(y, x)[0]  # min ‖y T - x‖
+  if start == 'samples':
+    t = scipy.linalg.orthogonal_procrustes(y, x)[0]  # min ‖y T - x‖
+  else:
+    t = scipy.linalg.orthogonal_procrustes(my, mx)[0]
   f = _gaussian_objective(t, stats, alpha)
   for _ in range(20000):
     # Bures alignment per class: min_U ‖Tᵀ B_c U - A_c‖.
@@ -292,20 +304,28 @@ def test_gaussian_is_an_upper_bound_for_unrelated_inputs_in_2d(seed, alpha):
     assert got['means'] == pytest.approx(want, rel=GAUSS_RTOL)
 
 
-def test_gaussian_means_start_is_an_upper_bound_and_both_takes_the_lower():
+def test_gaussian_both_is_the_lowest_of_four_fits():
+  """Here the one-way fits stop at different local optima (2.37 and 2.23,
+  which start and direction reach which depends on float rounding, so on
+  the machine): 'both' is the lowest of the four one-way fits, and equals
+  the lowest of the same four local searches in float64."""
   x, y, labels = _data('classes', 30, 5, seed=3)
-  d = {
-    init: float(sim.gaussian_stochastic_distance(x, y, labels, init=init))
-    for init in sim.GAUSSIAN_INITS
-  }
-  exact = gaussian_oracle(x, y, labels, 1.0)
-  assert d['means'] >= exact * (1 - GAUSS_RTOL)
-  # 'both' also fits from y to x: at most the lower of the two one-way fits
-  # (the same fits, compiled apart: the float32 rule over n d = 150), and
-  # never below the exact distance.
-  lower = min(d['means'], d['samples'])
-  assert d['both'] <= lower * (1 + f32_atol(150))
-  assert d['both'] >= exact * (1 - GAUSS_RTOL)
+
+  def fit(a, b, init):
+    return float(sim.gaussian_stochastic_distance(a, b, labels, init=init))
+
+  one_way = [
+    fit(a, b, i) for a, b in ((x, y), (y, x)) for i in ('means', 'samples')
+  ]
+  both = fit(x, y, 'both')
+  # The same fits, compiled apart: the float32 rule over n d = 150.
+  assert both == pytest.approx(min(one_way), rel=f32_atol(150))
+  assert both == pytest.approx(fit(y, x, 'both'), rel=f32_atol(150))
+  assert both == pytest.approx(
+    gaussian_oracle(x, y, labels, 1.0, 'both'), rel=GAUSS_RTOL
+  )
+  # The case is one with distinct optima, so the test can fail.
+  assert max(one_way) > min(one_way) * (1 + 10 * GAUSS_RTOL)
 
 
 def test_gaussian_both_is_symmetric_where_one_start_is_not():
