@@ -189,13 +189,10 @@ class Decoder(nn.Module):
     )
     h = embed(x)
     self.sow('intermediates', 'stem', h)
-    cands = arch.candidates
     for block in arch.blocks:
-      route: dict[str, Any] = dict(train=train)
-      if skip is not None:
-        route['skip'] = skip[cands.index(block.name)]
-      if fanout:
-        route['passthrough'] = batch
+      route = family_lib.unit_route(
+        arch, block, train=train, skip=skip, fanout=fanout, batch=batch
+      )
       h = DecoderLayer(
         heads=o['heads'],
         kv_heads=o['kv_heads'],

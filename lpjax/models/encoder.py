@@ -252,13 +252,10 @@ class Encoder(nn.Module):
       bias = None
     h = nn.Dropout(o['dropout'], deterministic=not train)(h)
     self.sow('intermediates', 'stem', h)
-    cands = arch.candidates
     for block in arch.blocks:
-      route: dict[str, Any] = dict(train=train)
-      if skip is not None:
-        route['skip'] = skip[cands.index(block.name)]
-      if fanout:
-        route['passthrough'] = batch
+      route = family_lib.unit_route(
+        arch, block, train=train, skip=skip, fanout=fanout, batch=batch
+      )
       h = EncoderLayer(
         heads=o['heads'],
         mlp=block.widths[0],

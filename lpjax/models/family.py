@@ -93,6 +93,30 @@ class Family:
   representations: tuple[str, ...] = ()
 
 
+def unit_route(
+  arch: arch_lib.Arch,
+  block: arch_lib.Block,
+  *,
+  train: bool,
+  skip: jax.Array | None,
+  fanout: bool,
+  batch: int,
+) -> dict[str, Any]:
+  """The keyword arguments every family passes to unit `block`'s call.
+
+  `train`; where the unit is a candidate, its entry of the `skip` mask and,
+  with `fanout`, `passthrough=batch` (the unpruned stream comes first, so a
+  unit appends its input's first `batch` rows as the stream that skips it).
+  """
+  route: dict[str, Any] = {'train': train}
+  if block.candidate:
+    if skip is not None:
+      route['skip'] = skip[arch.candidates.index(block.name)]
+    if fanout:
+      route['passthrough'] = batch
+  return route
+
+
 def check_call(
   arch: arch_lib.Arch, *, train: bool, skip: jax.Array | None, fanout: bool
 ) -> None:

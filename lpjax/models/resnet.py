@@ -251,7 +251,6 @@ class ResNet(nn.Module):
       `fanout`).
     """
     arch = self.arch
-    cands = arch.candidates
     family_lib.check_call(arch, train=train, skip=skip, fanout=fanout)
     masks = _split_filter_mask(arch, filter_mask)
     batch = x.shape[0]
@@ -286,11 +285,9 @@ class ResNet(nn.Module):
           style=style,
           name=block.name,
         )
-        route = dict(train=train)
-        if skip is not None and block.candidate:
-          route['skip'] = skip[cands.index(block.name)]
-        if fanout and block.candidate:
-          route['passthrough'] = batch  # the unpruned stream comes first
+        route = family_lib.unit_route(
+          arch, block, train=train, skip=skip, fanout=fanout, batch=batch
+        )
         if masks is not None:
           route['filter_masks'] = masks[block.name]
         if arch.family == 'resnet_cifar':

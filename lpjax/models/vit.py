@@ -36,7 +36,6 @@ are not counted (as BatchNorm, ReLU and biases are not for the ResNets).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -142,7 +141,6 @@ class ViT(nn.Module):
     """
     arch = self.arch
     o = arch.options_dict()
-    cands = arch.candidates
     family_lib.check_call(arch, train=train, skip=skip, fanout=fanout)
     if tuple(x.shape[1:]) != tuple(o['image_shape']):
       raise ValueError(
@@ -161,11 +159,9 @@ class ViT(nn.Module):
     x = nn.Dropout(o['dropout'], deterministic=not train)(x + pos)
     self.sow('intermediates', 'stem', x)
     for block in arch.blocks:
-      route: dict[str, Any] = dict(train=train)
-      if skip is not None:
-        route['skip'] = skip[cands.index(block.name)]
-      if fanout:
-        route['passthrough'] = batch  # the unpruned stream comes first
+      route = family_lib.unit_route(
+        arch, block, train=train, skip=skip, fanout=fanout, batch=batch
+      )
       x = EncoderLayer(
         heads=o['heads'],
         mlp=block.widths[0],
