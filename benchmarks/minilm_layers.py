@@ -34,9 +34,11 @@ def main():
   folder = weights.fetch('minilm')
   arch, variables = safetensors_bert.load_bert(folder, seq_len=e.max_length)
   tok = safetensors_bert.BertTokenizer(folder, max_length=e.max_length)
-  cal = tok.encode(ep._draw('calibration', e.calibration_sentences, c.seed))
-  held = tok.encode(ep._draw('heldout', e.heldout_sentences, c.seed))
-  full = ep._embed(arch, variables, held, e.data_batch_size)
+  cal = tok.encode(
+    ep.draw_sentences('calibration', e.calibration_sentences, c.seed)
+  )
+  held = tok.encode(ep.draw_sentences('heldout', e.heldout_sentences, c.seed))
+  full = ep.embed(arch, variables, held, e.data_batch_size)
   scores = scoring.score_candidates(
     arch,
     variables,
@@ -48,7 +50,7 @@ def main():
   for name in arch.candidates:
     small_arch, small_vars = surgery.remove_blocks(arch, variables, [name])
     m = ep.agreement(
-      ep._embed(small_arch, small_vars, held, e.data_batch_size), full
+      ep.embed(small_arch, small_vars, held, e.data_batch_size), full
     )
     rows.append((name, scores[name], m['cosine'], m['nn_agreement']))
   print(

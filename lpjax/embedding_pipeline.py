@@ -97,7 +97,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise EmbeddingConfigError('prune.target_blocks must be >= 0.')
 
 
-def _draw(split: str, count: int, seed: int) -> list[str]:
+def draw_sentences(split: str, count: int, seed: int) -> list[str]:
+  """`count` sentences of text `split`, drawn without replacement (`seed`),
+  in text order."""
   pool = sentences(language.corpus(split))
   if count > len(pool):
     raise EmbeddingConfigError(
@@ -108,7 +110,8 @@ def _draw(split: str, count: int, seed: int) -> list[str]:
   return [pool[i] for i in np.sort(rng.choice(len(pool), count, replace=False))]
 
 
-def _embed(arch, variables, ids, batch):
+def embed(arch, variables, ids, batch):
+  """Float64 sentence embeddings `[n, d]` of token ids, `batch` at a time."""
   model = models.build_model(arch)
   fn = jax.jit(lambda v, x: safetensors_bert.sentence_embeddings(model, v, x))
   return np.concatenate(
@@ -167,11 +170,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     min_blocks_per_stage=config.min_blocks_per_stage,
   )
   tok = safetensors_bert.BertTokenizer(folder, max_length=e.max_length)
-  cal = tok.encode(_draw('calibration', e.calibration_sentences, config.seed))
-  held = tok.encode(_draw('heldout', e.heldout_sentences, config.seed))
+  cal = tok.encode(
+    draw_sentences('calibration', e.calibration_sentences, config.seed)
+  )
+  held = tok.encode(draw_sentences('heldout', e.heldout_sentences, config.seed))
   batch = e.data_batch_size
   t0 = time.perf_counter()
-  full = _embed(base_arch, base_vars, held, batch)
+  full = embed(base_arch, base_vars, held, batch)
   base_cost = flops.cost(base_arch)
   results = {
     'config': config.to_dict(),
@@ -231,7 +236,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     edit = surgery.remove([pick])
     arch, variables = surgery.apply(arch, variables, edit)
     score_s = time.perf_counter() - t0
-    metrics = agreement(_embed(arch, variables, held, batch), full)
+    metrics = agreement(embed(arch, variables, held, batch), full)
     red = flops.reduction(arch, base_arch)
     rec = {
       'iteration': k,

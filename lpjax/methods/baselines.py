@@ -8,7 +8,7 @@ import numpy as np
 
 from lpjax import models, scoring
 from lpjax.methods import block_influence
-from lpjax.methods.context import Context
+from lpjax.methods.context import Context, batch_mean_scores
 
 
 def random_scores(ctx: Context) -> dict[str, float]:
@@ -117,13 +117,4 @@ def angular_scores(ctx: Context) -> dict[str, float]:
   for every family whose units' inputs and outputs are captured. Lower =
   more removable.
   """
-  per_batch = scoring.map_batches(
-    _angular,
-    ctx.arch,
-    ctx.variables,
-    ctx.inputs,
-    data_batch_size=ctx.data_batch_size,
-    mesh=ctx.mesh,
-  )
-  # Batches have equal sizes, so the mean of batch means is the mean.
-  return scoring.checked_scores(ctx.arch.candidates, jnp.mean(per_batch, 0))
+  return batch_mean_scores(ctx, _angular)

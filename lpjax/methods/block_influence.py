@@ -18,8 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lpjax import models, scoring
-from lpjax.methods.context import Context
+from lpjax import models
+from lpjax.methods.context import Context, batch_mean_scores
 
 
 def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -44,13 +44,4 @@ def _influence(model, variables, x) -> jax.Array:
 
 def scores(ctx: Context) -> dict[str, float]:
   """Block influence per candidate unit; lower = more removable."""
-  per_batch = scoring.map_batches(
-    _influence,
-    ctx.arch,
-    ctx.variables,
-    ctx.inputs,
-    data_batch_size=ctx.data_batch_size,
-    mesh=ctx.mesh,
-  )
-  # Batches have equal sizes, so the mean of batch means is the mean.
-  return scoring.checked_scores(ctx.arch.candidates, jnp.mean(per_batch, 0))
+  return batch_mean_scores(ctx, _influence)

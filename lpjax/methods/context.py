@@ -23,6 +23,24 @@ FinetuneFn = Callable[..., Any]
 HoldoutFn = Callable[[int | None], np.ndarray]
 
 
+def batch_mean_scores(ctx: Context, fn: Callable) -> dict[str, float]:
+  """Per-candidate scores: `fn(model, variables, x) -> [K]` on every batch of
+  the calibration inputs in one compiled call (`lpjax.scoring.map_batches`),
+  averaged over batches (equal sizes, so the mean of batch means is the
+  mean), checked finite and keyed by unit id."""
+  from lpjax import scoring
+
+  per_batch = scoring.map_batches(
+    fn,
+    ctx.arch,
+    ctx.variables,
+    ctx.inputs,
+    data_batch_size=ctx.data_batch_size,
+    mesh=ctx.mesh,
+  )
+  return scoring.checked_scores(ctx.arch.candidates, np.mean(per_batch, 0))
+
+
 @dataclasses.dataclass(frozen=True)
 class Context:
   """Everything a method may use to decide what to prune.

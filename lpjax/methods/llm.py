@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpjax import models, scoring, surgery
-from lpjax.methods.context import Context, Decision
+from lpjax.methods.context import Context, Decision, batch_mean_scores
 
 
 def _require_decoder(ctx: Context, name: str) -> None:
@@ -67,16 +67,7 @@ def _removal_nll(model, variables, x) -> jax.Array:
 def sleb_scores(ctx: Context) -> dict[str, float]:
   """Calibration NLL without each layer (SLEB); lower = more removable."""
   _require_decoder(ctx, 'sleb')
-  per_batch = scoring.map_batches(
-    _removal_nll,
-    ctx.arch,
-    ctx.variables,
-    ctx.inputs,
-    data_batch_size=ctx.data_batch_size,
-    mesh=ctx.mesh,
-  )
-  # Equal batch sizes: the mean of batch means is the mean.
-  return scoring.checked_scores(ctx.arch.candidates, jnp.mean(per_batch, 0))
+  return batch_mean_scores(ctx, _removal_nll)
 
 
 def _last_token_states(model, variables, x) -> dict[str, jax.Array]:
