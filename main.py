@@ -22,7 +22,9 @@ from ml_collections import config_flags
 from lpjax import (
   checkpointing,
   embedding_pipeline,
+  healing,
   input_pipeline,
+  llm_pipeline,
   pipeline,
   report,
 )
@@ -40,6 +42,8 @@ USER_ERRORS = (
   GGUFImportError,
   FetchError,
   embedding_pipeline.EmbeddingConfigError,
+  llm_pipeline.LLMConfigError,
+  healing.HealingError,
   input_pipeline.SeriesFileError,
 )
 
@@ -98,12 +102,15 @@ def main(argv):
   try:
     initialize(_CONFIG.value)  # Before any JAX computation.
     task = _CONFIG.value.get('task', 'main')
-    if task not in ('main', 'embedding'):
+    if task not in ('main', 'embedding', 'llm'):
       raise pipeline.ConfigError(
         f"Unknown task {task!r}; valid: 'main' (lpjax.pipeline), 'embedding' "
-        '(lpjax.embedding_pipeline).'
+        "(lpjax.embedding_pipeline), 'llm' (lpjax.llm_pipeline)."
       )
-    if task == 'embedding':
+    if task == 'llm':
+      results = llm_pipeline.run(_CONFIG.value, _WORKDIR.value)
+      table = llm_pipeline.markdown_table(results)
+    elif task == 'embedding':
       results = embedding_pipeline.run(_CONFIG.value, _WORKDIR.value)
       table = embedding_pipeline.markdown_table(results)
     else:
@@ -113,7 +120,10 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   print(table)
-  print(f'\nReport, plots and checkpoints are in {_WORKDIR.value}.')
+  if task == 'main':
+    print(f'\nReport, plots and checkpoints are in {_WORKDIR.value}.')
+  else:
+    print(f'\nresults.json is in {_WORKDIR.value}.')
 
 
 if __name__ == '__main__':

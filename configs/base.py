@@ -12,7 +12,8 @@ def get_config() -> ml_collections.ConfigDict:
   """The defaults: the papers' CIFAR-10 ResNet-56 recipe (Pons et al. 2024)."""
   c = ml_collections.ConfigDict()
   # main: train, prune and fine-tune a classifier (lpjax.pipeline);
-  # embedding: prune a pretrained sentence encoder (configs/minilm.py).
+  # embedding: prune a pretrained sentence encoder (configs/minilm.py);
+  # llm: depth-prune a pretrained language model (configs/smollm2_depth.py).
   c.task = 'main'
   c.seed = 0  # Seeds initialisation, data order and stochastic criteria.
   # Several hosts: True calls jax.distributed.initialize() before any work;

@@ -76,6 +76,18 @@ def _batches(ids: np.ndarray, batch: int):
     yield ids[start : start + batch]
 
 
+def _pass(model, variables, ids, batch) -> tuple[float, np.ndarray]:
+  """Mean next-token NLL and argmax predictions `[n, T − 1]`, one pass."""
+  nll = _compiled_nll(model)
+  total, count, preds = 0.0, 0, []
+  for chunk in _batches(ids, batch):
+    s, p = nll(variables, jnp.asarray(chunk))
+    total += float(s)
+    count += chunk.shape[0] * (chunk.shape[1] - 1)
+    preds.append(np.asarray(p))
+  return total / count, np.concatenate(preds)
+
+
 def perplexity(
   model: Any, variables: Any, ids: np.ndarray, *, batch: int = 8
 ) -> float:
@@ -87,26 +99,36 @@ def perplexity(
     ids: token windows `[n, T]`; T − 1 predictions per window.
     batch: windows per forward (a last smaller batch compiles once more).
   """
-  nll = _compiled_nll(model)
-  total, count = 0.0, 0
-  for chunk in _batches(ids, batch):
-    s, _ = nll(variables, jnp.asarray(chunk))
-    total += float(s)
-    count += chunk.shape[0] * (chunk.shape[1] - 1)
-  return float(np.exp(total / count))
+  return float(np.exp(_pass(model, variables, ids, batch)[0]))
 
 
 def predictions(
   model: Any, variables: Any, ids: np.ndarray, *, batch: int = 8
 ) -> np.ndarray:
   """The argmax next token at every position but the last, `[n, T − 1]`."""
-  nll = _compiled_nll(model)
-  return np.concatenate(
-    [
-      np.asarray(nll(variables, jnp.asarray(c))[1])
-      for c in _batches(ids, batch)
-    ]
-  )
+  return _pass(model, variables, ids, batch)[1]
+
+
+def evaluate(
+  model: Any,
+  variables: Any,
+  ids: np.ndarray,
+  reference: np.ndarray | None = None,
+  *,
+  batch: int = 8,
+) -> dict[str, Any]:
+  """Perplexity, predictions and (with `reference`, the unpruned model's
+  `predictions` on the same windows) next-token top-1 agreement, from one
+  pass over `ids`."""
+  mean_nll, got = _pass(model, variables, ids, batch)
+  out = {'perplexity': float(np.exp(mean_nll)), 'predictions': got}
+  if reference is not None:
+    if got.shape != np.shape(reference):
+      raise ValueError(
+        f'reference predictions {np.shape(reference)} do not match {got.shape}.'
+      )
+    out['agreement'] = float(np.mean(got == reference))
+  return out
 
 
 def next_token_agreement(
@@ -119,9 +141,4 @@ def next_token_agreement(
 ) -> float:
   """Fraction of positions whose argmax equals `reference`'s (the unpruned
   model's `predictions` on the same windows)."""
-  got = predictions(model, variables, ids, batch=batch)
-  if got.shape != np.shape(reference):
-    raise ValueError(
-      f'reference predictions {np.shape(reference)} do not match {got.shape}.'
-    )
-  return float(np.mean(got == reference))
+  return evaluate(model, variables, ids, reference, batch=batch)['agreement']

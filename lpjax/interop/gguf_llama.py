@@ -19,6 +19,7 @@ the `tokenizers` library.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -36,12 +37,23 @@ class GGUFImportError(ValueError):
 
 
 def _reader(path: pathlib.Path):
-  import gguf
-
   if not path.is_file():
     raise FileNotFoundError(f'GGUF file not found: {str(path)!r}')
+  st = path.stat()
+  # Parsing the metadata of SmolLM2's file takes ~12 s (49k vocabulary
+  # strings and merges, one numpy view each); the model loader and the
+  # tokenizer read the same file, so the parsed reader is kept per file
+  # version (a rewritten file has another size or mtime and is re-read).
+  return _cached_reader(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_reader(path: str, size: int, mtime_ns: int):
+  import gguf
+
+  del size, mtime_ns  # part of the cache key only
   try:
-    return gguf.GGUFReader(str(path))
+    return gguf.GGUFReader(path)
   except Exception as e:  # the reader raises ValueError, struct errors, ...
     raise GGUFImportError(f'{path}: not a readable GGUF file: {e}') from None
 

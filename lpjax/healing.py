@@ -1,0 +1,311 @@
+"""Healing: a short next-token fine-tune of a depth-pruned language model.
+
+After layers are removed, LLM depth-pruning papers "heal" the model with a
+brief fine-tune on text (Gromov et al. 2024 use QLoRA; Kim et al. 2024,
+"Shortened LLaMA", compare LoRA with full fine-tuning). `heal` does either:
+
+* `mode='full'`: every parameter is trained;
+* `mode='lora'`: low-rank adapters on the MLPs (Hu et al. 2022, "LoRA"):
+  each remaining layer's `gate`, `up` and `down` kernel `W` `[in, out]`
+  becomes `W + (alpha / rank) · A B`, `A` `[in, rank]` drawn from
+  N(0, 1/in), `B` `[rank, out]` zero (so training starts at the pruned
+  model), and only `A`, `B` are trained. The adapters are merged into the
+  kernels at the end: the healed model has the pruned model's shapes and
+  costs nothing extra at inference.
+
+The objective is the mean next-token negative log-likelihood of token
+windows `[n, T]` (every position but the last predicts the next). Step `s`
+draws its `batch_size` windows from `windows` with the seed `(seed, s)`,
+without replacement within a step, so a run that resumes from step `s`
+sees exactly the batches a clean run would. The optimizer is AdamW
+(weight decay 0 by default) with linear warmup over the first tenth of the
+steps and cosine decay to zero, and global-norm gradient clipping at 1.
+
+With a `directory`, the trained parameters, optimizer state and losses are
+saved every `checkpoint_every` steps and at the end (`lpjax.checkpointing`,
+atomic), and a call with the same directory continues from the latest
+step; the result equals the uninterrupted run's bitwise on the same
+machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from lpjax import arch as arch_lib
+from lpjax import checkpointing, models
+
+MODES = ('full', 'lora')
+LORA_KERNELS = ('gate', 'up', 'down')
+
+
+class HealingError(ValueError):
+  """Healing settings or a healing checkpoint that cannot be used."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HealConfig:
+  """How to heal.
+
+  Attributes:
+    mode: `'full'` or `'lora'`.
+    steps: optimizer steps (0: no healing).
+    learning_rate: peak AdamW learning rate.
+    batch_size: windows per step.
+    rank: LoRA rank.
+    alpha: LoRA scale numerator (the update is `alpha / rank · A B`).
+    weight_decay: AdamW's decoupled weight decay.
+    seed: seeds the adapters' initialisation and the batch order.
+    checkpoint_every: steps between checkpoints (with a directory).
+  """
+
+  mode: str = 'lora'
+  steps: int = 100
+  learning_rate: float = 1e-4
+  batch_size: int = 8
+  rank: int = 8
+  alpha: float = 16.0
+  weight_decay: float = 0.0
+  seed: int = 0
+  checkpoint_every: int = 10
+
+  def check(self) -> None:
+    if self.mode not in MODES:
+      raise HealingError(f'Unknown healing mode {self.mode!r}; valid: {MODES}.')
+    for name in ('steps', 'batch_size', 'rank', 'checkpoint_every'):
+      v = getattr(self, name)
+      low = 0 if name == 'steps' else 1
+      if not isinstance(v, int) or v < low:
+        raise HealingError(
+          f'healing {name} must be an integer >= {low}; got {v!r}.'
+        )
+    if not self.learning_rate > 0:
+      raise HealingError(
+        f'healing learning_rate must be > 0; got {self.learning_rate!r}.'
+      )
+    if not self.alpha > 0 or not self.weight_decay >= 0:
+      raise HealingError(
+        f'healing alpha must be > 0 and weight_decay >= 0; got '
+        f'{self.alpha!r}, {self.weight_decay!r}.'
+      )
+
+
+def next_token_nll(model, params, ids: jax.Array) -> jax.Array:
+  """Mean next-token negative log-likelihood of windows `ids` `[b, T]`."""
+  logits = model.apply({'params': params}, ids[:, :-1]).astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  picked = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
+  return -jnp.mean(picked)
+
+
+def init_lora(arch: arch_lib.Arch, params: Any, rank: int, key: jax.Array):
+  """Adapters `{layer: {kernel: {'a', 'b'}}}` for every layer's MLP."""
+  if arch.family != 'decoder':
+    raise HealingError(
+      f'LoRA healing adapts a decoder MLP (gate, up, down); this model is a '
+      f'{arch.family}.'
+    )
+  out = {}
+  for i, block in enumerate(arch.blocks):
+    layer = {}
+    for j, name in enumerate(LORA_KERNELS):
+      w = params[block.name][name]['kernel']
+      fan_in, fan_out = w.shape
+      k = jax.random.fold_in(key, i * len(LORA_KERNELS) + j)
+      layer[name] = {
+        'a': jax.random.normal(k, (fan_in, rank), jnp.float32)
+        / np.sqrt(fan_in),
+        'b': jnp.zeros((rank, fan_out), jnp.float32),
+      }
+    out[block.name] = layer
+  return out
+
+
+def merge_lora(params: Any, lora: Any, scale: float) -> Any:
+  """`params` with every adapted kernel replaced by `W + scale · A B`."""
+  out = dict(params)
+  for layer, kernels in lora.items():
+    merged = dict(out[layer])
+    for name, ab in kernels.items():
+      w = merged[name]['kernel']
+      delta = (ab['a'] @ ab['b']).astype(w.dtype)
+      merged[name] = {**merged[name], 'kernel': w + scale * delta}
+    out[layer] = merged
+  return out
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+  """The windows step `step` trains on (sorted, distinct)."""
+  rng = np.random.default_rng([seed, step])
+  return np.sort(rng.choice(n, size=min(batch_size, n), replace=False))
+
+
+def _optimizer(cfg: HealConfig) -> optax.GradientTransformation:
+  warmup = max(1, cfg.steps // 10)
+  # Linear warmup from peak / (warmup + 1), so the first step trains too.
+  lr = optax.warmup_cosine_decay_schedule(
+    cfg.learning_rate / (warmup + 1),
+    cfg.learning_rate,
+    warmup,
+    max(cfg.steps, warmup + 1),
+  )
+  return optax.chain(
+    optax.clip_by_global_norm(1.0),
+    optax.adamw(lr, weight_decay=cfg.weight_decay),
+  )
+
+
+def _compiled_step(arch: arch_lib.Arch, cfg: HealConfig):
+  # Seed, batch size and checkpoint interval do not enter the program.
+  return _step_program(
+    arch, dataclasses.replace(cfg, seed=0, batch_size=1, checkpoint_every=1)
+  )
+
+
+@functools.lru_cache(maxsize=4)
+def _step_program(arch: arch_lib.Arch, cfg: HealConfig):
+  model = models.build_model(arch)
+  tx = _optimizer(cfg)
+  scale = cfg.alpha / cfg.rank
+
+  def loss(trainable, frozen, ids):
+    params = (
+      trainable if cfg.mode == 'full' else merge_lora(frozen, trainable, scale)
+    )
+    return next_token_nll(model, params, ids)
+
+  @jax.jit
+  def step(trainable, opt_state, frozen, ids):
+    value, grads = jax.value_and_grad(loss)(trainable, frozen, ids)
+    updates, opt_state = tx.update(grads, opt_state, trainable)
+    return optax.apply_updates(trainable, updates), opt_state, value
+
+  return step, tx
+
+
+def heal(
+  arch: arch_lib.Arch,
+  variables: Any,
+  windows: np.ndarray,
+  cfg: HealConfig,
+  *,
+  directory: str | None = None,
+  progress: Callable[[int, float], None] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Fine-tunes a decoder on token windows; returns `(variables, record)`.
+
+  Args:
+    arch: the (pruned) decoder.
+    variables: its `{'params': ...}`.
+    windows: training token windows `[n, T]` (calibration text only).
+    cfg: the settings.
+    directory: where to checkpoint and resume from (`None`: no checkpoints).
+    progress: called as `progress(step, loss)` after every step.
+
+  Returns:
+    The healed variables (LoRA merged) and a record: `losses` (one per
+    step), `seconds` (this call's), `steps`, `mode`, `resumed_from`.
+
+  Raises:
+    HealingError: bad settings, windows that are not `[n, T >= 2]`, a
+      checkpoint of another architecture or settings in `directory`, or a
+      loss that is not finite.
+  """
+  cfg.check()
+  windows = np.asarray(windows, np.int32)
+  if windows.ndim != 2 or windows.shape[1] < 2 or len(windows) < 1:
+    raise HealingError(
+      f'Healing windows must be [n >= 1, T >= 2] token ids; got {windows.shape}.'
+    )
+  params = variables['params']
+  key = jax.random.PRNGKey(cfg.seed)
+  if cfg.mode == 'full':
+    trainable, frozen = params, None
+  else:
+    trainable, frozen = init_lora(arch, params, cfg.rank, key), params
+  step_fn, tx = _compiled_step(arch, cfg)
+  opt_state = tx.init(trainable)
+  losses: list[float] = []
+  start = 0
+  resumed_from = None
+  ckpt = checkpointing.Checkpoints(directory) if directory else None
+  # Everything but the checkpoint interval decides the result.
+  settings = {
+    k: v for k, v in dataclasses.asdict(cfg).items() if k != 'checkpoint_every'
+  }
+  meta_want = {'mode': cfg.mode, 'config': settings}
+  if ckpt is not None and ckpt.latest_step() is not None:
+    saved_arch, meta = ckpt.restore_meta()
+    saved = meta.get('config') or {}
+    differ = sorted(
+      k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k)
+    )
+    if saved_arch != arch or differ:
+      what = (
+        f'settings {", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in differ)}'
+        if differ
+        else 'another architecture'
+      )
+      raise HealingError(
+        f'{directory} holds an unfinished healing with {what}. Delete that '
+        'directory to start this healing afresh, or heal elsewhere.'
+      )
+    abstract = jax.eval_shape(
+      lambda: {'trainable': trainable, 'opt_state': opt_state}
+    )
+    state = ckpt.restore(abstract)
+    trainable, opt_state = state['trainable'], state['opt_state']
+    losses = [float(v) for v in meta['losses']]
+    start = resumed_from = ckpt.latest_step()
+    logging.info('Healing resumes at step %d of %d.', start, cfg.steps)
+  t0 = time.perf_counter()
+  for s in range(start, cfg.steps):
+    ids = jnp.asarray(
+      windows[batch_indices(len(windows), cfg.batch_size, cfg.seed, s)]
+    )
+    trainable, opt_state, value = step_fn(trainable, opt_state, frozen, ids)
+    value = float(value)
+    if not np.isfinite(value):
+      raise HealingError(
+        f'Healing loss is {value} at step {s + 1} ({cfg.mode}, learning rate '
+        f'{cfg.learning_rate}): lower the learning rate and heal afresh '
+        f'(nothing after step {s} was saved).'
+      )
+    losses.append(value)
+    if progress is not None:
+      progress(s + 1, value)
+    done = s + 1
+    if ckpt is not None and (
+      done % cfg.checkpoint_every == 0 or done == cfg.steps
+    ):
+      ckpt.save(
+        done,
+        state={'trainable': trainable, 'opt_state': opt_state},
+        arch=arch,
+        meta={**meta_want, 'losses': losses},
+      )
+  if ckpt is not None:
+    ckpt.close()
+  if cfg.mode == 'full':
+    healed = trainable
+  else:
+    healed = merge_lora(params, trainable, cfg.alpha / cfg.rank)
+  record = {
+    'mode': cfg.mode,
+    'steps': cfg.steps,
+    'losses': losses,
+    'seconds': time.perf_counter()
+    - t0,  # of this call (after a resume: the rest)
+    'resumed_from': resumed_from,
+  }
+  return {**variables, 'params': healed}, record

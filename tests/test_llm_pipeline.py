@@ -1,0 +1,413 @@
+"""The LLM depth-pruning pipeline and healing, on a tiny byte-level decoder.
+
+The decoder reads UTF-8 bytes of the real calibration / held-out text
+(vocabulary 256), so every path of `lpjax.llm_pipeline` runs in seconds.
+Oracles: a float64 NumPy LLaMA forward (tests/test_transformers.py) for the
+recorded perplexities; the recorded scores for the one-shot removals; LoRA
+merging against NumPy; an uninterrupted healing run for the resumed one.
+"""
+
+import dataclasses
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from test_transformers import _decoder_oracle, _np
+from tolerances import f32_atol, magnitude, network_terms
+
+from configs import smollm2_depth
+from lpjax import healing, language, llm_pipeline, models, surgery
+from lpjax.models import decoder
+
+DEPTH = 5
+LENGTH = 16
+
+
+def _encode(text):
+  return np.frombuffer(text.encode('utf-8'), np.uint8).astype(np.int32)
+
+
+def _variables(arch, seed=0):
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    noise = rng.normal(size=leaf.shape).astype(np.float32)
+    if path[-1].key == 'kernel':
+      return jnp.asarray(noise / np.sqrt(math.prod(leaf.shape[:-1])))
+    if path[-1].key == 'scale':
+      return jnp.asarray(1.0 + 0.3 * noise)
+    return jnp.asarray(noise)
+
+  shapes = models.variable_shapes(arch)
+  return jax.tree.map_with_path(draw, shapes)
+
+
+@pytest.fixture(scope='module')
+def lm():
+  arch = decoder.decoder(
+    vocab=256, width=16, depth=DEPTH, heads=2, kv_heads=1, mlp=24,
+    seq_len=LENGTH, rope_theta=1e4,
+  )  # fmt: skip
+  return llm_pipeline.LanguageModel(arch, _variables(arch), _encode, 'bytes')
+
+
+def _config(**kw):
+  c = smollm2_depth.get_config()
+  c.llm.calibration_windows = 8
+  c.llm.calibration_length = LENGTH
+  c.llm.heldout_windows = 4
+  c.llm.heldout_length = LENGTH
+  c.llm.data_batch_size = 4
+  c.llm.remove = (1, 2)
+  c.llm.heal.at = ()
+  c.llm.heal.steps = 3
+  c.llm.heal.batch_size = 4
+  c.llm.heal.learning_rate = 1e-2
+  c.llm.heal.checkpoint_every = 2
+  for key, value in kw.items():
+    node = c
+    *path, last = key.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return c
+
+
+def _ppl64(arch, variables, ids):
+  """Float64 perplexity, and its float32 relative tolerance.
+
+  The mean NLL is a logit minus a log-sum-exp, each within the logits'
+  float32 tolerance (log-sum-exp is 1-Lipschitz in the max norm), so the
+  NLL is within twice that, and exp turns an absolute NLL error into the
+  same relative perplexity error (first order).
+  """
+  logits = _decoder_oracle(arch, _np(variables['params']), ids[:, :-1])
+  z = logits - logits.max(-1, keepdims=True)
+  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  picked = np.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
+  terms, depth = network_terms(models.variable_shapes(arch)['params'])
+  rel = 2 * f32_atol(terms, magnitude(logits), depth)
+  return float(np.exp(-picked.mean())), rel
+
+
+def _heldout(lm, c):
+  return llm_pipeline._windows(
+    lm, 'heldout', c.llm.heldout_length, c.llm.heldout_windows
+  )
+
+
+def test_one_shot_removes_the_lowest_scores_and_evaluates_exactly(lm, tmp_path):
+  c = _config(**{'prune.criterion': 'block_influence'})
+  res = llm_pipeline.run(c, str(tmp_path), lm=lm)
+  (decision,) = res['decisions']  # scored once, on the unpruned model
+  scores = decision['scores']
+  ranked = sorted(scores, key=lambda u: (scores[u], u))
+  held = _heldout(lm, c)
+  # The unpruned perplexity against a float64 forward.
+  want, rel = _ppl64(lm.arch, lm.variables, held)
+  assert res['baseline']['perplexity'] == pytest.approx(want, rel=rel)
+  for k in (1, 2):
+    got = res['pruned'][str(k)]
+    assert got['removed'] == ranked[:k]
+    arch, variables = surgery.apply(
+      lm.arch, lm.variables, surgery.remove(ranked[:k])
+    )
+    assert got['layers'] == DEPTH - k
+    # Perplexity of the model with those layers deleted, float64 NumPy.
+    want, rel = _ppl64(arch, variables, held)
+    assert got['perplexity'] == pytest.approx(want, rel=rel)
+    assert abs(got['perplexity'] / res['baseline']['perplexity'] - 1) > 10 * rel
+    assert 0.0 <= got['agreement'] < 1.0
+  # Nothing was healed: heal.at is empty.
+  assert res['healed'] == {}
+  table = llm_pipeline.markdown_table(res)
+  assert '| 2 | ' + ', '.join(ranked[:2]) in table
+
+
+def test_iterative_sleb_rescores_each_step_and_resumes(lm, tmp_path):
+  c = _config(**{'prune.criterion': 'sleb', 'llm.schedule': 'iterative'})
+  res = llm_pipeline.run(c, str(tmp_path), lm=lm)
+  steps = res['decisions']
+  assert [d['step'] for d in steps] == [1, 2]
+  # Step 2 scores only the layers left after step 1.
+  assert steps[0]['removed'][0] not in steps[1]['scores']
+  assert len(steps[1]['scores']) == DEPTH - 1
+  for d in steps:
+    s = d['scores']
+    assert d['removed'] == [min(s, key=lambda u: (s[u], u))]
+  assert res['pruned']['2']['removed'] == [
+    steps[0]['removed'][0],
+    steps[1]['removed'][0],
+  ]
+  # A re-run resumes: nothing is decided or evaluated again.
+  before = (tmp_path / 'results.json').read_text()
+  again = llm_pipeline.run(c, str(tmp_path), lm=lm)
+  assert again['decisions'] == json.loads(before)['decisions']
+  assert again['pruned'] == json.loads(before)['pruned']
+  # A config that changes results is refused.
+  with pytest.raises(llm_pipeline.LLMConfigError, match='different config'):
+    llm_pipeline.run(
+      _config(**{'prune.criterion': 'cka', 'llm.schedule': 'iterative'}),
+      str(tmp_path),
+      lm=lm,
+    )
+
+
+def test_angular_block_and_sglp_decide_per_k(lm, tmp_path):
+  c = _config(**{'prune.criterion': 'angular_block'})
+  res = llm_pipeline.run(c, str(tmp_path / 'ab'), lm=lm)
+  names = [b.name for b in lm.arch.blocks]
+  for k in (1, 2):
+    removed = res['pruned'][str(k)]['removed']
+    start = names.index(removed[0])
+    assert removed == names[start : start + k]  # contiguous block of k
+  assert [d['k'] for d in res['decisions']] == [1, 2]
+  c = _config(**{'prune.criterion': 'sglp'})
+  res = llm_pipeline.run(c, str(tmp_path / 'sglp'), lm=lm)
+  assert [len(res['pruned'][k]['removed']) for k in ('1', '2')] == [1, 2]
+  assert (
+    res['decisions'][1]['diagnostics']['removed']
+    == (res['pruned']['2']['removed'])
+  )
+
+
+def test_lowest_respects_the_floor(lm):
+  arch = dataclasses.replace(lm.arch, min_blocks_per_stage=DEPTH - 1)
+  scores = {u: float(i) for i, u in enumerate(arch.candidates)}
+  assert llm_pipeline.lowest(arch, scores, 1) == ['layer00']
+  with pytest.raises(llm_pipeline.LLMConfigError, match='floor'):
+    llm_pipeline.lowest(arch, scores, 2)
+
+
+@pytest.mark.parametrize(
+  'changes, message',
+  [
+    ({'prune.criterion': 'l1'}, 'not available for decoders'),
+    ({'llm.schedule': 'greedy'}, 'llm.schedule'),
+    ({'llm.remove': (2, 2)}, 'distinct'),
+    ({'llm.heal.at': (3,)}, 'among llm.remove'),
+    ({'llm.heal.modes': 'full,qlora'}, 'unknown modes'),
+    ({'llm.heal.learning_rate': 0.0}, 'learning_rate'),
+    ({'llm.calibration_length': 1}, 'calibration_length'),
+    ({'prune.representation': 'logits'}, "'pooled'"),
+    (
+      {
+        'prune.criterion': 'consensus',
+        'prune.consensus.metrics': 'cka,gaussian_stochastic_1',
+      },
+      'label-free',
+    ),
+  ],
+)
+def test_bad_configs_are_refused_before_work(changes, message):
+  with pytest.raises(llm_pipeline.LLMConfigError, match=message):
+    llm_pipeline.check_config(_config(**changes))
+
+
+def test_remove_beyond_the_floor_is_refused(lm, tmp_path):
+  with pytest.raises(llm_pipeline.LLMConfigError, match='lets pruning'):
+    llm_pipeline.run(_config(**{'llm.remove': (DEPTH,)}), str(tmp_path), lm=lm)
+
+
+def test_the_shipped_config_passes_the_checks():
+  c = smollm2_depth.get_config()
+  llm_pipeline.check_config(c)
+  for criterion in llm_pipeline.CRITERIA:
+    c.prune.criterion = criterion
+    llm_pipeline.check_config(c)
+  assert set(llm_pipeline.LABEL_FREE) == set(
+    c.prune.consensus.metrics.split(',')
+  )
+
+
+# --- Healing -----------------------------------------------------------------
+
+
+def _windows(lm, n=16):
+  from lpjax import language
+  from lpjax.interop import gguf_llama
+
+  return gguf_llama.windows(_encode(language.corpus('calibration')), LENGTH, n)
+
+
+def test_merge_lora_equals_numpy():
+  rng = np.random.default_rng(0)
+  w = rng.normal(size=(6, 5)).astype(np.float32)
+  a = rng.normal(size=(6, 2)).astype(np.float32)
+  b = rng.normal(size=(2, 5)).astype(np.float32)
+  params = {'layer00': {'up': {'kernel': w}, 'q': {'kernel': w}}}
+  out = healing.merge_lora(params, {'layer00': {'up': {'a': a, 'b': b}}}, 0.5)
+  want = w.astype(np.float64) + 0.5 * a.astype(np.float64) @ b
+  np.testing.assert_allclose(
+    out['layer00']['up']['kernel'], want, rtol=0, atol=f32_atol(2, 10.0)
+  )
+  assert out['layer00']['q']['kernel'] is w  # untouched
+
+
+def test_lora_healing_trains_only_low_rank_mlp_updates(lm):
+  arch, variables = surgery.apply(
+    lm.arch, lm.variables, surgery.remove(['layer02'])
+  )
+  cfg = healing.HealConfig(
+    mode='lora', steps=6, learning_rate=3e-2, batch_size=4, rank=2
+  )
+  healed, rec = healing.heal(arch, variables, _windows(lm), cfg)
+  assert len(rec['losses']) == 6
+  assert rec['losses'][-1] < rec['losses'][0]
+  before, after = _np(variables['params']), _np(healed['params'])
+  for block in arch.blocks:
+    for name, sub in before[block.name].items():
+      if name in healing.LORA_KERNELS:
+        delta = after[block.name][name]['kernel'] - sub['kernel']
+        assert np.abs(delta).max() > 0
+        assert np.linalg.matrix_rank(delta, tol=1e-5) <= 2
+      else:
+        for leaf, value in sub.items():
+          np.testing.assert_array_equal(after[block.name][name][leaf], value)
+  for name in ('tok_embed', 'norm'):
+    jax.tree.map(np.testing.assert_array_equal, after[name], before[name])
+
+
+def test_full_healing_lowers_the_loss_and_resumes_bitwise(lm, tmp_path):
+  arch, variables = lm.arch, lm.variables
+  cfg = healing.HealConfig(
+    mode='full', steps=5, learning_rate=1e-2, batch_size=4, checkpoint_every=2
+  )
+  windows = _windows(lm)
+  clean, rec = healing.heal(
+    arch, variables, windows, cfg, directory=str(tmp_path / 'a')
+  )
+  assert rec['losses'][-1] < rec['losses'][0]
+  changed = jax.tree.map(
+    lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+    clean['params'],
+    variables['params'],
+  )
+  assert all(jax.tree.leaves(changed))  # every parameter trains
+
+  class Stop(Exception):
+    pass
+
+  def stop_at_3(step, loss):
+    if step == 3:
+      raise Stop
+
+  with pytest.raises(Stop):
+    healing.heal(
+      arch,
+      variables,
+      windows,
+      cfg,
+      directory=str(tmp_path / 'b'),
+      progress=stop_at_3,
+    )
+  # The checkpoint interval may change on resume (it does not change results).
+  resumed, rec_b = healing.heal(
+    arch,
+    variables,
+    windows,
+    dataclasses.replace(cfg, checkpoint_every=4),
+    directory=str(tmp_path / 'b'),
+  )
+  assert rec_b['resumed_from'] == 2
+  assert rec_b['losses'] == rec['losses']
+  jax.tree.map(np.testing.assert_array_equal, resumed, clean)
+  # Another setting in the same directory is refused.
+  with pytest.raises(healing.HealingError, match='steps: 5 -> 6'):
+    healing.heal(
+      arch,
+      variables,
+      windows,
+      healing.HealConfig(mode='full', steps=6, learning_rate=1e-2),
+      directory=str(tmp_path / 'b'),
+    )
+
+
+def test_pipeline_heals_the_pruned_model_on_calibration_text_only(
+  lm, tmp_path, monkeypatch
+):
+  c = _config(
+    **{
+      'prune.criterion': 'cka',
+      'llm.remove': (1, 2),
+      'llm.heal.at': (2,),
+      'llm.heal.modes': 'full,lora',
+    }
+  )
+  seen = {'decide': [], 'heal': []}
+  real_heal, real_get = healing.heal, llm_pipeline.get_method
+
+  def spy_heal(arch, variables, windows, cfg, **kw):
+    seen['heal'].append(np.asarray(windows))
+    return real_heal(arch, variables, windows, cfg, **kw)
+
+  def spy_get(name):
+    method = real_get(name)
+
+    def wrapped(ctx):
+      seen['decide'].append(np.asarray(ctx.inputs))
+      return method(ctx)
+
+    return wrapped
+
+  monkeypatch.setattr(llm_pipeline.healing, 'heal', spy_heal)
+  monkeypatch.setattr(llm_pipeline, 'get_method', spy_get)
+  res = llm_pipeline.run(c, str(tmp_path), lm=lm)
+  # Held-out windows never reach a decision or healing; calibration does.
+  held = {tuple(r) for r in _heldout(lm, c)}
+  calib = {tuple(r) for r in llm_pipeline.calibration_windows(lm, c)[1]}
+  rows = [tuple(r) for a in seen['decide'] + seen['heal'] for r in a]
+  assert rows and not held & set(rows) and set(rows) <= calib
+  # Each healed entry is healing.heal of the k=2 model, then its held-out
+  # perplexity (same machine, same programs: equal).
+  arch, variables = surgery.apply(
+    lm.arch, lm.variables, surgery.remove(res['pruned']['2']['removed'])
+  )
+  for mode in ('full', 'lora'):
+    healed, rec = real_heal(
+      arch, variables, seen['heal'][0], llm_pipeline.heal_config(c, mode)
+    )
+    got = res['healed'][f'2/{mode}']
+    assert got['losses'] == rec['losses']
+    ev = language.evaluate(models.build_model(arch), healed, _heldout(lm, c))
+    assert got['perplexity'] == ev['perplexity']
+  # The checkpoints are gone once recorded (keep_checkpoints=False).
+  assert not (tmp_path / 'heal' / 'k2_lora').exists()
+  assert 'full' in llm_pipeline.markdown_table(res)
+
+
+def test_other_criteria_remove_their_lowest_scores(lm, tmp_path):
+  for name, changes in {
+    'consensus': {'prune.criterion': 'consensus'},
+    'cka_last': {'prune.criterion': 'cka', 'prune.representation': 'last'},
+    'random': {'prune.criterion': 'random'},
+  }.items():
+    res = llm_pipeline.run(_config(**changes), str(tmp_path / name), lm=lm)
+    (decision,) = res['decisions']
+    s = decision['scores']
+    ranked = sorted(s, key=lambda u: (s[u], u))
+    assert res['pruned']['2']['removed'] == ranked[:2], name
+
+
+def test_heal_config_errors():
+  with pytest.raises(healing.HealingError, match='mode'):
+    healing.HealConfig(mode='qlora').check()
+  with pytest.raises(healing.HealingError, match='rank'):
+    healing.HealConfig(rank=0).check()
+  with pytest.raises(healing.HealingError, match='windows'):
+    healing.heal(
+      decoder.decoder(vocab=8, width=4, depth=1, heads=1, kv_heads=1, mlp=4),
+      {'params': {}},
+      np.zeros((3,), np.int32),
+      healing.HealConfig(),
+    )
+
+
+def test_config_group_is_required():
+  c = ml_collections.ConfigDict({'task': 'llm'})
+  with pytest.raises(llm_pipeline.LLMConfigError, match='config group'):
+    llm_pipeline.check_config(c)
