@@ -172,13 +172,17 @@ def resnet56(out):
     decisions[name], s = _timed(lambda name=name: run(name))
     times[name].append(s)
     cpu[name].append(_CPU_SECONDS[-1])
-    print(f'{name} first call: {s:.1f}s ({cpu[name][-1]:.1f} CPU s)', flush=True)
+    print(
+      f'{name} first call: {s:.1f}s ({cpu[name][-1]:.1f} CPU s)', flush=True
+    )
   for i in range(_REPEATS.value):  # alternate which goes first
     for name in ('consensus', 'cka')[:: 1 if i % 2 == 0 else -1]:
       _, s = _timed(lambda name=name: run(name))
       times[name].append(s)
       cpu[name].append(_CPU_SECONDS[-1])
-      print(f'{name} warm call: {s:.1f}s ({cpu[name][-1]:.1f} CPU s)', flush=True)
+      print(
+        f'{name} warm call: {s:.1f}s ({cpu[name][-1]:.1f} CPU s)', flush=True
+      )
   if _TIMING_ONLY.value:
     result = {'machine': _machine(), 'n': len(x), 'seconds': times, 'cpu': cpu}
     with open(os.path.join(out, 'timing.json'), 'w') as f:
