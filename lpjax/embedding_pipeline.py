@@ -163,6 +163,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         f'{workdir} holds a run with a different config '
         f'({"; ".join(changes)}). Use a new --workdir.'
       )
+  if previous and previous.get('corpus') != language.corpus_digest():
+    raise EmbeddingConfigError(
+      f'{workdir} holds a run on other text (corpus '
+      f'{previous.get("corpus")}; this Python has {language.corpus_digest()}:'
+      ' pydoc_data.topics changes between Python releases). Use a new '
+      '--workdir.'
+    )
   folder = weights.fetch('minilm')
   base_arch, base_vars = safetensors_bert.load_bert(
     folder,

@@ -140,6 +140,13 @@ def test_minilm_pipeline_runs_resumes_and_refuses_changes(tmp_path):
     strip(r) for r in saved['iterations']
   ]
   assert again['corpus'] == saved['corpus']
+  # A record made on other text (another Python's pydoc topics) is refused.
+  path.write_text(json.dumps({**saved, 'corpus': '3.0.0:0000'}))
+  with pytest.raises(
+    embedding_pipeline.EmbeddingConfigError, match='other text'
+  ):
+    embedding_pipeline.run(c, str(tmp_path))
+  path.write_text(json.dumps(saved))
   with pytest.raises(
     embedding_pipeline.EmbeddingConfigError, match='target_blocks'
   ):

@@ -148,6 +148,12 @@ def test_iterative_sleb_rescores_each_step_and_resumes(lm, tmp_path):
   again = llm_pipeline.run(c, str(tmp_path), lm=lm)
   assert again['decisions'] == json.loads(before)['decisions']
   assert again['pruned'] == json.loads(before)['pruned']
+  # A record made on other text (another Python's pydoc topics) is refused.
+  path = tmp_path / 'results.json'
+  path.write_text(json.dumps({**json.loads(before), 'corpus': '3.0.0:0000'}))
+  with pytest.raises(llm_pipeline.LLMConfigError, match='other text'):
+    llm_pipeline.run(c, str(tmp_path), lm=lm)
+  path.write_text(before)
   # A config that changes results is refused.
   with pytest.raises(llm_pipeline.LLMConfigError, match='different config'):
     llm_pipeline.run(
