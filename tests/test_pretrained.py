@@ -55,6 +55,16 @@ def _smollm():
   return folder, arch, variables
 
 
+@functools.cache
+def _smollm_tokenizer():
+  return gguf_llama.GGUFTokenizer(weights.fetch('smollm2') / GGUF)
+
+
+# The SmolLM2 tests share one worker (pyproject: --dist=loadgroup), so its
+# file is parsed and dequantised once per run, not once per worker.
+smollm = pytest.mark.xdist_group('smollm2')
+
+
 def _f32_bound(arch, scale):
   terms, depth = network_terms(models.variable_shapes(arch, (8,))['params'])
   return f32_atol(terms, scale, depth)
@@ -120,10 +130,10 @@ def test_minilm_skip_equals_delete():
 # --- SmolLM2 ------------------------------------------------------------------
 
 
+@smollm
 def test_smollm_tokenizer_equals_the_reference():
   ref = _ref()
-  folder, _, _ = _smollm()
-  tok = gguf_llama.GGUFTokenizer(folder / GGUF)
+  tok = _smollm_tokenizer()
   assert not tok.add_bos and (tok.bos_id, tok.eos_id) == (1, 2)
   text = str(ref['smollm_tok_text'])
   ids = tok.encode(text)
@@ -133,6 +143,7 @@ def test_smollm_tokenizer_equals_the_reference():
     np.testing.assert_array_equal(tok.encode(str(t))[:16], want)
 
 
+@smollm
 def test_smollm_logits_match_transformers():
   ref = _ref()
   _, arch, variables = _smollm()
@@ -223,7 +234,7 @@ def test_broken_weight_files_give_clear_errors(tmp_path):
   (bad / 'config.json').write_text('{"hidden_size": 384')
   with pytest.raises(safetensors_bert.BertImportError, match='JSON'):
     safetensors_bert.load_bert(bad)
-  gguf_folder, _, _ = _smollm()
+  gguf_folder = weights.fetch('smollm2')
   cut = tmp_path / 'cut.gguf'
   with open(gguf_folder / GGUF, 'rb') as f:
     cut.write_bytes(f.read(1 << 20))
@@ -242,20 +253,19 @@ def test_weights_command_prints_the_folders(capsys):
   assert 'known' in capsys.readouterr().err
 
 
+@smollm
 def test_smollm_tokenizer_splits_digits_like_llama_cpp():
   """SmolLM's pre-tokenizer ('smollm' in the GGUF) isolates every digit
   before byte-level BPE, as llama.cpp does; transformers' GGUF converter
   lacks that rule (it differs on spaces before a digit, so the fixture
   avoids them). Expected ids straight from the file's vocabulary."""
-  import gguf
-
-  folder, _, _ = _smollm()
-  reader = gguf.GGUFReader(str(folder / GGUF))
+  # The file's token list, read with gguf's own reader (parsed once).
+  reader = gguf_llama._reader(weights.fetch('smollm2') / GGUF)
   vocab = {
     t: i
     for i, t in enumerate(reader.fields['tokenizer.ggml.tokens'].contents())
   }
-  tok = gguf_llama.GGUFTokenizer(folder / GGUF)
+  tok = _smollm_tokenizer()
   want = [vocab[t] for t in ('a', 'ĠĠ', '2')]
   np.testing.assert_array_equal(tok.encode('a  2'), want)
   want = [vocab[t] for t in ('x', 'Ġ=', 'Ġ', '1', '2', '3', '4', '5')]
