@@ -148,8 +148,22 @@ def test_iterative_sleb_rescores_each_step_and_resumes(lm, tmp_path):
   again = llm_pipeline.run(c, str(tmp_path), lm=lm)
   assert again['decisions'] == json.loads(before)['decisions']
   assert again['pruned'] == json.loads(before)['pruned']
-  # A record made on other text (another Python's pydoc topics) is refused.
+  # Interrupted after step 1: the re-run replays it, decides step 2 again
+  # and evaluates again, equal to the uninterrupted run.
   path = tmp_path / 'results.json'
+  saved = json.loads(before)
+  path.write_text(
+    json.dumps({**saved, 'decisions': saved['decisions'][:1], 'pruned': {}})
+  )
+
+  def strip(recs):
+    return [{k: v for k, v in r.items() if 'seconds' not in k} for r in recs]
+
+  again = json.loads(json.dumps(llm_pipeline.run(c, str(tmp_path), lm=lm)))
+  assert strip(again['decisions']) == strip(saved['decisions'])
+  assert strip(again['pruned'].values()) == strip(saved['pruned'].values())
+  path.write_text(before)
+  # A record made on other text (another Python's pydoc topics) is refused.
   path.write_text(json.dumps({**json.loads(before), 'corpus': '3.0.0:0000'}))
   with pytest.raises(llm_pipeline.LLMConfigError, match='other text'):
     llm_pipeline.run(c, str(tmp_path), lm=lm)
