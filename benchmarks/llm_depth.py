@@ -60,7 +60,12 @@ RUNS = {
     '--config.llm.calibration_windows=8',
   ],
 }
-FULL_HEAL = ('block_influence', 'cka')
+FULL_HEAL = ('block_influence', 'cka', 'control')
+# The control: the unpruned model healed exactly as the pruned ones are, so
+# the table can tell repair of a removal from adaptation to the calibration
+# text's domain (the held-out text is other topics of the same manual).
+CONTROL = ['--config.llm.remove=(1,)', '--config.llm.heal.at=(0,)']
+RUNS['control'] = ['--config.prune.criterion=tail', *CONTROL]
 
 
 def run_one(name: str, out: str, extra: list[str]) -> dict:
@@ -83,7 +88,26 @@ def run_one(name: str, out: str, extra: list[str]) -> dict:
     return json.load(f)
 
 
+NOTES = {
+  'cka': 'one-shot; 1 − CKA of the mean-pooled final hidden states',
+  'cka_last': "one-shot; 1 − CKA of the last token's final hidden state",
+  'consensus': 'one-shot; rank sum of the five label-free metrics',
+  'sglp': 'one call per k (mode one_shot, num_remove = k)',
+  'angular_block': 'one call per k: the block of k consecutive layers',
+  'sleb': 'iterative (greedy): one layer per step, 8 calibration windows',
+  'block_influence': 'one-shot (ShortGPT)',
+  'random': 'one-shot, seed 0',
+  'tail': 'the deepest layers but the last',
+}
+
+
+def _ppl(value: float) -> str:
+  return f'{value:.2f}' if value < 1e4 else f'{value:.3g}'
+
+
 def table(results: dict[str, dict]) -> str:
+  results = dict(results)
+  control = results.pop('control', None)
   first = next(iter(results.values()))
   ks = sorted(int(k) for k in first['pruned'])
   heal_keys = sorted(
@@ -107,9 +131,9 @@ def table(results: dict[str, dict]) -> str:
   ]
   for name, r in results.items():
     cells = [name, f'{llm_pipeline.score_seconds(r, ks[-1]):.1f}']
-    cells += [f'{r["pruned"][str(k)]["perplexity"]:.2f}' for k in ks]
+    cells += [_ppl(r['pruned'][str(k)]['perplexity']) for k in ks]
     cells += [
-      f'{r["healed"][key]["perplexity"]:.2f}' if key in r['healed'] else '—'
+      _ppl(r['healed'][key]['perplexity']) if key in r['healed'] else '—'
       for key in heal_keys
     ]
     lines.append('| ' + ' | '.join(cells) + ' |')
@@ -129,10 +153,26 @@ def table(results: dict[str, dict]) -> str:
       for key in heal_keys
     ]
     lines.append('| ' + ' | '.join(cells) + ' |')
-  lines += ['', 'Layers removed at the largest k:', '']
+  if control is not None:
+    healed = '; '.join(
+      f'{v["perplexity"]:.2f} ({key.split("/")[1]})'
+      for key, v in control['healed'].items()
+    )
+    lines += [
+      '',
+      f'Control: the unpruned model healed the same way: perplexity {base:.3f}'
+      f' → {healed}.',
+    ]
+  lines += ['', 'Runs, and the layers each removed at the largest k:', '']
   for name, r in results.items():
-    lines.append(f'- {name}: {", ".join(r["pruned"][str(ks[-1])]["removed"])}')
+    lines.append(
+      f'- {name} ({NOTES.get(name, "")}): '
+      f'{", ".join(r["pruned"][str(ks[-1])]["removed"])}'
+    )
   return '\n'.join(lines)
+
+
+CAP = 1e4  # perplexities above are drawn at the cap (tail reaches 1e9)
 
 
 def plot(results: dict[str, dict], path: str) -> None:
@@ -149,12 +189,15 @@ def plot(results: dict[str, dict], path: str) -> None:
       r['pruned'][str(k)]['perplexity'] for k in ks
     ]
     color = f'C{i % 10}'
-    ax.plot(xs, ys, marker='o', color=color, label=name)
+    clipped = any(y > CAP for y in ys)
+    ys = [min(y, CAP) for y in ys]
+    label = f'{name} (clipped at {CAP:.0e})' if clipped else name
+    ax.plot(xs, ys, marker='o', color=color, label=label)
     for key, h in r['healed'].items():
       k, mode = key.split('/')
       ax.plot(
         int(k),
-        h['perplexity'],
+        min(h['perplexity'], CAP),
         marker='s' if mode == 'full' else '^',
         color=color,
         linestyle='none',
@@ -177,6 +220,11 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--out', default='/tmp/lpjax_llm_depth')
   p.add_argument('--runs', default=','.join(RUNS))
+  p.add_argument(
+    '--collect_only',
+    action='store_true',
+    help='only tabulate and plot the finished runs in --out',
+  )
   args = p.parse_args(argv)
   names = [n for n in args.runs.split(',') if n]
   unknown = [n for n in names if n not in RUNS]
@@ -184,11 +232,22 @@ def main():
     p.error(f'unknown runs {unknown}; valid: {list(RUNS)}')
   os.makedirs(args.out, exist_ok=True)
   print(f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs')
-  results = {n: run_one(n, args.out, extra) for n in names}
+  if args.collect_only:
+    results = {}
+    for n in names:
+      path = os.path.join(args.out, n, 'results.json')
+      if os.path.exists(path):
+        with open(path) as f:
+          results[n] = json.load(f)
+  else:
+    results = {n: run_one(n, args.out, extra) for n in names}
   md = table(results)
   with open(os.path.join(args.out, 'llm_depth.md'), 'w') as f:
     f.write(md + '\n')
-  plot(results, os.path.join(args.out, 'perplexity_vs_layers.png'))
+  plot(
+    {n: r for n, r in results.items() if n != 'control'},
+    os.path.join(args.out, 'perplexity_vs_layers.png'),
+  )
   print(md)
 
 

@@ -39,7 +39,9 @@ def get_config():
   c.llm.schedule = 'one_shot'
   c.llm.remove = (3, 6, 9, 12)  # layers removed (of 30), one model each
   c.llm.heal = ml_collections.ConfigDict()
-  c.llm.heal.at = (6, 12)  # a subset of remove; () for no healing
+  # Layer counts to heal at: a subset of remove, and 0 to heal the unpruned
+  # model (the control for domain adaptation); () for no healing.
+  c.llm.heal.at = (6, 12)
   c.llm.heal.modes = 'full,lora'  # comma-separated: full | lora
   c.llm.heal.steps = 16
   # Peak learning rates (warmup 10 %, cosine to 0): full fine-tune, LoRA.

@@ -127,7 +127,7 @@ def load(config: ml_collections.ConfigDict) -> LanguageModel:
   return LanguageModel(arch, variables, tok.encode, config.llm.model)
 
 
-def _ints(value: Any, field: str) -> tuple[int, ...]:
+def _ints(value: Any, field: str, low: int = 1) -> tuple[int, ...]:
   if isinstance(value, str):
     value = [v for v in value.replace(' ', '').split(',') if v]
   elif isinstance(value, int):
@@ -138,9 +138,19 @@ def _ints(value: Any, field: str) -> tuple[int, ...]:
     raise LLMConfigError(
       f'{field} must be integers, e.g. (3, 6, 9, 12); got {value!r}.'
     ) from None
-  if any(v < 1 for v in out) or len(set(out)) != len(out):
-    raise LLMConfigError(f'{field} must be distinct integers >= 1; got {out}.')
+  if any(v < low for v in out) or len(set(out)) != len(out):
+    raise LLMConfigError(
+      f'{field} must be distinct integers >= {low}; got {out}.'
+    )
   return tuple(sorted(out))
+
+
+def heal_at(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The `k`s healed; 0 heals the unpruned model (the control: how much
+  of a healed perplexity is fine-tuning on the calibration text's domain
+  rather than repair of the removal)."""
+  at = config.llm.heal.at
+  return _ints(at, 'llm.heal.at', low=0) if at else ()
 
 
 def _modes(value: Any) -> tuple[str, ...]:
@@ -205,10 +215,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise LLMConfigError(
       'llm.remove is empty: give the layer counts to remove.'
     )
-  at = _ints(m.heal.at, 'llm.heal.at') if m.heal.at else ()
-  if set(at) - set(ks):
+  at = heal_at(config)
+  if set(at) - set(ks) - {0}:
     raise LLMConfigError(
-      f'llm.heal.at {at} must be among llm.remove {ks} (healing starts from '
+      f'llm.heal.at {at} must be 0 or among llm.remove {ks} (healing starts from '
       'a pruned model the run makes).'
     )
   modes = _modes(m.heal.modes)
@@ -455,6 +465,8 @@ def run(
 
   # --- Evaluation of every pruned model. --------------------------------------
   def pruned_model(k):
+    if k == 0:
+      return base_arch, base_vars
     return surgery.apply(base_arch, base_vars, surgery.remove(removed_at[k]))
 
   for k in ks:
@@ -484,8 +496,7 @@ def run(
     save()
 
   # --- Healing. ---------------------------------------------------------------
-  at = _ints(m.heal.at, 'llm.heal.at') if m.heal.at else ()
-  for k in at:
+  for k in heal_at(config):
     for mode in _modes(m.heal.modes):
       key = f'{k}/{mode}'
       if key in results['healed']:
@@ -645,18 +656,24 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     '| layers removed | removed | FLOPs ↓ % | perplexity | next-token '
     'agreement | healed perplexity (mode) |',
     '|---|---|---|---|---|---|',
-    f'| 0 | — | 0.00 | {results["baseline"]["perplexity"]:.3f} | 1.0000 | — |',
   ]
-  for k, r in sorted(results['pruned'].items(), key=lambda kv: int(kv[0])):
-    healed = [
+
+  def healed(k):
+    return '; '.join(
       f'{v["perplexity"]:.3f} ({key.split("/")[1]})'
       for key, v in results['healed'].items()
       if key.split('/')[0] == k
-    ]
+    )
+
+  lines.append(
+    f'| 0 | — | 0.00 | {results["baseline"]["perplexity"]:.3f} | 1.0000 | '
+    f'{healed("0") or "—"} |'
+  )
+  for k, r in sorted(results['pruned'].items(), key=lambda kv: int(kv[0])):
     lines.append(
       f'| {k} | {", ".join(r["removed"])} | {r["flops_reduction"]:.2f} | '
       f'{r["perplexity"]:.3f} | {r["agreement"]:.4f} | '
-      f'{"; ".join(healed) or "—"} |'
+      f'{healed(k) or "—"} |'
     )
   return '\n'.join(lines)
 

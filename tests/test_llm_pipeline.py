@@ -210,6 +210,7 @@ def test_lowest_respects_the_floor(lm):
     ({'llm.schedule': 'greedy'}, 'llm.schedule'),
     ({'llm.remove': (2, 2)}, 'distinct'),
     ({'llm.heal.at': (3,)}, 'among llm.remove'),
+    ({'llm.heal.at': (-1,)}, '>= 0'),
     ({'llm.heal.modes': 'full,qlora'}, 'unknown modes'),
     ({'llm.heal.learning_rate': 0.0}, 'learning_rate'),
     ({'llm.calibration_length': 1}, 'calibration_length'),
@@ -354,7 +355,7 @@ def test_pipeline_heals_the_pruned_model_on_calibration_text_only(
     **{
       'prune.criterion': 'cka',
       'llm.remove': (1, 2),
-      'llm.heal.at': (2,),
+      'llm.heal.at': (0, 2),
       'llm.heal.modes': 'full,lora',
     }
   )
@@ -382,16 +383,24 @@ def test_pipeline_heals_the_pruned_model_on_calibration_text_only(
   calib = {tuple(r) for r in llm_pipeline.calibration_windows(lm, c)[1]}
   rows = [tuple(r) for a in seen['decide'] + seen['heal'] for r in a]
   assert rows and not held & set(rows) and set(rows) <= calib
-  # Each healed entry is healing.heal of the k=2 model, then its held-out
-  # perplexity (same machine, same programs: equal).
-  arch, variables = surgery.apply(
-    lm.arch, lm.variables, surgery.remove(res['pruned']['2']['removed'])
-  )
-  for mode in ('full', 'lora'):
+  # Each healed entry is healing.heal of the k=2 model (k=0: the unpruned
+  # one), then its held-out perplexity (same machine and programs: equal).
+  models_at = {
+    '0': (lm.arch, lm.variables),
+    '2': surgery.apply(
+      lm.arch, lm.variables, surgery.remove(res['pruned']['2']['removed'])
+    ),
+  }
+  assert sorted(res['healed']) == ['0/full', '0/lora', '2/full', '2/lora']
+  for key in ('0/lora', '2/full', '2/lora'):
+    arch, variables = models_at[key[0]]
     healed, rec = real_heal(
-      arch, variables, seen['heal'][0], llm_pipeline.heal_config(c, mode)
+      arch,
+      variables,
+      seen['heal'][0],
+      llm_pipeline.heal_config(c, key.split('/')[1]),
     )
-    got = res['healed'][f'2/{mode}']
+    got = res['healed'][key]
     assert got['losses'] == rec['losses']
     ev = language.evaluate(models.build_model(arch), healed, _heldout(lm, c))
     assert got['perplexity'] == ev['perplexity']
