@@ -29,7 +29,10 @@ one schedule (`llm.schedule`):
 4. Healing (`llm.heal`): for each `k` of `heal.at` and each mode of
    `heal.modes` (`full` fine-tune, or `lora` on the MLPs), a copy of the
    pruned model is fine-tuned on calibration windows (`lpjax.healing`)
-   and evaluated again. Healing never feeds back into a pruning decision.
+   and evaluated again; `k = 0` heals the unpruned model, the control for
+   how much of the gain is adaptation to the text's domain. Healing never
+   feeds back into a pruning decision; its checkpoints are deleted once
+   its result is recorded unless `heal.keep_checkpoints`.
 
 Criteria on a decoder (`CRITERIA`): `cka` scores 1 − linear CKA of the
 final normed hidden states, mean-pooled over tokens (`prune.representation
