@@ -11,6 +11,8 @@ candidates. This module turns that into a Markdown report with two figures:
     several runs (several seeds per run give a mean and a +-std band).
   * `plot_scores`: a heatmap of the block scores per iteration, with the
     removed block(s) marked.
+  * `plot_pareto`: accuracy change against FLOPs reduction beside the
+    published points for the same model and dataset (`paper_points`).
   * `write_report`: all of the above for one workdir.
   * `aggregate`: per-iteration mean and std over seeds.
   * `cka_heatmap`: a square similarity matrix.
@@ -38,6 +40,9 @@ REPORT_FILENAME = 'report.md'
 ACCURACY_PLOT_FILENAME = 'accuracy_vs_flops.png'
 SCORES_PLOT_FILENAME = 'scores.png'
 SGLP_PLOT_FILENAME = 'sglp.png'
+PARETO_PLOT_FILENAME = 'pareto.png'
+# Published result tables (`third_party/papers/*.json`, numbers only).
+PAPERS_DIR = Path(__file__).resolve().parents[1] / 'third_party' / 'papers'
 
 # Scores are drawn on a log colour scale when all are positive and span more
 # than this ratio.
@@ -416,6 +421,87 @@ def plot_accuracy_vs_flops(
   ax.legend(fontsize='small')
   path = _save(fig, path)
   return path
+
+
+def paper_points(
+  model: str | None, dataset: str | None, directory: PathLike | None = None
+) -> dict[str, list[tuple[float, float]]]:
+  """Published `(FLOPs reduction %, Δ accuracy pp)` points for a model and
+  dataset, `{method: points sorted by FLOPs reduction}`, from every table of
+  `directory` (default `PAPERS_DIR`; its README describes the files).
+  Labels carry no citation; each file's `citation` field has it.
+
+  Raises:
+    ValueError: a file that is not a valid table (naming the file).
+  """
+  folder = Path(directory) if directory is not None else PAPERS_DIR
+  out: dict[str, list[tuple[float, float]]] = {}
+  if not model or not dataset or not folder.is_dir():
+    return out
+  for path in sorted(folder.glob('*.json')):
+    try:
+      doc = json.loads(path.read_text(encoding='utf-8'))
+      for table in doc['tables']:
+        if table['model'] != model or table['dataset'] != dataset:
+          continue
+        for row in table['rows']:
+          out.setdefault(str(row['method']), []).append(
+            (float(row['flops_reduction']), float(row['delta_accuracy']))
+          )
+    except (KeyError, TypeError, ValueError) as e:
+      raise ValueError(f'{path} is not a valid result table: {e!r}') from e
+  return {k: sorted(v) for k, v in out.items()}
+
+
+def plot_pareto(
+  results: Mapping[str, Any],
+  path: PathLike,
+  papers: Mapping[str, Sequence[tuple[float, float]]],
+  *,
+  title: str | None = None,
+) -> dict[str, tuple[list[float], list[float]]]:
+  """Δ accuracy (pp) against FLOPs reduction (%): the run beside papers.
+
+  Args:
+    results: one run's results dict.
+    path: the PNG to write.
+    papers: `{method: [(FLOPs reduction %, Δ accuracy pp), ...]}`
+      (`paper_points`).
+    title: the figure title; a default one where None.
+
+  Returns:
+    Every series drawn, `{label: (x, y)}`: the run's label is its
+    criterion followed by `(this run)`.
+  """
+  baseline = results['baseline']
+  rows = _iterations(results)
+  drawn = {
+    f'{results.get("criterion") or "run"} (this run)': (
+      [_flops_reduction(r, baseline) for r in rows],
+      [100.0 * _delta_accuracy(r, baseline) for r in rows],
+    )
+  }
+  for method, points in papers.items():
+    drawn[method] = ([p[0] for p in points], [p[1] for p in points])
+  fig = _new_figure((8.4, 4.6))
+  ax = fig.add_subplot()
+  markers = itertools.cycle('sv^<>Dph*')
+  for k, (label, (x, y)) in enumerate(drawn.items()):
+    if k == 0:
+      ax.plot(x, y, marker='o', color='k', lw=2, label=label, zorder=3)
+    elif 'Pons' in label or len(x) > 2:
+      ax.plot(x, y, marker=next(markers), ms=5, lw=1, label=label)
+    else:
+      ax.scatter(x, y, marker=next(markers), s=20, label=label)
+  ax.axhline(0.0, color='0.3', lw=1, ls='--', zorder=0)
+  ax.set_xlabel('FLOPs reduction (%)')
+  ax.set_ylabel('Accuracy change vs unpruned (pp)')
+  model, dataset = results.get('model'), results.get('dataset')
+  ax.set_title(title or f'{model} on {dataset}: this run and published')
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize='x-small', loc='center left', bbox_to_anchor=(1.01, 0.5))
+  _save(fig, path)
+  return drawn
 
 
 def _score_matrix(results: Mapping[str, Any]):
@@ -798,7 +884,8 @@ def write_report(workdir: PathLike, *, title: str | None = None) -> str:
   """Writes `report.md` and its figures for the run in `workdir`.
 
   Reads `workdir/results.json` and writes `report.md`,
-  `accuracy_vs_flops.png` and `scores.png` beside it.
+  `accuracy_vs_flops.png` and `scores.png` beside it, and `pareto.png`
+  when published results exist for the run's model and dataset.
 
   Args:
     workdir: the run's workdir.
@@ -821,6 +908,9 @@ def write_report(workdir: PathLike, *, title: str | None = None) -> str:
   sglp_diag = _sglp_diagnostics(results)
   if sglp_diag is not None:
     plot_sglp(sglp_diag, workdir / SGLP_PLOT_FILENAME)
+  papers = paper_points(results.get('model'), results.get('dataset'))
+  if papers:
+    plot_pareto(results, workdir / PARETO_PLOT_FILENAME, papers)
   if title is None:
     model = results.get('model')
     title = f'Layer pruning of {model}' if model else 'Layer pruning'
@@ -851,6 +941,17 @@ def write_report(workdir: PathLike, *, title: str | None = None) -> str:
     + (
       [f'![SGLP: CKA segments and GradNorm]({SGLP_PLOT_FILENAME})', '']
       if sglp_diag is not None
+      else []
+    )
+    + (
+      [
+        f'![Accuracy change vs FLOPs reduction, beside published results]'
+        f'({PARETO_PLOT_FILENAME})',
+        '',
+        'Published points: `third_party/papers/` (citations in each file).',
+        '',
+      ]
+      if papers
       else []
     )
   )

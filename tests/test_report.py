@@ -355,3 +355,48 @@ def test_everything_tables_and_filter_counts():
   assert report.everything_table(results) is None
   results['iterations'][-1]['widths'] = results['baseline']['widths']
   assert report.widths_table(results) is None
+
+
+def test_report_shows_published_points_for_a_matching_run(tmp_path):
+  results = _results()
+  results.update(model='resnet56', dataset='cifar10')
+  (tmp_path / 'results.json').write_text(json.dumps(results))
+  markdown = report.write_report(tmp_path)
+  assert '(pareto.png)' in markdown
+  _assert_png(tmp_path / 'pareto.png')
+  # The drawn points are the file's rows, and the run's Δ accuracy.
+  papers = report.paper_points('resnet56', 'cifar10')
+  drawn = report.plot_pareto(results, tmp_path / 'p.png', papers)
+  table = json.loads(
+    (report.PAPERS_DIR / 'pons2024_cka.json').read_text(encoding='utf-8')
+  )
+  (cifar,) = [
+    t
+    for t in table['tables']
+    if (t['model'], t['dataset']) == ('resnet56', 'cifar10')
+  ]
+  cka = sorted(
+    (r['flops_reduction'], r['delta_accuracy'])
+    for r in cifar['rows']
+    if r['method'] == 'CKA (Pons et al.)'
+  )
+  assert drawn['CKA (Pons et al.)'] == (
+    [x for x, _ in cka],
+    [y for _, y in cka],
+  )
+  assert len(cka) == 7 and cka[-1] == (78.80, -0.66)
+  acc = [0.9712, 0.9587, 0.9601, 0.9410]
+  np.testing.assert_allclose(
+    drawn['cka (this run)'][1], [100 * (a - acc[0]) for a in acc[1:]]
+  )
+
+
+def test_no_published_points_for_other_runs_and_bad_tables(tmp_path):
+  (tmp_path / 'results.json').write_text(json.dumps(_results()))  # resnet20
+  assert 'pareto.png' not in report.write_report(tmp_path)
+  assert report.paper_points('resnet20', 'digits') == {}
+  bad = tmp_path / 'papers'
+  bad.mkdir()
+  (bad / 'x.json').write_text('{"tables": [{"model": "resnet56"}]}')
+  with pytest.raises(ValueError, match=r'x\.json'):
+    report.paper_points('resnet56', 'cifar10', bad)
