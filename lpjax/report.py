@@ -41,6 +41,8 @@ ACCURACY_PLOT_FILENAME = 'accuracy_vs_flops.png'
 SCORES_PLOT_FILENAME = 'scores.png'
 SGLP_PLOT_FILENAME = 'sglp.png'
 PARETO_PLOT_FILENAME = 'pareto.png'
+EVALUATION_FILENAME = 'evaluation.json'  # written by lpjax.evaluate.run
+ROBUSTNESS_PLOT_FILENAME = 'robustness.png'
 # Published result tables (`third_party/papers/*.json`, numbers only).
 PAPERS_DIR = Path(__file__).resolve().parents[1] / 'third_party' / 'papers'
 
@@ -504,6 +506,85 @@ def plot_pareto(
   return drawn
 
 
+def evaluation_table(evaluation: Mapping[str, Any]) -> str:
+  """One row per model of `evaluation.json`: accuracy clean and under
+  attack, latency speed-up beside the FLOPs ratio, energy."""
+  eps = [f'{e:g}' for e in evaluation['eps']]
+  batches = (
+    list(evaluation['models'][0]['latency']) if evaluation['models'] else []
+  )
+  head = (
+    ['model', 'FLOPs ↓ %', 'clean %']
+    + [f'FGSM ε={e} %' for e in eps]
+    + [f'PGD-{evaluation["pgd_steps"]} ε={e} %' for e in eps]
+    + [f'speed-up b={b} (ms)' for b in batches]
+    + ['FLOPs ratio', 'energy']
+  )
+  lines = [_table_line(head), _table_line(['---'] * len(head))]
+  for m in evaluation['models']:
+    cells = [
+      m['stage'],
+      f'{m["flops_reduction"]:.2f}',
+      f'{100 * m["clean_accuracy"]:.2f}',
+      *[f'{100 * m["fgsm"][e]:.2f}' for e in eps],
+      *[f'{100 * m["pgd"][e]:.2f}' for e in eps],
+      *[
+        f'{m["latency"][b]["speedup"]:.2f}× ({m["latency"][b]["median_ms"]:.3g})'
+        for b in batches
+      ],
+      f'{m["flops_ratio"]:.2f}×',
+      (
+        f'{m["energy"]["joules_per_call"]:.3g} J'
+        if m['energy'].get('measured')
+        else 'not measured'
+      ),
+    ]
+    lines.append(_table_line(cells))
+  d = evaluation['device']
+  energy_note = next(
+    (
+      m['energy']['reason']
+      for m in evaluation['models']
+      if not m['energy'].get('measured')
+    ),
+    None,
+  )
+  lines += [
+    '',
+    f'{evaluation["examples"]} test examples; ε in pixel units (pixels in '
+    f'[0, 1]); latency: median of jitted eval forwards on {d["device"]} '
+    f'({d["backend"]}, {d["cpu_threads"]} CPU threads), compile excluded.'
+    + (f' Energy not measured: {energy_note}.' if energy_note else ''),
+  ]
+  return '\n'.join(lines) + '\n'
+
+
+def plot_robustness(evaluation: Mapping[str, Any], path: PathLike) -> Path:
+  """Accuracy clean and under FGSM / PGD against FLOPs reduction."""
+  fig = _new_figure((6.4, 4.4))
+  ax = fig.add_subplot()
+  models_ = evaluation['models']
+  x = [m['flops_reduction'] for m in models_]
+  ax.plot(
+    x, [100 * m['clean_accuracy'] for m in models_], marker='o', label='clean'
+  )
+  for e in evaluation['eps']:
+    key = f'{e:g}'
+    for attack, marker in (('fgsm', 's'), ('pgd', '^')):
+      ax.plot(
+        x,
+        [100 * m[attack][key] for m in models_],
+        marker=marker,
+        label=f'{attack.upper()} ε={key}',
+      )
+  ax.set_xlabel('FLOPs reduction (%)')
+  ax.set_ylabel('Test accuracy (%)')
+  ax.set_title('Robustness of the pruned models')
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize='small')
+  return _save(fig, path)
+
+
 def _score_matrix(results: Mapping[str, Any]):
   """(matrix [iterations, blocks] with NaN gaps, block names, removed)."""
   iterations = _iterations(results)
@@ -911,6 +992,10 @@ def write_report(workdir: PathLike, *, title: str | None = None) -> str:
   papers = paper_points(results.get('model'), results.get('dataset'))
   if papers:
     plot_pareto(results, workdir / PARETO_PLOT_FILENAME, papers)
+  evaluation = None
+  if (workdir / EVALUATION_FILENAME).is_file():
+    evaluation = json.loads((workdir / EVALUATION_FILENAME).read_text())
+    plot_robustness(evaluation, workdir / ROBUSTNESS_PLOT_FILENAME)
   if title is None:
     model = results.get('model')
     title = f'Layer pruning of {model}' if model else 'Layer pruning'
@@ -930,6 +1015,10 @@ def write_report(workdir: PathLike, *, title: str | None = None) -> str:
       *_section(
         'Final inner widths (blocks whose filters were pruned)',
         widths_table(results),
+      ),
+      *_section(
+        'Beyond accuracy (python -m lpjax.evaluate)',
+        evaluation_table(evaluation) if evaluation else None,
       ),
       '## Figures',
       '',
@@ -952,6 +1041,11 @@ def write_report(workdir: PathLike, *, title: str | None = None) -> str:
         '',
       ]
       if papers
+      else []
+    )
+    + (
+      [f'![Robustness vs FLOPs reduction]({ROBUSTNESS_PLOT_FILENAME})', '']
+      if evaluation
       else []
     )
   )

@@ -22,6 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = """
 from configs import base
 
+
+# One worker runs this module (pyproject: --dist=loadgroup), so the tiny run
+# (a module fixture) is made once per test run, not once per worker.
+pytestmark = pytest.mark.xdist_group('pipeline')
+
 def get_config():
   c = base.get_config()
   c.dataset = 'synthetic'
@@ -373,3 +378,43 @@ def test_every_config_file_passes_the_checks(path):
     c.baseline.path = '/path/given/on/the/command/line'
   pipeline.check_config(c)
   assert c.to_json()  # plain data, no callables
+
+
+def test_evaluate_every_model_of_a_finished_run(tiny, tmp_path, capsys):
+  """`python -m lpjax.evaluate` on the tiny run: every stage's model, the
+  report extended."""
+  from lpjax.evaluate import run as evaluate
+
+  _, clean_dir, results = tiny
+  workdir = tmp_path / 'run'
+  shutil.copytree(clean_dir, workdir)
+  ev = evaluate.evaluate_run(
+    workdir,
+    eps=(0.05,),
+    examples=64,
+    pgd_steps=3,
+    batch=64,  # one shape for every call: one compile per attack and model
+    latency_batches=(64,),
+    latency_runs=2,
+  )
+  recs = [results['baseline'], *results['iterations']]
+  assert [m['stage'] for m in ev['models']] == [
+    'baseline',
+    'iter_001',
+    'iter_002',
+  ]
+  for m, rec in zip(ev['models'], recs):
+    # The whole synthetic test split (64): the recorded accuracy, up to one
+    # example at a decision boundary (another compiled forward).
+    assert abs(m['clean_accuracy'] - rec['test_accuracy']) <= 1 / 64
+    assert m['pgd']['0.05'] <= m['clean_accuracy']
+    assert m['fgsm']['0.05'] <= m['clean_accuracy']
+    assert m['flops_ratio'] == recs[0]['macs'] / rec['macs']
+    assert m['energy']['measured'] is False
+  assert ev['models'][0]['latency']['64']['speedup'] == 1.0
+  report = (workdir / 'report.md').read_text()
+  assert 'Beyond accuracy' in report and '(robustness.png)' in report
+  assert (workdir / 'robustness.png').stat().st_size > 0
+  # A workdir without a run: one clear line, status 2.
+  assert evaluate.main(['--workdir', str(tmp_path / 'nothing')]) == 2
+  assert 'finished' in capsys.readouterr().out

@@ -1,0 +1,263 @@
+"""Evaluate every model of a finished pruning run beyond clean accuracy.
+
+    python -m lpjax.evaluate --workdir=W [--eps=0.0314] [--examples=1000]
+
+reads the run's `results.json` and its checkpoints (`baseline/`,
+`iter_001/`, ...: the last step of each stage is that model after its
+fine-tune), rebuilds the run's dataset from the recorded config, and for
+every model measures, on the first `examples` test images:
+
+* clean accuracy, accuracy under FGSM and under PGD (`steps`, random start,
+  seed) at each ε in pixel units (`lpjax.evaluate.adversarial`, in the
+  dataset's pixel space);
+* latency of the jitted eval-mode forward at each batch size, and the
+  speed-up against the unpruned model beside the FLOPs ratio
+  (`lpjax.evaluate.latency`);
+* energy per batch from the GPU's counter, or "not measured"
+  (`lpjax.evaluate.energy`).
+
+It writes `evaluation.json` and rewrites `report.md`, which then shows the
+table and `robustness.png` (accuracy under attack against FLOPs
+reduction). Test data is only measured here; nothing is decided from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lpjax import checkpointing, input_pipeline, models
+from lpjax import report as report_lib
+from lpjax.evaluate import adversarial, energy, latency
+
+EVALUATION_FILENAME = 'evaluation.json'
+
+
+class EvaluationError(ValueError):
+  """A workdir that cannot be evaluated, naming the problem and the fix."""
+
+
+def stages(workdir: str | os.PathLike) -> list[tuple[str, dict[str, Any]]]:
+  """`[(stage directory name, its results record)]`, baseline first."""
+  path = Path(workdir) / report_lib.RESULTS_FILENAME
+  if not path.is_file():
+    raise EvaluationError(
+      f'{path} does not exist: evaluate the workdir of a finished (or '
+      'partly finished) `python main.py` run.'
+    )
+  results = report_lib.load_results(path)
+  if 'baseline' not in results or 'config' not in results:
+    raise EvaluationError(
+      f'{path} is not a pruning run of lpjax.pipeline (no baseline/config).'
+    )
+  out = [('baseline', results['baseline'])]
+  for k, rec in enumerate(results.get('iterations') or [], start=1):
+    out.append((f'iter_{k:03d}', rec))
+  return out
+
+
+def load_model(directory: str | os.PathLike):
+  """`(arch, variables)` of a stage's last checkpoint."""
+  with checkpointing.Checkpoints(directory) as ck:
+    if ck.latest_step() is None:
+      raise EvaluationError(f'{directory} holds no checkpoint.')
+    arch, _ = ck.restore_meta()
+    tree = ck.restore()  # as saved: only params and batch_stats are used
+  variables = {'params': tree['params']}
+  if tree.get('batch_stats'):
+    variables['batch_stats'] = tree['batch_stats']
+  return arch, variables
+
+
+def _test_arrays(dataset, examples: int):
+  images, labels = [], []
+  have = 0
+  for b in dataset.eval_batches(split='test', batch_size=min(examples, 1000)):
+    keep = b['mask'] > 0
+    images.append(b['image'][keep])
+    labels.append(b['label'][keep])
+    have += int(keep.sum())
+    if have >= examples:
+      break
+  return np.concatenate(images)[:examples], np.concatenate(labels)[:examples]
+
+
+def evaluate_run(
+  workdir: str | os.PathLike,
+  *,
+  eps: Sequence[float] = (8 / 255,),
+  examples: int = 1000,
+  pgd_steps: int = 10,
+  batch: int = 250,
+  latency_batches: Sequence[int] = (1, 256),
+  latency_runs: int = 20,
+  seed: int = 0,
+) -> dict[str, Any]:
+  """Evaluates every model of the run in `workdir`; see the module docstring.
+
+  Returns:
+    The evaluation record (also written to `workdir/evaluation.json`).
+  """
+  if examples < 1 or batch < 1 or pgd_steps < 1 or latency_runs < 1:
+    raise EvaluationError(
+      'examples, batch, pgd_steps and latency_runs must be >= 1.'
+    )
+  if any(not e >= 0 for e in eps):
+    raise EvaluationError(f'eps must be >= 0 (pixel units); got {eps}.')
+  workdir = Path(workdir)
+  entries = stages(workdir)
+  results = report_lib.load_results(workdir / report_lib.RESULTS_FILENAME)
+  config = ml_collections.ConfigDict(results['config'])
+  if config.dataset in input_pipeline.SERIES:
+    raise EvaluationError(
+      f'{config.dataset} is a sensor-series dataset: the attacks and their '
+      'budgets are defined in pixel space, for image datasets.'
+    )
+  dataset = input_pipeline.load(
+    config.dataset,
+    data_dir=config.data_dir or None,
+    normalization=config.normalization or None,
+    seed=config.seed,
+    synthetic=(
+      config.synthetic.to_dict() if config.dataset == 'synthetic' else None
+    ),
+    holdout=config.holdout,
+  )
+  space = adversarial.PixelSpace.of_dataset(dataset)
+  x, y = _test_arrays(dataset, examples)
+  record: dict[str, Any] = {
+    'examples': len(x),
+    'eps': [float(e) for e in eps],
+    'pgd_steps': pgd_steps,
+    'seed': seed,
+    'device': latency.device_description(),
+    'models': [],
+  }
+  base_latency: dict[int, dict[str, Any]] = {}
+  base_macs = float(entries[0][1]['macs'])
+  for name, rec in entries:
+    directory = workdir / name
+    if not directory.is_dir():
+      raise EvaluationError(
+        f'{directory} is missing: the run records {name} but its checkpoint '
+        'is gone; re-run the same `python main.py` command to restore it.'
+      )
+    arch, variables = load_model(directory)
+    model = models.build_model(arch)
+    logits_fn = jax.jit(
+      lambda v, model=model, variables=variables: model.apply(variables, v)
+    )
+
+    def attack(kind, e, logits_fn=logits_fn):
+      out = []
+      for i in range(0, len(x), batch):
+        xb, yb = x[i : i + batch], y[i : i + batch]
+        if kind == 'fgsm':
+          out.append(adversarial.fgsm(logits_fn, xb, yb, e, space))
+        else:
+          key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+          out.append(
+            adversarial.pgd(
+              logits_fn, xb, yb, e, steps=pgd_steps, key=key, space=space
+            )
+          )
+      return adversarial.accuracy(
+        logits_fn, np.concatenate(out), y, batch=batch
+      )
+
+    entry: dict[str, Any] = {
+      'stage': name,
+      'flops_reduction': float(rec.get('flops_reduction', 0.0)),
+      'flops_ratio': base_macs / float(rec['macs']),
+      'clean_accuracy': adversarial.accuracy(logits_fn, x, y, batch=batch),
+      'fgsm': {},
+      'pgd': {},
+      'latency': {},
+    }
+    for e in eps:
+      entry['fgsm'][f'{e:g}'] = attack('fgsm', e)
+      entry['pgd'][f'{e:g}'] = attack('pgd', e)
+    for b in latency_batches:
+      xb = jnp.asarray(np.resize(x, (b, *x.shape[1:])))
+      lat = latency.measure(logits_fn, xb, runs=latency_runs)
+      if name == 'baseline':
+        base_latency[b] = lat
+      lat['speedup'] = latency.speedup(lat, base_latency[b])
+      entry['latency'][str(b)] = lat
+    b = latency_batches[-1]
+    entry['energy'] = energy.measure(
+      logits_fn, jnp.asarray(np.resize(x, (b, *x.shape[1:]))), runs=latency_runs
+    )
+    logging.info(
+      '%s: clean %.4f, FGSM %s, PGD %s, speed-up %s.',
+      name,
+      entry['clean_accuracy'],
+      entry['fgsm'],
+      entry['pgd'],
+      {k: round(v['speedup'], 3) for k, v in entry['latency'].items()},
+    )
+    record['models'].append(entry)
+  path = workdir / EVALUATION_FILENAME
+  tmp = path.with_suffix('.json.tmp')
+  tmp.write_text(json.dumps(record, indent=1))
+  os.replace(tmp, path)
+  report_lib.write_report(workdir)
+  return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  import argparse
+
+  p = argparse.ArgumentParser(
+    prog='python -m lpjax.evaluate',
+    description='Robustness, latency and energy of every model of a run.',
+  )
+  p.add_argument('--workdir', required=True)
+  p.add_argument(
+    '--eps',
+    default=f'{8 / 255:.6f}',
+    help='comma-separated L∞ budgets in pixel units (pixels in [0, 1])',
+  )
+  p.add_argument('--examples', type=int, default=1000)
+  p.add_argument('--pgd_steps', type=int, default=10)
+  p.add_argument('--batch', type=int, default=250)
+  p.add_argument('--latency_batches', default='1,256')
+  p.add_argument('--latency_runs', type=int, default=20)
+  p.add_argument('--seed', type=int, default=0)
+  args = p.parse_args(argv)
+  logging.set_verbosity(logging.INFO)
+  try:
+    evaluate_run(
+      args.workdir,
+      eps=[float(e) for e in args.eps.split(',') if e],
+      examples=args.examples,
+      pgd_steps=args.pgd_steps,
+      batch=args.batch,
+      latency_batches=[int(b) for b in args.latency_batches.split(',') if b],
+      latency_runs=args.latency_runs,
+      seed=args.seed,
+    )
+  except (EvaluationError, checkpointing.CheckpointError) as e:
+    print(f'error: {e}', flush=True)
+    return 2
+  print(f'evaluation.json and report.md are in {args.workdir}.')
+  return 0
+
+
+__all__ = [
+  'EVALUATION_FILENAME',
+  'EvaluationError',
+  'evaluate_run',
+  'load_model',
+  'main',
+  'stages',
+]
