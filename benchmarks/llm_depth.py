@@ -60,7 +60,7 @@ RUNS = {
     '--config.llm.calibration_windows=8',
   ],
 }
-FULL_HEAL = ('block_influence', 'control')
+FULL_HEAL = ('block_influence',)
 # The control: the unpruned model healed exactly as the pruned ones are, so
 # the table can tell repair of a removal from adaptation to the calibration
 # text's domain (the held-out text is other topics of the same manual).
