@@ -510,6 +510,11 @@ def evaluation_table(evaluation: Mapping[str, Any]) -> str:
   """One row per model of `evaluation.json`: accuracy clean and under
   attack, latency speed-up beside the FLOPs ratio, energy."""
   eps = [f'{e:g}' for e in evaluation['eps']]
+  sev = (
+    [str(v) for v in evaluation.get('severities', [])]
+    if evaluation.get('corruptions')
+    else []
+  )
   batches = (
     list(evaluation['models'][0]['latency']) if evaluation['models'] else []
   )
@@ -517,6 +522,7 @@ def evaluation_table(evaluation: Mapping[str, Any]) -> str:
     ['model', 'FLOPs ↓ %', 'clean %']
     + [f'FGSM ε={e} %' for e in eps]
     + [f'PGD-{evaluation["pgd_steps"]} ε={e} %' for e in eps]
+    + [f'corrupted s={v} %' for v in sev]
     + [f'speed-up b={b} (ms)' for b in batches]
     + ['FLOPs ratio', 'energy']
   )
@@ -528,6 +534,7 @@ def evaluation_table(evaluation: Mapping[str, Any]) -> str:
       f'{100 * m["clean_accuracy"]:.2f}',
       *[f'{100 * m["fgsm"][e]:.2f}' for e in eps],
       *[f'{100 * m["pgd"][e]:.2f}' for e in eps],
+      *[f'{100 * m["corruption_mean"][v]:.2f}' for v in sev],
       *[
         f'{m["latency"][b]["speedup"]:.2f}× ({m["latency"][b]["median_ms"]:.3g})'
         for b in batches
@@ -552,7 +559,10 @@ def evaluation_table(evaluation: Mapping[str, Any]) -> str:
   lines += [
     '',
     f'{evaluation["examples"]} test examples; ε in pixel units (pixels in '
-    f'[0, 1]); latency: median of jitted eval forwards on {d["device"]} '
+    f'[0, 1]); corrupted: mean accuracy over '
+    f'{len(evaluation.get("corruptions", []))} CIFAR-10-C corruptions at '
+    f'each severity, on {evaluation.get("corruption_examples", 0)} images; '
+    f'latency: median of jitted eval forwards on {d["device"]} '
     f'({d["backend"]}, {d["cpu_threads"]} CPU threads), compile excluded.'
     + (f' Energy not measured: {energy_note}.' if energy_note else ''),
   ]
@@ -577,6 +587,16 @@ def plot_robustness(evaluation: Mapping[str, Any], path: PathLike) -> Path:
         marker=marker,
         label=f'{attack.upper()} ε={key}',
       )
+  if evaluation.get('corruptions'):
+    ax.plot(
+      x,
+      [
+        100 * float(np.mean(list(m['corruption_mean'].values())))
+        for m in models_
+      ],
+      marker='D',
+      label='corrupted (mean)',
+    )
   ax.set_xlabel('FLOPs reduction (%)')
   ax.set_ylabel('Test accuracy (%)')
   ax.set_title('Robustness of the pruned models')

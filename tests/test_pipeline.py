@@ -15,6 +15,10 @@ import pytest
 
 from lpjax import checkpointing, input_pipeline, pipeline
 
+# One worker runs this module (pyproject: --dist=loadgroup), so the tiny run
+# (a module fixture) is made once per test run, not once per worker.
+pytestmark = pytest.mark.xdist_group('pipeline')
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A tiny run: 3 blocks per stage (3 candidates under the floor), width 4,
@@ -22,10 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = """
 from configs import base
 
-
-# One worker runs this module (pyproject: --dist=loadgroup), so the tiny run
-# (a module fixture) is made once per test run, not once per worker.
-pytestmark = pytest.mark.xdist_group('pipeline')
 
 def get_config():
   c = base.get_config()
@@ -396,6 +396,9 @@ def test_evaluate_every_model_of_a_finished_run(tiny, tmp_path, capsys):
     batch=64,  # one shape for every call: one compile per attack and model
     latency_batches=(64,),
     latency_runs=2,
+    corruptions=('contrast', 'gaussian_noise'),
+    severities=(1, 5),
+    corruption_examples=64,
   )
   recs = [results['baseline'], *results['iterations']]
   assert [m['stage'] for m in ev['models']] == [
@@ -411,9 +414,16 @@ def test_evaluate_every_model_of_a_finished_run(tiny, tmp_path, capsys):
     assert m['fgsm']['0.05'] <= m['clean_accuracy']
     assert m['flops_ratio'] == recs[0]['macs'] / rec['macs']
     assert m['energy']['measured'] is False
+    for c in ('contrast', 'gaussian_noise'):
+      assert set(m['corrupted'][c]) == {'1', '5'}
+    assert m['corruption_mean']['1'] == pytest.approx(
+      (m['corrupted']['contrast']['1'] + m['corrupted']['gaussian_noise']['1'])
+      / 2
+    )
   assert ev['models'][0]['latency']['64']['speedup'] == 1.0
   report = (workdir / 'report.md').read_text()
   assert 'Beyond accuracy' in report and '(robustness.png)' in report
+  assert 'corrupted s=5 %' in report
   assert (workdir / 'robustness.png').stat().st_size > 0
   # A workdir without a run: one clear line, status 2.
   assert evaluate.main(['--workdir', str(tmp_path / 'nothing')]) == 2

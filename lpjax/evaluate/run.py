@@ -10,6 +10,9 @@ every model measures, on the first `examples` test images:
 * clean accuracy, accuracy under FGSM and under PGD (`steps`, random start,
   seed) at each ε in pixel units (`lpjax.evaluate.adversarial`, in the
   dataset's pixel space);
+* accuracy on the CIFAR-10-C corruptions at each severity, and their mean
+  per severity (`lpjax.evaluate.corruptions`, on the first
+  `corruption_examples` test images);
 * latency of the jitted eval-mode forward at each batch size, and the
   speed-up against the unpruned model beside the FLOPs ratio
   (`lpjax.evaluate.latency`);
@@ -38,6 +41,7 @@ from absl import logging
 from lpjax import checkpointing, input_pipeline, models
 from lpjax import report as report_lib
 from lpjax.evaluate import adversarial, energy, latency
+from lpjax.evaluate import corruptions as corruptions_lib
 
 EVALUATION_FILENAME = 'evaluation.json'
 
@@ -91,6 +95,23 @@ def _test_arrays(dataset, examples: int):
   return np.concatenate(images)[:examples], np.concatenate(labels)[:examples]
 
 
+def _corrupted_sets(x, space, names, severities, seed, frost_dir):
+  """`{(name, severity): model-space inputs}`: the pixels of `x` (clipped
+  to [0, 1] against rounding), corrupted, normalised back."""
+  mean = np.asarray(space.mean, np.float64)
+  std = np.asarray(space.std, np.float64)
+  pixels = np.clip(np.asarray(x, np.float64) * std + mean, 0, 1)
+  out = {}
+  for name in names:
+    for v in severities:
+      p = corruptions_lib.corrupt(
+        pixels, name, int(v), seed=seed, frost_dir=frost_dir
+      )
+      out[name, v] = ((p - mean) / std).astype(np.float32)
+    logging.info('Corrupted %d test images: %s.', len(x), name)
+  return out
+
+
 def evaluate_run(
   workdir: str | os.PathLike,
   *,
@@ -101,8 +122,17 @@ def evaluate_run(
   latency_batches: Sequence[int] = (1, 256),
   latency_runs: int = 20,
   seed: int = 0,
+  corruptions: Sequence[str] | None = None,
+  severities: Sequence[int] = corruptions_lib.SEVERITIES,
+  corruption_examples: int = 500,
+  frost_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
   """Evaluates every model of the run in `workdir`; see the module docstring.
+
+  `corruptions` (default: all 15 with `frost_dir`, else the 14 without
+  frost; `()` for none) are applied at each of `severities` to the first
+  `corruption_examples` test images, once, and every model is evaluated on
+  the same corrupted images.
 
   Returns:
     The evaluation record (also written to `workdir/evaluation.json`).
@@ -134,7 +164,18 @@ def evaluate_run(
   )
   space = adversarial.PixelSpace.of_dataset(dataset)
   x, y = _test_arrays(dataset, examples)
+  if corruptions is None:
+    corruptions = tuple(
+      c for c in corruptions_lib.CORRUPTIONS if c != 'frost' or frost_dir
+    )
+  corrupted = _corrupted_sets(
+    x[:corruption_examples], space, corruptions, severities, seed, frost_dir
+  )
+  y_c = y[:corruption_examples]
   record: dict[str, Any] = {
+    'corruptions': list(corruptions),
+    'severities': [int(v) for v in severities],
+    'corruption_examples': len(y_c),
     'examples': len(x),
     'eps': [float(e) for e in eps],
     'pgd_steps': pgd_steps,
@@ -186,6 +227,22 @@ def evaluate_run(
     for e in eps:
       entry['fgsm'][f'{e:g}'] = attack('fgsm', e)
       entry['pgd'][f'{e:g}'] = attack('pgd', e)
+    entry['corrupted'] = {
+      c: {
+        str(v): adversarial.accuracy(
+          logits_fn, corrupted[c, v], y_c, batch=batch
+        )
+        for v in severities
+      }
+      for c in corruptions
+    }
+    if corruptions:
+      entry['corruption_mean'] = {
+        str(v): float(
+          np.mean([entry['corrupted'][c][str(v)] for c in corruptions])
+        )
+        for v in severities
+      }
     for b in latency_batches:
       xb = jnp.asarray(np.resize(x, (b, *x.shape[1:])))
       lat = latency.measure(logits_fn, xb, runs=latency_runs)
@@ -233,7 +290,22 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument('--latency_batches', default='1,256')
   p.add_argument('--latency_runs', type=int, default=20)
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument(
+    '--corruptions',
+    default=None,
+    help='comma-separated names (default: all, frost only with --frost_dir;'
+    " 'none' for none)",
+  )
+  p.add_argument('--severities', default='1,2,3,4,5')
+  p.add_argument('--corruption_examples', type=int, default=500)
+  p.add_argument('--frost_dir', default=None)
   args = p.parse_args(argv)
+  if args.corruptions is None:
+    names = None
+  elif args.corruptions == 'none':
+    names = ()
+  else:
+    names = tuple(c for c in args.corruptions.split(',') if c)
   logging.set_verbosity(logging.INFO)
   try:
     evaluate_run(
@@ -245,8 +317,16 @@ def main(argv: Sequence[str] | None = None) -> int:
       latency_batches=[int(b) for b in args.latency_batches.split(',') if b],
       latency_runs=args.latency_runs,
       seed=args.seed,
+      corruptions=names,
+      severities=[int(v) for v in args.severities.split(',') if v],
+      corruption_examples=args.corruption_examples,
+      frost_dir=args.frost_dir,
     )
-  except (EvaluationError, checkpointing.CheckpointError) as e:
+  except (
+    EvaluationError,
+    checkpointing.CheckpointError,
+    corruptions_lib.CorruptionError,
+  ) as e:
     print(f'error: {e}', flush=True)
     return 2
   print(f'evaluation.json and report.md are in {args.workdir}.')
