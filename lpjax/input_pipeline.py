@@ -138,6 +138,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_RESIZE = 256
 IMAGENET_CROP = 224
 
+# Test-only distribution-shifted CIFAR-10 sets in TFDS, read by
+# `load_test_set` and evaluated with a CIFAR-10 run's preprocessing:
+# CIFAR-10.1 (Recht et al. 2019) and CIFAR-10-C (Hendrycks & Dietterich
+# 2019; a TFDS config per corruption and severity, e.g. 'fog_5').
+TEST_SETS = ('cifar10_1', 'cifar10_corrupted')
+
 # Our split name -> TFDS split name.
 _TFDS_SPLITS = {
   'cifar10': {'train': 'train', 'test': 'test'},
@@ -145,6 +151,8 @@ _TFDS_SPLITS = {
   'imagenet2012': {'train': 'train', 'test': 'validation'},
 }
 _TFDS_ARCHIVES = {
+  'cifar10_1': 'nothing (TFDS downloads CIFAR-10.1 from GitHub)',
+  'cifar10_corrupted': 'nothing (TFDS downloads CIFAR-10-C.tar from Zenodo)',
   'cifar10': 'cifar-10-binary.tar.gz',
   'cifar100': 'cifar-100-binary.tar.gz',
   'imagenet2012': (
@@ -879,7 +887,8 @@ def _not_prepared_message(
     f'(looked in {builder.data_dir}). lpjax reads array_record data with '
     'tfds.data_source and never downloads. Prepare it once (this step needs '
     "TensorFlow: pip install 'lpjax[prepare]'), with "
-    f'{_TFDS_ARCHIVES[name]} in {manual}, by running in Python:\n\n'
+    f'{_TFDS_ARCHIVES[name.split("/")[0]]} in {manual}, by running in '
+    'Python:\n\n'
     f'  import tensorflow_datasets as tfds\n  {snippet}\n'
   )
 
@@ -914,6 +923,54 @@ def _open_tfds(
         )
       ) from e
   return sources, builder.info.features['label'].num_classes
+
+
+def load_test_set(
+  name: str, *, data_dir: str | None = None, manual_dir: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+  """A test-only TFDS set as pixels: `(images [n, 32, 32, 3] float32 in
+  [0, 1], labels int32 [n])`.
+
+  Args:
+    name: `'cifar10_1'`, or `'cifar10_corrupted/<corruption>_<severity>'`
+      (the published CIFAR-10-C, e.g. `'cifar10_corrupted/fog_5'`).
+    data_dir, manual_dir: as for `load`.
+
+  Raises:
+    KeyError: a name outside `TEST_SETS`.
+    DatasetNotPreparedError: not prepared in `data_dir` (never downloads).
+  """
+  if name.split('/')[0] not in TEST_SETS:
+    raise KeyError(
+      f'Unknown test set {name!r}; valid: cifar10_1, '
+      "cifar10_corrupted/<corruption>_<severity> (e.g. 'cifar10_corrupted/"
+      "fog_5')."
+    )
+  import tensorflow_datasets as tfds
+
+  if data_dir is not None and '://' not in data_dir:
+    data_dir = os.path.abspath(os.path.expanduser(data_dir))
+  builder = tfds.builder(name, data_dir=data_dir)
+  try:
+    source = builder.as_data_source(split='test')
+  except Exception as e:
+    if not builder.is_prepared():
+      reason = 'no prepared version found'
+    elif isinstance(e, NotImplementedError):
+      reason = 'it is prepared, but not in the array_record format'
+    else:
+      raise
+    raise DatasetNotPreparedError(
+      _not_prepared_message(
+        name,
+        data_dir=data_dir,
+        builder=builder,
+        manual_dir=manual_dir,
+        reason=reason,
+      )
+    ) from e
+  reader = _read_into_memory(source, (32, 32, 3))
+  return reader.images.astype(np.float32) / 255, reader.labels
 
 
 def _image_stats(

@@ -515,14 +515,15 @@ def evaluation_table(evaluation: Mapping[str, Any]) -> str:
     if evaluation.get('corruptions')
     else []
   )
-  batches = (
-    list(evaluation['models'][0]['latency']) if evaluation['models'] else []
-  )
+  first = evaluation['models'][0] if evaluation['models'] else {}
+  batches = list(first.get('latency', {}))
+  sets = list(first.get('test_sets', {}))
   head = (
     ['model', 'FLOPs ↓ %', 'clean %']
     + [f'FGSM ε={e} %' for e in eps]
     + [f'PGD-{evaluation["pgd_steps"]} ε={e} %' for e in eps]
     + [f'corrupted s={v} %' for v in sev]
+    + [f'{t} %' for t in sets]
     + [f'speed-up b={b} (ms)' for b in batches]
     + ['FLOPs ratio', 'energy']
   )
@@ -535,6 +536,7 @@ def evaluation_table(evaluation: Mapping[str, Any]) -> str:
       *[f'{100 * m["fgsm"][e]:.2f}' for e in eps],
       *[f'{100 * m["pgd"][e]:.2f}' for e in eps],
       *[f'{100 * m["corruption_mean"][v]:.2f}' for v in sev],
+      *[f'{100 * m["test_sets"][t]:.2f}' for t in sets],
       *[
         f'{m["latency"][b]["speedup"]:.2f}× ({m["latency"][b]["median_ms"]:.3g})'
         for b in batches

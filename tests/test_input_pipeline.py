@@ -117,6 +117,26 @@ def test_unprepared_dataset_fails_fast(tmp_path, name):
   assert not list(tmp_path.iterdir())  # Nothing downloaded or written.
 
 
+@pytest.mark.parametrize('name', ['cifar10_1', 'cifar10_corrupted/fog_5'])
+def test_unprepared_test_set_fails_fast(tmp_path, name):
+  with pytest.raises(ip.DatasetNotPreparedError) as e:
+    ip.load_test_set(name, data_dir=str(tmp_path))
+  assert f"tfds.builder('{name}'" in str(e.value)
+  assert 'TFDS downloads' in str(e.value)
+  assert not list(tmp_path.iterdir())
+  with pytest.raises(KeyError, match='cifar10_corrupted/fog_5'):
+    ip.load_test_set('cifar10_2', data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize('name', ['cifar10_1', 'cifar10_corrupted/fog_5'])
+def test_test_sets_mock(mock_tfds, tmp_path, name):
+  images, labels = ip.load_test_set(name, data_dir=str(tmp_path))
+  assert images.shape == (48, 32, 32, 3) and images.dtype == np.float32
+  assert images.min() >= 0 and images.max() <= 1 and images.max() > 0.5
+  assert labels.shape == (48,) and labels.dtype == np.int32
+  assert labels.min() >= 0 and labels.max() < 10
+
+
 # Digits.
 
 

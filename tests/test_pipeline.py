@@ -425,6 +425,8 @@ def test_evaluate_every_model_of_a_finished_run(tiny, tmp_path, capsys):
   assert 'Beyond accuracy' in report and '(robustness.png)' in report
   assert 'corrupted s=5 %' in report
   assert (workdir / 'robustness.png').stat().st_size > 0
+  with pytest.raises(evaluate.EvaluationError, match='CIFAR-10'):
+    evaluate.evaluate_run(workdir, test_sets=('cifar10_1',))
   # A workdir without a run: one clear line, status 2.
   assert evaluate.main(['--workdir', str(tmp_path / 'nothing')]) == 2
   assert 'finished' in capsys.readouterr().out

@@ -13,6 +13,8 @@ every model measures, on the first `examples` test images:
 * accuracy on the CIFAR-10-C corruptions at each severity, and their mean
   per severity (`lpjax.evaluate.corruptions`, on the first
   `corruption_examples` test images);
+* accuracy on prepared TFDS test-only sets of a CIFAR-10 run (CIFAR-10.1,
+  the published CIFAR-10-C; `test_sets`);
 * latency of the jitted eval-mode forward at each batch size, and the
   speed-up against the unpruned model beside the FLOPs ratio
   (`lpjax.evaluate.latency`);
@@ -126,6 +128,7 @@ def evaluate_run(
   severities: Sequence[int] = corruptions_lib.SEVERITIES,
   corruption_examples: int = 500,
   frost_dir: str | os.PathLike | None = None,
+  test_sets: Sequence[str] = (),
 ) -> dict[str, Any]:
   """Evaluates every model of the run in `workdir`; see the module docstring.
 
@@ -133,6 +136,11 @@ def evaluate_run(
   frost; `()` for none) are applied at each of `severities` to the first
   `corruption_examples` test images, once, and every model is evaluated on
   the same corrupted images.
+
+  `test_sets` are TFDS test-only sets of a CIFAR-10 run
+  (`lpjax.input_pipeline.load_test_set`: `'cifar10_1'`,
+  `'cifar10_corrupted/fog_5'`, ...), read from the run's `data_dir` and
+  normalised with its statistics.
 
   Returns:
     The evaluation record (also written to `workdir/evaluation.json`).
@@ -147,6 +155,11 @@ def evaluate_run(
   entries = stages(workdir)
   results = report_lib.load_results(workdir / report_lib.RESULTS_FILENAME)
   config = ml_collections.ConfigDict(results['config'])
+  if test_sets and config.dataset != 'cifar10':
+    raise EvaluationError(
+      f'test sets {list(test_sets)} are CIFAR-10 test images; this run is '
+      f'on {config.dataset}.'
+    )
   if config.dataset in input_pipeline.SERIES:
     raise EvaluationError(
       f'{config.dataset} is a sensor-series dataset: the attacks and their '
@@ -172,6 +185,14 @@ def evaluate_run(
     x[:corruption_examples], space, corruptions, severities, seed, frost_dir
   )
   y_c = y[:corruption_examples]
+  shifted = {}
+  for t in test_sets:
+    images, labels = input_pipeline.load_test_set(
+      t, data_dir=config.data_dir or None
+    )
+    mean = np.asarray(space.mean, np.float32)
+    std = np.asarray(space.std, np.float32)
+    shifted[t] = ((images - mean) / std, labels)
   record: dict[str, Any] = {
     'corruptions': list(corruptions),
     'severities': [int(v) for v in severities],
@@ -236,6 +257,10 @@ def evaluate_run(
       }
       for c in corruptions
     }
+    entry['test_sets'] = {
+      t: adversarial.accuracy(logits_fn, xs, ys, batch=batch)
+      for t, (xs, ys) in shifted.items()
+    }
     if corruptions:
       entry['corruption_mean'] = {
         str(v): float(
@@ -299,6 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument('--severities', default='1,2,3,4,5')
   p.add_argument('--corruption_examples', type=int, default=500)
   p.add_argument('--frost_dir', default=None)
+  p.add_argument(
+    '--test_sets',
+    default='',
+    help='TFDS test-only sets of a CIFAR-10 run, comma-separated: cifar10_1,'
+    ' cifar10_corrupted/<corruption>_<severity>',
+  )
   args = p.parse_args(argv)
   if args.corruptions is None:
     names = None
@@ -321,11 +352,14 @@ def main(argv: Sequence[str] | None = None) -> int:
       severities=[int(v) for v in args.severities.split(',') if v],
       corruption_examples=args.corruption_examples,
       frost_dir=args.frost_dir,
+      test_sets=[t for t in args.test_sets.split(',') if t],
     )
   except (
     EvaluationError,
     checkpointing.CheckpointError,
     corruptions_lib.CorruptionError,
+    input_pipeline.DatasetNotPreparedError,
+    KeyError,
   ) as e:
     print(f'error: {e}', flush=True)
     return 2
