@@ -8,6 +8,8 @@ skips finished ones), then writes the comparison:
   (of 30) without healing, healed perplexity (full fine-tune and LoRA) at
   the config's `heal.at`, next-token agreement with the unpruned model, and
   each criterion's scoring time;
+* with `--paired=6,12`: each criterion's perplexity ratio to `cka`'s
+  (`--reference`) with a 95 % t-interval paired over the held-out windows;
 * `perplexity_vs_layers.png`: perplexity against layers removed, one line
   per criterion (log scale), healed points marked.
 
@@ -32,6 +34,8 @@ import platform
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -211,6 +215,64 @@ def plot(results: dict[str, dict], path: str) -> None:
   fig.savefig(path, format='png', facecolor='white')
 
 
+def paired(results: dict[str, dict], k: int, reference: str) -> str:
+  """95 % t-intervals of each criterion's held-out perplexity ratio to
+  `reference`'s at `k`, paired over the held-out windows.
+
+  Perplexity is exp(mean NLL); the windows are equal in length, so the log
+  of a ratio is the mean over windows of the NLL differences. The models
+  are rebuilt from each run's recorded removals and evaluated again where
+  a run has no per-window NLLs recorded.
+  """
+  import scipy.stats
+
+  from configs import smollm2_depth
+  from lpjax import language, models, surgery
+
+  config = smollm2_depth.get_config()
+  lm = llm_pipeline.load(config)
+  held = llm_pipeline._windows(
+    lm, 'heldout', config.llm.heldout_length, config.llm.heldout_windows
+  )
+  nll = {}
+  for name, r in results.items():
+    rec = r['pruned'].get(str(k))
+    if rec is None:
+      continue
+    if 'window_nll' in rec:
+      nll[name] = np.asarray(rec['window_nll'])
+      continue
+    arch, variables = surgery.apply(
+      lm.arch, lm.variables, surgery.remove(rec['removed'])
+    )
+    ev = language.evaluate(models.build_model(arch), variables, held)
+    if abs(ev['perplexity'] / rec['perplexity'] - 1) > 1e-4:
+      raise RuntimeError(
+        f'{name} at k={k}: re-evaluated perplexity {ev["perplexity"]} is '
+        f'not the recorded {rec["perplexity"]}.'
+      )
+    nll[name] = ev['window_nll']
+  n = len(held)
+  t = scipy.stats.t.ppf(0.975, n - 1)
+  lines = [
+    f'Perplexity ratio to {reference} at k = {k}, 95 % t-interval paired '
+    f'over {n} held-out windows (< 1: better than {reference}):',
+    '',
+    '| criterion | ratio | 95 % interval |',
+    '|---|---:|---|',
+  ]
+  for name, v in nll.items():
+    if name == reference:
+      continue
+    d = v - nll[reference]
+    half = t * d.std(ddof=1) / np.sqrt(n)
+    lines.append(
+      f'| {name} | {np.exp(d.mean()):.3g} | {np.exp(d.mean() - half):.3g} – '
+      f'{np.exp(d.mean() + half):.3g} |'
+    )
+  return '\n'.join(lines)
+
+
 def main():
   argv = sys.argv[1:]
   extra = []
@@ -220,6 +282,13 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--out', default='/tmp/lpjax_llm_depth')
   p.add_argument('--runs', default=','.join(RUNS))
+  p.add_argument(
+    '--paired',
+    default='',
+    help='comma-separated k: perplexity ratios to --reference with 95 %% '
+    'intervals paired over held-out windows (re-evaluates where needed)',
+  )
+  p.add_argument('--reference', default='cka')
   p.add_argument(
     '--collect_only',
     action='store_true',
@@ -242,6 +311,10 @@ def main():
   else:
     results = {n: run_one(n, args.out, extra) for n in names}
   md = table(results)
+  for k in [int(v) for v in args.paired.split(',') if v]:
+    md += '\n\n' + paired(
+      {n: r for n, r in results.items() if n != 'control'}, k, args.reference
+    )
   with open(os.path.join(args.out, 'llm_depth.md'), 'w') as f:
     f.write(md + '\n')
   plot(

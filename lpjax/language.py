@@ -59,7 +59,7 @@ def _compiled_nll(model: Any):
     logp = jax.nn.log_softmax(logits, axis=-1)
     target = ids[:, 1:]
     picked = jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
-    return -jnp.sum(picked), jnp.argmax(logits, axis=-1)
+    return -jnp.sum(picked, axis=1), jnp.argmax(logits, axis=-1)
 
   return nll
 
@@ -76,16 +76,16 @@ def _batches(ids: np.ndarray, batch: int):
     yield ids[start : start + batch]
 
 
-def _pass(model, variables, ids, batch) -> tuple[float, np.ndarray]:
-  """Mean next-token NLL and argmax predictions `[n, T − 1]`, one pass."""
+def _pass(model, variables, ids, batch) -> tuple[np.ndarray, np.ndarray]:
+  """Per-window mean next-token NLL `[n]` (float64) and argmax predictions
+  `[n, T − 1]`, one pass."""
   nll = _compiled_nll(model)
-  total, count, preds = 0.0, 0, []
+  sums, preds = [], []
   for chunk in _batches(ids, batch):
     s, p = nll(variables, jnp.asarray(chunk))
-    total += float(s)
-    count += chunk.shape[0] * (chunk.shape[1] - 1)
+    sums.append(np.asarray(s, np.float64) / (chunk.shape[1] - 1))
     preds.append(np.asarray(p))
-  return total / count, np.concatenate(preds)
+  return np.concatenate(sums), np.concatenate(preds)
 
 
 def perplexity(
@@ -99,7 +99,7 @@ def perplexity(
     ids: token windows `[n, T]`; T − 1 predictions per window.
     batch: windows per forward (a last smaller batch compiles once more).
   """
-  return float(np.exp(_pass(model, variables, ids, batch)[0]))
+  return float(np.exp(np.mean(_pass(model, variables, ids, batch)[0])))
 
 
 def predictions(
@@ -117,11 +117,16 @@ def evaluate(
   *,
   batch: int = 8,
 ) -> dict[str, Any]:
-  """Perplexity, predictions and (with `reference`, the unpruned model's
-  `predictions` on the same windows) next-token top-1 agreement, from one
-  pass over `ids`."""
-  mean_nll, got = _pass(model, variables, ids, batch)
-  out = {'perplexity': float(np.exp(mean_nll)), 'predictions': got}
+  """Perplexity, each window's mean NLL (`window_nll`, for paired
+  comparisons over windows), predictions and (with `reference`, the
+  unpruned model's `predictions` on the same windows) next-token top-1
+  agreement, from one pass over `ids`."""
+  window_nll, got = _pass(model, variables, ids, batch)
+  out = {
+    'perplexity': float(np.exp(np.mean(window_nll))),
+    'window_nll': window_nll,
+    'predictions': got,
+  }
   if reference is not None:
     if got.shape != np.shape(reference):
       raise ValueError(

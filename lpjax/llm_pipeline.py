@@ -454,6 +454,7 @@ def run(
     'macs': base_cost.macs,
     'params': base_cost.params,
     'perplexity': full['perplexity'],
+    'window_nll': full['window_nll'],
     'seconds': time.perf_counter() - t0,
   }
   logging.info(
@@ -486,6 +487,7 @@ def run(
       'layers': len(arch.blocks),
       'perplexity': ev['perplexity'],
       'agreement': ev['agreement'],
+      'window_nll': ev['window_nll'],
       **red,
       'eval_seconds': time.perf_counter() - t0,
     }
@@ -534,6 +536,7 @@ def run(
       results['healed'][key] = {
         'perplexity': ev['perplexity'],
         'agreement': ev['agreement'],
+        'window_nll': ev['window_nll'],
         **record,
         'eval_seconds': time.perf_counter() - t0,
       }

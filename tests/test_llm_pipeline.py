@@ -121,6 +121,11 @@ def test_one_shot_removes_the_lowest_scores_and_evaluates_exactly(lm, tmp_path):
     want, rel = _ppl64(arch, variables, held)
     assert got['perplexity'] == pytest.approx(want, rel=rel)
     assert abs(got['perplexity'] / res['baseline']['perplexity'] - 1) > 10 * rel
+    # Equal windows: perplexity = exp(mean of the windows' mean NLL).
+    assert len(got['window_nll']) == len(held)
+    assert np.exp(np.mean(got['window_nll'])) == pytest.approx(
+      got['perplexity'], rel=1e-12
+    )
     assert 0.0 <= got['agreement'] < 1.0
   # Nothing was healed: heal.at is empty.
   assert res['healed'] == {}
