@@ -71,7 +71,7 @@ def main(argv=None):
     )
   for b in [int(v) for v in args.batches.split(',') if v]:
     x = jax.numpy.asarray(rng.normal(size=(b, *shape)).astype(np.float32))
-    # Alternate the two models so load changes hit both alike.
+    # The unpruned model's runs, then the pruned one's, at each batch.
     r_full = latency.measure(fns['full'], x, runs=args.runs)
     r_small = latency.measure(fns['small'], x, runs=args.runs)
     s = latency.speedup(r_small, r_full)

@@ -88,6 +88,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -940,17 +941,22 @@ def load_test_set(
     KeyError: a name outside `TEST_SETS`.
     DatasetNotPreparedError: not prepared in `data_dir` (never downloads).
   """
-  if name.split('/')[0] not in TEST_SETS:
+  if not re.fullmatch(
+    r'cifar10_1(/v[46])?|cifar10_corrupted/[a-z_]+_[1-5]', name
+  ):
     raise KeyError(
-      f'Unknown test set {name!r}; valid: cifar10_1, '
-      "cifar10_corrupted/<corruption>_<severity> (e.g. 'cifar10_corrupted/"
-      "fog_5')."
+      f'Unknown test set {name!r}; valid: cifar10_1 (or cifar10_1/v4, '
+      'cifar10_1/v6), cifar10_corrupted/<corruption>_<severity 1-5> (e.g. '
+      "'cifar10_corrupted/fog_5')."
     )
   import tensorflow_datasets as tfds
 
   if data_dir is not None and '://' not in data_dir:
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
-  builder = tfds.builder(name, data_dir=data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # an unknown config: TFDS lists the valid ones
+    raise KeyError(f'TFDS has no test set {name!r}: {e}') from None
   try:
     source = builder.as_data_source(split='test')
   except Exception as e:

@@ -122,3 +122,19 @@ def test_bad_input_is_refused():
     C.corrupt(x + 2.0, 'fog', 1)
   with pytest.raises(C.CorruptionError, match='1 or 3'):
     C.corrupt(np.zeros((1, 8, 8, 2)), 'fog', 1)
+
+
+def test_glass_blur_moves_pixels_at_most_one_step_per_sweep():
+  # A single bright pixel, severity 1 (σ = 0.05: no visible blur, one sweep
+  # of max_delta 1): the published shuffle copies a neighbour into each
+  # pixel, so the brightness ends within one pixel of where it was (a swap
+  # would carry it along the sweep).
+  x = np.zeros((32, 32, 1))
+  x[16, 16] = 1.0
+  found = 0
+  for seed in range(10):
+    out = C.corrupt(x, 'glass_blur', 1, seed=seed)[..., 0]
+    rows, cols = np.nonzero(out > 0.5)
+    assert np.all(np.abs(rows - 16) <= 1) and np.all(np.abs(cols - 16) <= 1)
+    found += rows.size > 0
+  assert found >= 5  # (a pixel can be overwritten: not every seed keeps it)

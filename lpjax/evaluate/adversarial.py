@@ -12,8 +12,8 @@ budget) whatever the normalisation, and ε = 0 returns `x` bitwise.
 * PGD (Madry et al. 2018): from a uniform random start in the ε-ball
   (`random_start`) or from `p`, `steps` steps of `δ ← Π(δ + α · sign(∇ₚ
   L))`, `Π` the projection onto the ε-ball and the valid range. Each
-  example keeps the first iterate that is misclassified (later steps can
-  only move it back towards the boundary), else the last.
+  example keeps the first iterate that is misclassified (a later sign step
+  can overshoot back across the decision boundary), else the last.
 
 `L` is the cross-entropy of the model in eval mode (no dropout, running
 BatchNorm statistics: the caller's `logits_fn`). The gradient sign is per

@@ -5,15 +5,20 @@ Corruptions and Perturbations" (ICLR 2019). The parameters per severity
 1..5 are the ones the authors published for CIFAR-10-C (their
 `make_cifar_c.py`); the operations are written here with NumPy, SciPy,
 Matplotlib's HSV conversion and Pillow (no OpenCV, scikit-image or
-ImageMagick). Where the authors used a library routine, this module
-implements what that routine computes, named in each function:
+ImageMagick). Where the authors used a library routine, this module uses
+the same definition, except for two approximations:
 
-* ImageMagick's motion blur (motion blur, snow): a one-sided line kernel
-  of `2·radius + 1` taps with Gaussian weights `exp(−i²/2σ²)`, normalised,
-  sampled bilinearly along the angle;
-* OpenCV's `filter2D` / `warpAffine` borders (`BORDER_REFLECT_101`):
-  SciPy's `mode='mirror'`; its grey conversion: 0.299 R + 0.587 G +
-  0.114 B.
+* ImageMagick's motion blur (motion blur, snow) is approximated by a
+  one-sided line kernel of `2·radius + 1` taps with Gaussian weights
+  `exp(−i²/2σ²)`, normalised, sampled bilinearly along the angle
+  (ImageMagick rounds the offsets to whole pixels);
+* frost shrinks the frost photograph with Pillow's bilinear filter, which
+  averages more pixels than OpenCV's `resize` did (a slightly smoother
+  frost layer).
+
+OpenCV's `filter2D` / `warpAffine` borders (`BORDER_REFLECT_101`) are
+SciPy's `mode='mirror'`; its grey conversion is 0.299 R + 0.587 G +
+0.114 B.
 
 Images are float arrays in `[0, 1]`, `[H, W, C]` with `C` = 1 or 3 (grey
 images go through the colour operations as equal R, G, B and come back
@@ -216,9 +221,15 @@ def defocus_blur(x, severity, rng, **_):
 
 
 def glass_blur(x, severity, rng, **_):
-  """Blur, shuffle each pixel with a neighbour within `max_delta`
-  (`iterations` sweeps, bottom-right to top-left), quantise to 8 bits as
-  the authors do between the steps, blur again."""
+  """Blur, quantise to 8 bits (as the authors do between the steps),
+  replace each pixel by a random neighbour within `max_delta` (`iterations`
+  sweeps, bottom-right to top-left), blur again.
+
+  The authors wrote the shuffle as a swap, `x[h, w], x[h', w'] = x[h', w'],
+  x[h, w]`, but on NumPy pixel views that assigns `x[h, w] = x[h', w']`
+  only (the right side's views see the first write): the published data
+  copies, so pixels move at most `max_delta` per sweep. This copies too.
+  """
   sigma, delta, iterations = (
     (0.05, 1, 1),
     (0.25, 1, 1),
@@ -233,7 +244,7 @@ def glass_blur(x, severity, rng, **_):
       for c in range(w - delta, delta, -1):
         dx, dy = rng.integers(-delta, delta, size=2)
         r2, c2 = r + dy, c + dx
-        y[[r, r2], [c, c2]] = y[[r2, r], [c2, c]]
+        y[r, c] = y[r2, c2]
   return _gaussian(y, sigma)
 
 

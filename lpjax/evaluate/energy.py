@@ -3,9 +3,13 @@
 On an NVIDIA GPU, NVML's total-energy counter (millijoules since the
 driver loaded; Volta and later) is read before and after `runs` calls of
 `fn`: the difference is the GPU board's energy, idle power included. Where
-there is no such counter (CPU-only hosts: the project's CPU machines have
-no RAPL counters readable by users either), the result says "not measured"
-and why; there is no estimate from FLOPs or TDP presented as a measurement.
+there is no such counter (CPU-only hosts, whose RAPL counters are usually
+not readable by users, or virtual machines that expose none), the result
+says "not measured" and why; there is no estimate from FLOPs or TDP
+presented as a measurement. The counter read is NVML's GPU 0: with several
+GPUs, make the measured one the only visible one (`CUDA_VISIBLE_DEVICES`).
+The counter updates in steps of tens of milliseconds, so the calls run for
+at least `min_seconds` (and `runs` calls).
 """
 
 from __future__ import annotations
@@ -36,7 +40,11 @@ def _nvml_counter():
 
 
 def measure(
-  fn: Callable[[Any], Any], x: Any, *, runs: int = 100
+  fn: Callable[[Any], Any],
+  x: Any,
+  *,
+  runs: int = 100,
+  min_seconds: float = 2.0,
 ) -> dict[str, Any]:
   """Joules per call of `fn(x)` from the GPU's energy counter.
 
@@ -51,14 +59,16 @@ def measure(
     return {'measured': False, 'reason': name}
   jax.block_until_ready(fn(x))  # compile outside the measurement
   t0, e0 = time.perf_counter(), read()
-  for _ in range(runs):
+  done = 0
+  while done < runs or time.perf_counter() - t0 < min_seconds:
     jax.block_until_ready(fn(x))
+    done += 1
   e1, t1 = read(), time.perf_counter()
   return {
     'measured': True,
-    'joules_per_call': (e1 - e0) / 1e3 / runs,
+    'joules_per_call': (e1 - e0) / 1e3 / done,
     'seconds': t1 - t0,
-    'runs': runs,
+    'runs': done,
     'device': name,
   }
 

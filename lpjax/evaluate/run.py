@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -97,21 +98,16 @@ def _test_arrays(dataset, examples: int):
   return np.concatenate(images)[:examples], np.concatenate(labels)[:examples]
 
 
-def _corrupted_sets(x, space, names, severities, seed, frost_dir):
-  """`{(name, severity): model-space inputs}`: the pixels of `x` (clipped
-  to [0, 1] against rounding), corrupted, normalised back."""
+def _corrupted(x, space, name, severity, seed, frost_dir):
+  """Model-space inputs: the pixels of `x` (clipped to [0, 1] against
+  rounding), corrupted, normalised back."""
   mean = np.asarray(space.mean, np.float64)
   std = np.asarray(space.std, np.float64)
   pixels = np.clip(np.asarray(x, np.float64) * std + mean, 0, 1)
-  out = {}
-  for name in names:
-    for v in severities:
-      p = corruptions_lib.corrupt(
-        pixels, name, int(v), seed=seed, frost_dir=frost_dir
-      )
-      out[name, v] = ((p - mean) / std).astype(np.float32)
-    logging.info('Corrupted %d test images: %s.', len(x), name)
-  return out
+  p = corruptions_lib.corrupt(
+    pixels, name, int(severity), seed=seed, frost_dir=frost_dir
+  )
+  return ((p - mean) / std).astype(np.float32)
 
 
 def evaluate_run(
@@ -145,9 +141,14 @@ def evaluate_run(
   Returns:
     The evaluation record (also written to `workdir/evaluation.json`).
   """
-  if examples < 1 or batch < 1 or pgd_steps < 1 or latency_runs < 1:
+  if min(examples, batch, pgd_steps, latency_runs, corruption_examples) < 1:
     raise EvaluationError(
-      'examples, batch, pgd_steps and latency_runs must be >= 1.'
+      'examples, batch, pgd_steps, latency_runs and corruption_examples must '
+      'be >= 1.'
+    )
+  if not latency_batches or min(latency_batches) < 1:
+    raise EvaluationError(
+      f'latency_batches must be batch sizes >= 1; got {latency_batches}.'
     )
   if any(not e >= 0 for e in eps):
     raise EvaluationError(f'eps must be >= 0 (pixel units); got {eps}.')
@@ -155,6 +156,11 @@ def evaluate_run(
   entries = stages(workdir)
   results = report_lib.load_results(workdir / report_lib.RESULTS_FILENAME)
   config = ml_collections.ConfigDict(results['config'])
+  if config.get('task', 'main') != 'main':
+    raise EvaluationError(
+      f'{workdir} is a task={config.task!r} run; the evaluation is for '
+      'classifier runs of lpjax.pipeline (task main).'
+    )
   if test_sets and config.dataset != 'cifar10':
     raise EvaluationError(
       f'test sets {list(test_sets)} are CIFAR-10 test images; this run is '
@@ -181,15 +187,15 @@ def evaluate_run(
     corruptions = tuple(
       c for c in corruptions_lib.CORRUPTIONS if c != 'frost' or frost_dir
     )
-  corrupted = _corrupted_sets(
-    x[:corruption_examples], space, corruptions, severities, seed, frost_dir
-  )
-  y_c = y[:corruption_examples]
+  x_c, y_c = x[:corruption_examples], y[:corruption_examples]
   shifted = {}
   for t in test_sets:
-    images, labels = input_pipeline.load_test_set(
-      t, data_dir=config.data_dir or None
-    )
+    try:
+      images, labels = input_pipeline.load_test_set(
+        t, data_dir=config.data_dir or None
+      )
+    except KeyError as e:
+      raise EvaluationError(str(e.args[0])) from None
     mean = np.asarray(space.mean, np.float32)
     std = np.asarray(space.std, np.float32)
     shifted[t] = ((images - mean) / std, labels)
@@ -205,6 +211,7 @@ def evaluate_run(
     'models': [],
   }
   base_latency: dict[int, dict[str, Any]] = {}
+  logits_fns = []
   base_macs = float(entries[0][1]['macs'])
   for name, rec in entries:
     directory = workdir / name
@@ -248,26 +255,10 @@ def evaluate_run(
     for e in eps:
       entry['fgsm'][f'{e:g}'] = attack('fgsm', e)
       entry['pgd'][f'{e:g}'] = attack('pgd', e)
-    entry['corrupted'] = {
-      c: {
-        str(v): adversarial.accuracy(
-          logits_fn, corrupted[c, v], y_c, batch=batch
-        )
-        for v in severities
-      }
-      for c in corruptions
-    }
     entry['test_sets'] = {
       t: adversarial.accuracy(logits_fn, xs, ys, batch=batch)
       for t, (xs, ys) in shifted.items()
     }
-    if corruptions:
-      entry['corruption_mean'] = {
-        str(v): float(
-          np.mean([entry['corrupted'][c][str(v)] for c in corruptions])
-        )
-        for v in severities
-      }
     for b in latency_batches:
       xb = jnp.asarray(np.resize(x, (b, *x.shape[1:])))
       lat = latency.measure(logits_fn, xb, runs=latency_runs)
@@ -288,6 +279,26 @@ def evaluate_run(
       {k: round(v['speedup'], 3) for k, v in entry['latency'].items()},
     )
     record['models'].append(entry)
+    logits_fns.append(logits_fn)
+  # Each corrupted set once, every model on it (one set in memory).
+  for entry in record['models']:
+    entry['corrupted'] = {c: {} for c in corruptions}
+  for c in corruptions:
+    for v in severities:
+      xs = _corrupted(x_c, space, c, v, seed, frost_dir)
+      for entry, fn in zip(record['models'], logits_fns):
+        entry['corrupted'][c][str(v)] = adversarial.accuracy(
+          fn, xs, y_c, batch=batch
+        )
+    logging.info('Evaluated every model on %s.', c)
+  if corruptions:
+    for entry in record['models']:
+      entry['corruption_mean'] = {
+        str(v): float(
+          np.mean([entry['corrupted'][c][str(v)] for c in corruptions])
+        )
+        for v in severities
+      }
   path = workdir / EVALUATION_FILENAME
   tmp = path.with_suffix('.json.tmp')
   tmp.write_text(json.dumps(record, indent=1))
@@ -306,8 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument('--workdir', required=True)
   p.add_argument(
     '--eps',
-    default=f'{8 / 255:.6f}',
-    help='comma-separated L∞ budgets in pixel units (pixels in [0, 1])',
+    default=None,
+    help='comma-separated L∞ budgets in pixel units (pixels in [0, 1]); '
+    'default 8/255',
   )
   p.add_argument('--examples', type=int, default=1000)
   p.add_argument('--pgd_steps', type=int, default=10)
@@ -341,7 +353,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     evaluate_run(
       args.workdir,
-      eps=[float(e) for e in args.eps.split(',') if e],
+      eps=(
+        [8 / 255]
+        if args.eps is None
+        else [float(e) for e in args.eps.split(',') if e]
+      ),
       examples=args.examples,
       pgd_steps=args.pgd_steps,
       batch=args.batch,
@@ -359,9 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpointing.CheckpointError,
     corruptions_lib.CorruptionError,
     input_pipeline.DatasetNotPreparedError,
-    KeyError,
   ) as e:
-    print(f'error: {e}', flush=True)
+    print(f'error: {e}', file=sys.stderr, flush=True)
     return 2
   print(f'evaluation.json and report.md are in {args.workdir}.')
   return 0
