@@ -454,7 +454,7 @@ def run(
     'macs': base_cost.macs,
     'params': base_cost.params,
     'perplexity': full['perplexity'],
-    'window_nll': full['window_nll'],
+    'window_nll': full['window_nll'].tolist(),
     'seconds': time.perf_counter() - t0,
   }
   logging.info(
@@ -487,7 +487,7 @@ def run(
       'layers': len(arch.blocks),
       'perplexity': ev['perplexity'],
       'agreement': ev['agreement'],
-      'window_nll': ev['window_nll'],
+      'window_nll': ev['window_nll'].tolist(),
       **red,
       'eval_seconds': time.perf_counter() - t0,
     }
@@ -536,7 +536,7 @@ def run(
       results['healed'][key] = {
         'perplexity': ev['perplexity'],
         'agreement': ev['agreement'],
-        'window_nll': ev['window_nll'],
+        'window_nll': ev['window_nll'].tolist(),
         **record,
         'eval_seconds': time.perf_counter() - t0,
       }

@@ -372,6 +372,11 @@ def test_every_config_file_passes_the_checks(path):
 
     embedding_pipeline.check_config(c)
     return
+  if c.task == 'llm':
+    from lpjax import llm_pipeline
+
+    llm_pipeline.check_config(c)
+    return
   if c.baseline.source == 'checkpoint' and not c.baseline.path:
     with pytest.raises(ValueError, match=r'baseline\.path'):
       pipeline.check_config(c)  # the one value the user must give
