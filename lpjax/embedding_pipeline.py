@@ -147,29 +147,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   e = config.embedding
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, 'results.json')
-  previous = None
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
-    changes = [
-      c
-      for c in pipeline.config_changes(previous['config'], config)
-      if not c.startswith(_FREE)
-    ]
-    if changes:
-      # Replaying edits chosen under another config would mix two runs'
-      # numbers in one record; a run takes minutes, so no override.
-      raise EmbeddingConfigError(
-        f'{workdir} holds a run with a different config '
-        f'({"; ".join(changes)}). Use a new --workdir.'
-      )
-  if previous and previous.get('corpus') != language.corpus_digest():
-    raise EmbeddingConfigError(
-      f'{workdir} holds a run on other text (corpus '
-      f'{previous.get("corpus")}; this Python has {language.corpus_digest()}:'
-      ' pydoc_data.topics changes between Python releases). Use a new '
-      '--workdir.'
-    )
+  previous = pipeline.load_previous(
+    workdir,
+    config,
+    free=_FREE,
+    error=EmbeddingConfigError,
+    corpus=language.corpus_digest(),
+  )
   folder = weights.fetch('minilm')
   base_arch, base_vars = safetensors_bert.load_bert(
     folder,

@@ -903,27 +903,34 @@ def _open_tfds(
   if data_dir is not None and '://' not in data_dir:  # Keep gs:// etc.
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
   builder = tfds.builder(name, data_dir=data_dir)
-  sources = {}
-  for split, tfds_split in _TFDS_SPLITS[name].items():
-    try:
-      sources[split] = builder.as_data_source(split=tfds_split)
-    except Exception as e:
-      if not builder.is_prepared():
-        reason = 'no prepared version found'
-      elif isinstance(e, NotImplementedError):
-        reason = 'it is prepared, but not in the array_record format'
-      else:
-        raise
-      raise DatasetNotPreparedError(
-        _not_prepared_message(
-          name,
-          data_dir=data_dir,
-          builder=builder,
-          manual_dir=manual_dir,
-          reason=reason,
-        )
-      ) from e
+  sources = {
+    split: _data_source(builder, tfds_split, name, data_dir, manual_dir)
+    for split, tfds_split in _TFDS_SPLITS[name].items()
+  }
   return sources, builder.info.features['label'].num_classes
+
+
+def _data_source(builder, split, name, data_dir, manual_dir):
+  """`builder`'s array_record data source of `split`, or
+  `DatasetNotPreparedError` with the preparation instructions."""
+  try:
+    return builder.as_data_source(split=split)
+  except Exception as e:
+    if not builder.is_prepared():
+      reason = 'no prepared version found'
+    elif isinstance(e, NotImplementedError):
+      reason = 'it is prepared, but not in the array_record format'
+    else:
+      raise
+    raise DatasetNotPreparedError(
+      _not_prepared_message(
+        name,
+        data_dir=data_dir,
+        builder=builder,
+        manual_dir=manual_dir,
+        reason=reason,
+      )
+    ) from e
 
 
 def load_test_set(
@@ -957,24 +964,7 @@ def load_test_set(
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # an unknown config: TFDS lists the valid ones
     raise KeyError(f'TFDS has no test set {name!r}: {e}') from None
-  try:
-    source = builder.as_data_source(split='test')
-  except Exception as e:
-    if not builder.is_prepared():
-      reason = 'no prepared version found'
-    elif isinstance(e, NotImplementedError):
-      reason = 'it is prepared, but not in the array_record format'
-    else:
-      raise
-    raise DatasetNotPreparedError(
-      _not_prepared_message(
-        name,
-        data_dir=data_dir,
-        builder=builder,
-        manual_dir=manual_dir,
-        reason=reason,
-      )
-    ) from e
+  source = _data_source(builder, 'test', name, data_dir, manual_dir)
   reader = _read_into_memory(source, (32, 32, 3))
   return reader.images.astype(np.float32) / 255, reader.labels
 

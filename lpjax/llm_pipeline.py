@@ -383,27 +383,13 @@ def run(
   m = config.llm
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, 'results.json')
-  previous = None
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
-    changes = [
-      c
-      for c in pipeline.config_changes(previous['config'], config)
-      if not c.startswith(_FREE)
-    ]
-    if changes:
-      raise LLMConfigError(
-        f'{workdir} holds a run with a different config '
-        f'({"; ".join(changes)}). Use a new --workdir.'
-      )
-  if previous and previous.get('corpus') != language.corpus_digest():
-    raise LLMConfigError(
-      f'{workdir} holds a run on other text (corpus '
-      f'{previous.get("corpus")}; this Python has {language.corpus_digest()}:'
-      ' pydoc_data.topics changes between Python releases). Use a new '
-      '--workdir.'
-    )
+  previous = pipeline.load_previous(
+    workdir,
+    config,
+    free=_FREE,
+    error=LLMConfigError,
+    corpus=language.corpus_digest(),
+  )
   lm = lm or load(config)
   if previous and previous.get('model') != lm.name:
     raise LLMConfigError(

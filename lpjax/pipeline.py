@@ -249,6 +249,54 @@ def config_changes(saved: dict[str, Any], config: Any) -> list[str]:
   ]
 
 
+def load_previous(
+  workdir: str,
+  config: Any,
+  *,
+  free: tuple[str, ...],
+  error: type[Exception],
+  corpus: str | None = None,
+) -> dict[str, Any] | None:
+  """The `results.json` of `workdir` to resume from (None if there is none).
+
+  Args:
+    workdir: the run's directory.
+    config: this run's config.
+    free: prefixes of fields that may differ (besides `FREE_FIELDS`).
+    error: the exception raised on a mismatch.
+    corpus: this run's text digest (`lpjax.language.corpus_digest`), for
+      runs on text.
+
+  Raises:
+    error: the record's config differs in a field that changes results
+      (replaying its decisions would mix two runs in one record), or it
+      was made on other text.
+  """
+  path = os.path.join(workdir, 'results.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    previous = json.load(f)
+  changes = [
+    c
+    for c in config_changes(previous['config'], config)
+    if not c.startswith(free)
+  ]
+  if changes:
+    raise error(
+      f'{workdir} holds a run with a different config '
+      f'({"; ".join(changes)}). Use a new --workdir.'
+    )
+  if corpus is not None and previous.get('corpus') != corpus:
+    raise error(
+      f'{workdir} holds a run on other text (corpus '
+      f'{previous.get("corpus")}; this Python has {corpus}: '
+      'pydoc_data.topics changes between Python releases). Use a new '
+      '--workdir.'
+    )
+  return previous
+
+
 def replay_edits(
   results: dict[str, Any], arch: arch_lib.Arch, variables: Any, upto: int
 ) -> tuple[arch_lib.Arch, Any]:
