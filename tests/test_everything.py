@@ -20,10 +20,6 @@ from lpjax import checkpointing, flops, methods, models, pipeline, surgery
 from lpjax.methods import everything, filters
 from lpjax.models import resnet
 
-# One worker runs this module (pyproject: --dist=loadgroup), so the pipeline run
-# (a module fixture) is made once per test run, not once per worker.
-pytestmark = pytest.mark.xdist_group('everything')
-
 REPO = Path(__file__).resolve().parents[1]
 
 # --- The filter child's budget -------------------------------------------------

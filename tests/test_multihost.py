@@ -35,10 +35,6 @@ from tolerances import f32_atol, network_terms
 
 from lpjax import input_pipeline, models, scoring, train
 
-# One worker runs this module (pyproject: --dist=loadgroup), so the cluster
-# (a module fixture) is made once per test run, not once per worker.
-pytestmark = pytest.mark.xdist_group('multihost')
-
 PROCESSES = 2
 DEVICES = 8
 REFERENCE_DEVICES = 1

@@ -15,10 +15,6 @@ import pytest
 
 from lpjax import checkpointing, input_pipeline, pipeline
 
-# One worker runs this module (pyproject: --dist=loadgroup), so the tiny run
-# (a module fixture) is made once per test run, not once per worker.
-pytestmark = pytest.mark.xdist_group('pipeline')
-
 REPO = Path(__file__).resolve().parents[1]
 
 # A tiny run: 3 blocks per stage (3 candidates under the floor), width 4,
