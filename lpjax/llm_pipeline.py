@@ -454,6 +454,19 @@ def run(
   removed_at = _prune(config, results, base_arch, base_vars, calib, ks, save)
 
   # --- Evaluation of every pruned model. --------------------------------------
+  def held_out(arch, variables):
+    """The record of a model's held-out evaluation (one pass)."""
+    t0 = time.perf_counter()
+    ev = language.evaluate(
+      models.build_model(arch), variables, held, reference, batch=batch
+    )
+    return {
+      'perplexity': ev['perplexity'],
+      'agreement': ev['agreement'],
+      'window_nll': ev['window_nll'].tolist(),
+      'eval_seconds': time.perf_counter() - t0,
+    }
+
   def pruned_model(k):
     if k == 0:
       return base_arch, base_vars
@@ -463,19 +476,12 @@ def run(
     if str(k) in results['pruned']:
       continue
     arch, variables = pruned_model(k)
-    t0 = time.perf_counter()
-    ev = language.evaluate(
-      models.build_model(arch), variables, held, reference, batch=batch
-    )
-    red = flops.reduction(arch, base_arch)
+    ev = held_out(arch, variables)
     results['pruned'][str(k)] = {
       'removed': removed_at[k],
       'layers': len(arch.blocks),
-      'perplexity': ev['perplexity'],
-      'agreement': ev['agreement'],
-      'window_nll': ev['window_nll'].tolist(),
-      **red,
-      'eval_seconds': time.perf_counter() - t0,
+      **ev,
+      **flops.reduction(arch, base_arch),
     }
     logging.info(
       'k=%d: removed %s; held-out perplexity %.3f, next-token agreement %.4f.',
@@ -515,17 +521,8 @@ def run(
         directory=directory,
         progress=progress,
       )
-      t0 = time.perf_counter()
-      ev = language.evaluate(
-        models.build_model(arch), healed, held, reference, batch=batch
-      )
-      results['healed'][key] = {
-        'perplexity': ev['perplexity'],
-        'agreement': ev['agreement'],
-        'window_nll': ev['window_nll'].tolist(),
-        **record,
-        'eval_seconds': time.perf_counter() - t0,
-      }
+      ev = held_out(arch, healed)
+      results['healed'][key] = {**ev, **record}
       logging.info(
         'k=%d healed (%s, %d steps): held-out perplexity %.3f, agreement %.4f.',
         k,
