@@ -207,14 +207,26 @@ def pgd(
   )
 
 
+def pad_rows(a: Any, rows: int) -> np.ndarray:
+  """`a` `[n, ...]` with its last row repeated up to `rows` rows (n ≥ 1), so
+  that a short last batch runs the program compiled for full batches."""
+  a = np.asarray(a)
+  if len(a) >= rows:
+    return a
+  return np.concatenate([a, np.repeat(a[-1:], rows - len(a), axis=0)])
+
+
 def accuracy(logits_fn: LogitsFn, x: Any, y: Any, *, batch: int = 512) -> float:
-  """Top-1 accuracy of `logits_fn` on `x`, `batch` rows per call."""
+  """Top-1 accuracy of `logits_fn` on `x`, `batch` rows per call (a short
+  last batch is padded to `batch` rows: one compiled shape)."""
   x, y = np.asarray(x), np.asarray(y)
+  rows = min(batch, len(x))
   right = 0
   for i in range(0, len(x), batch):
-    pred = np.asarray(jnp.argmax(logits_fn(jnp.asarray(x[i : i + batch])), -1))
-    right += int(np.sum(pred == y[i : i + batch]))
+    xb, yb = x[i : i + batch], y[i : i + batch]
+    logits = logits_fn(jnp.asarray(pad_rows(xb, rows)))[: len(xb)]
+    right += int(np.sum(np.asarray(jnp.argmax(logits, -1)) == yb))
   return right / len(x)
 
 
-__all__ = ['PixelSpace', 'accuracy', 'fgsm', 'pgd']
+__all__ = ['PixelSpace', 'accuracy', 'fgsm', 'pad_rows', 'pgd']

@@ -228,17 +228,19 @@ def evaluate_run(
 
     def attack(kind, e, logits_fn=logits_fn):
       out = []
+      rows = min(batch, len(x))  # A short last batch is padded: one compile.
       for i in range(0, len(x), batch):
-        xb, yb = x[i : i + batch], y[i : i + batch]
+        n = len(x[i : i + batch])
+        xb = adversarial.pad_rows(x[i : i + batch], rows)
+        yb = adversarial.pad_rows(y[i : i + batch], rows)
         if kind == 'fgsm':
-          out.append(adversarial.fgsm(logits_fn, xb, yb, e, space))
+          adv = adversarial.fgsm(logits_fn, xb, yb, e, space)
         else:
           key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
-          out.append(
-            adversarial.pgd(
-              logits_fn, xb, yb, e, steps=pgd_steps, key=key, space=space
-            )
+          adv = adversarial.pgd(
+            logits_fn, xb, yb, e, steps=pgd_steps, key=key, space=space
           )
+        out.append(np.asarray(adv[:n]))
       return adversarial.accuracy(
         logits_fn, np.concatenate(out), y, batch=batch
       )
