@@ -14,8 +14,12 @@ operations (replays, resumes, exact arithmetic) are compared bitwise.
 """
 
 import os
+import shutil
+import tempfile
+import uuid
 from pathlib import Path
 
+import jax
 import pytest
 
 # `shared/reference` beside the repository root (read-only material from
@@ -23,6 +27,38 @@ import pytest
 DEFAULT_REFERENCE_DIR = (
   Path(__file__).resolve().parents[1].parent / 'shared' / 'reference'
 )
+
+
+def _xla_cache_dir() -> Path:
+  """One XLA compilation cache per test session, shared by its xdist workers
+  and by the processes its tests start (`python main.py` resumes, README
+  blocks): the tiny runs compile the same programs many times over. A cache
+  hit loads the executable a compile produced, so results are unchanged.
+  A fresh folder per session, named by an id the first process draws and
+  its workers inherit, removed at the end; set `LPJAX_TEST_XLA_CACHE=0` to
+  compile everything afresh."""
+  run = os.environ.setdefault('LPJAX_TEST_RUN_ID', uuid.uuid4().hex)
+  return Path(tempfile.gettempdir()) / f'lpjax-test-xla-cache-{run}'
+
+
+if os.environ.get('LPJAX_TEST_XLA_CACHE', '1') != '0':
+  _CACHE = _xla_cache_dir()
+  _CACHE.mkdir(exist_ok=True)
+  # The environment reaches subprocesses; jax.config this process.
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = str(_CACHE)
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+  jax.config.update('jax_compilation_cache_dir', str(_CACHE))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def pytest_sessionfinish(session):
+  # The controller (or a run without xdist) removes the session's cache.
+  if os.environ.get('LPJAX_TEST_XLA_CACHE', '1') != '0' and not hasattr(
+    session.config, 'workerinput'
+  ):
+    shutil.rmtree(_xla_cache_dir(), ignore_errors=True)
 
 
 @pytest.fixture(scope='session')
@@ -55,3 +91,20 @@ def _absent(message: str) -> None:
   if os.environ.get('LPJAX_REQUIRE_REFERENCE') == '1':
     pytest.fail(f'{message}; LPJAX_REQUIRE_REFERENCE=1 needs it.', False)
   pytest.skip(message)
+
+
+# Module fixtures that each cost a whole tiny run (a minute or more): every
+# test that uses one goes to the same xdist worker (`--dist=loadgroup`), so
+# the fixture is built once per session rather than once per worker.
+SHARED_RUNS = {
+  'test_pipeline.py': 'tiny',
+  'test_everything.py': 'run',
+  'test_multihost.py': 'reports',
+}
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    fixture = SHARED_RUNS.get(item.path.name)
+    if fixture in getattr(item, 'fixturenames', ()):
+      item.add_marker(pytest.mark.xdist_group(f'{item.path.stem}-{fixture}'))
