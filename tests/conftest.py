@@ -91,20 +91,3 @@ def _absent(message: str) -> None:
   if os.environ.get('LPJAX_REQUIRE_REFERENCE') == '1':
     pytest.fail(f'{message}; LPJAX_REQUIRE_REFERENCE=1 needs it.', False)
   pytest.skip(message)
-
-
-# Module fixtures that each cost a whole tiny run (a minute or more): every
-# test that uses one goes to the same xdist worker (`--dist=loadgroup`), so
-# the fixture is built once per session rather than once per worker.
-SHARED_RUNS = {
-  'test_pipeline.py': 'tiny',
-  'test_everything.py': 'run',
-  'test_multihost.py': 'reports',
-}
-
-
-def pytest_collection_modifyitems(items):
-  for item in items:
-    fixture = SHARED_RUNS.get(item.path.name)
-    if fixture in getattr(item, 'fixturenames', ()):
-      item.add_marker(pytest.mark.xdist_group(f'{item.path.stem}-{fixture}'))

@@ -60,11 +60,6 @@ def _smollm_tokenizer():
   return gguf_llama.GGUFTokenizer(weights.fetch('smollm2') / GGUF)
 
 
-# The SmolLM2 tests share one worker (pyproject: --dist=loadgroup), so its
-# file is parsed and dequantised once per run, not once per worker.
-smollm = pytest.mark.xdist_group('smollm2')
-
-
 def _f32_bound(arch, scale):
   terms, depth = network_terms(models.variable_shapes(arch, (8,))['params'])
   return f32_atol(terms, scale, depth)
@@ -130,7 +125,6 @@ def test_minilm_skip_equals_delete():
 # --- SmolLM2 ------------------------------------------------------------------
 
 
-@smollm
 def test_smollm_tokenizer_equals_the_reference():
   ref = _ref()
   tok = _smollm_tokenizer()
@@ -143,7 +137,6 @@ def test_smollm_tokenizer_equals_the_reference():
     np.testing.assert_array_equal(tok.encode(str(t))[:16], want)
 
 
-@smollm
 def test_smollm_logits_match_transformers():
   ref = _ref()
   _, arch, variables = _smollm()
@@ -253,7 +246,6 @@ def test_weights_command_prints_the_folders(capsys):
   assert 'known' in capsys.readouterr().err
 
 
-@smollm
 def test_smollm_tokenizer_splits_digits_like_llama_cpp():
   """SmolLM's pre-tokenizer ('smollm' in the GGUF) isolates every digit
   before byte-level BPE, as llama.cpp does; transformers' GGUF converter
