@@ -42,49 +42,65 @@
 # Locally, install lpjax from the repository root first
 # (`pip install -e .`) and start Jupyter from the repository. On Colab, set
 # `LPJAX_SOURCE` in the next cell to the repository's git address (or
-# upload the source and give its folder); the cell clones and installs it,
-# with JAX's CUDA plugin when the runtime has a GPU. Restart the runtime if
-# pip asks to, then run the notebook from the top.
+# upload the source and give its folder); the first run of the cell clones
+# and installs it, with JAX's CUDA plugin when the runtime has a GPU, and
+# restarts the runtime (pip replaces packages Colab has already loaded);
+# then run all cells again.
 
 # %%
+import importlib.util
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 IN_COLAB = 'google.colab' in sys.modules
-if IN_COLAB:  # Colab only: fetch and install lpjax.
+if IN_COLAB:  # Colab only: fetch and install lpjax once, then restart.
   LPJAX_SOURCE = ''  # @param {type:"string"}
-  if not LPJAX_SOURCE:
-    raise ValueError(
-      'Set LPJAX_SOURCE to the lpjax git address or to an uploaded copy of '
-      'the repository, then run this cell again.'
-    )
-  source = Path(LPJAX_SOURCE)
-  if not source.is_dir():
-    source = Path('/content/lpjax')
-    if not source.is_dir():
+  local = bool(LPJAX_SOURCE) and Path(LPJAX_SOURCE).is_dir()
+  source = Path(LPJAX_SOURCE) if local else Path('/content/lpjax')
+  if importlib.util.find_spec('lpjax') is None:
+    if not LPJAX_SOURCE:
+      raise ValueError(
+        'Set LPJAX_SOURCE to the lpjax git address or to the folder of an '
+        'uploaded copy of the repository, then run this cell again.'
+      )
+    if not local:
       subprocess.run(
         ['git', 'clone', '--depth=1', LPJAX_SOURCE, str(source)], check=True
       )
-  extra = '[cuda12]' if Path('/usr/bin/nvidia-smi').exists() else ''
-  subprocess.run(
-    [sys.executable, '-m', 'pip', 'install', '-q', '-e', f'{source}{extra}'],
-    check=True,
-  )
+    extra = '[cuda12]' if shutil.which('nvidia-smi') else ''
+    subprocess.run(
+      [sys.executable, '-m', 'pip', 'install', '-q', '-e', f'{source}{extra}'],
+      check=True,
+    )
+    # pip replaced packages this runtime has loaded (numpy, jax): restart.
+    print('lpjax is installed; the runtime restarts. Run all cells again.')
+    os.kill(os.getpid(), signal.SIGKILL)
   os.chdir(source)
 
 # The configs live beside the package, in the repository root.
 ROOT = next(
-  p
-  for p in (Path.cwd(), *Path.cwd().parents)
-  if (p / 'configs' / 'quickstart.py').is_file()
+  (
+    p
+    for p in (Path.cwd(), *Path.cwd().parents)
+    if (p / 'configs' / 'quickstart.py').is_file()
+  ),
+  None,
 )
+if ROOT is None:
+  raise FileNotFoundError(
+    f'No lpjax repository at or above {Path.cwd()}: open this notebook from '
+    'the repository (its notebooks/ folder).'
+  )
 sys.path.insert(0, str(ROOT))
 
 import jax
 
 print('JAX', jax.__version__, 'on', jax.devices())
+
 
 # %% [markdown]
 # ## Prune

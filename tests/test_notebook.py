@@ -6,6 +6,7 @@ checked for what every cell was meant to produce.
 """
 
 import json
+import sys
 from pathlib import Path
 
 import jupytext
@@ -38,15 +39,30 @@ def test_notebook_and_script_are_paired_and_in_sync():
   )
 
 
+def _kernel_of_this_interpreter(root: Path) -> str:
+  """A kernelspec that runs this interpreter, first on the Jupyter path (a
+  user's own `python3` kernel could be another Python without lpjax)."""
+  name = 'lpjax-test-python'
+  spec = root / 'kernels' / name
+  spec.mkdir(parents=True)
+  argv = [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}']
+  spec.joinpath('kernel.json').write_text(
+    json.dumps({'argv': argv, 'display_name': name, 'language': 'python'})
+  )
+  return name
+
+
 def test_notebook_runs_end_to_end(tmp_path, monkeypatch):
   workdir = tmp_path / 'run'
   monkeypatch.setenv('LPJAX_WORKDIR', str(workdir))
+  monkeypatch.setenv('JUPYTER_PATH', str(tmp_path / 'jupyter'))
+  kernel = _kernel_of_this_interpreter(tmp_path / 'jupyter')
   nb = nbformat.read(NOTEBOOK, as_version=4)
   # A hang fails the test rather than the CI job; the cells raise on error.
   NotebookClient(
     nb,
     timeout=900,
-    kernel_name='python3',
+    kernel_name=kernel,
     resources={'metadata': {'path': str(NOTEBOOKS)}},
   ).execute()
 
