@@ -18,8 +18,9 @@ reports the median wall time and the CPU time it used per wall second
   `model.apply(..., train=False)`, batches of 500, one CPU device (JAX's
   default).
 * `lpjax_sharded`: the same program with `JAX_NUM_CPU_DEVICES` = the number
-  of cores and every batch split over them (`NamedSharding`, as
-  `lpjax.train` shards a data-parallel batch).
+  of usable cores (or the largest count below it that divides 500) and
+  every batch split over them (`NamedSharding`, as `lpjax.train` shards a
+  data-parallel batch).
 
 `--convs` adds single 3×3 convolutions of each ResNet-56 stage shape
 (batch 500) under `jax.jit`, one device: wall time and CPU use.
@@ -154,11 +155,18 @@ def _child(args) -> None:
   print('RESULT ' + json.dumps(out), flush=True)
 
 
+def sharded_devices() -> int:
+  """The most CPU devices, at most one per usable core, that split a batch
+  of 500 evenly."""
+  cores = len(os.sched_getaffinity(0))
+  return max(d for d in range(1, cores + 1) if 500 % d == 0)
+
+
 def _spawn(variant: str, args) -> dict | list:
   env = dict(os.environ)
   env.pop('JAX_NUM_CPU_DEVICES', None)
   if variant == 'lpjax_sharded':
-    env['JAX_NUM_CPU_DEVICES'] = str(os.cpu_count())
+    env['JAX_NUM_CPU_DEVICES'] = str(sharded_devices())
   cmd = [
     sys.executable,
     __file__,
@@ -209,7 +217,8 @@ def main() -> None:
   )
   ref = statistics.median(r['wall_s'] for r in runs['tf_function'])
   lines = [
-    f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores; '
+    f'{platform.processor() or platform.machine()}, '
+    f'{len(os.sched_getaffinity(0))} usable cores; '
     f'{versions["tf_function"]}; {versions["lpjax"]} (sharded: '
     f'{versions["lpjax_sharded"]}). Load average at start / end: '
     f'{load0:.2f} / {os.getloadavg()[0]:.2f}. Medians over {args.rounds} '

@@ -17,8 +17,9 @@
 # the suite goes on. LPJAX_ALLOW_CPU=1 runs it without a GPU (a smoke test
 # of the script; the numbers are then the CPU's).
 set -uo pipefail
+out=$(realpath -m "${1:-gpu_suite.md}")  # Relative to where it is called.
+mkdir -p "$(dirname "$out")" || exit 2
 cd "$(dirname "$0")/.."
-out=${1:-gpu_suite.md}
 start=$(date +%s)
 
 backend=$(python -c 'import jax; print(jax.default_backend())') || {
@@ -66,12 +67,19 @@ step() {
     echo
     echo "\`$*\` — $((SECONDS - t0)) s"
     echo
-    if ((rc == 124 || rc == 137)); then
-      echo "**Not finished: stopped at the ${limit} s limit.**"
-    elif ((rc != 0)); then
-      echo "**Failed (exit status $rc):**"
+    if ((rc != 0)); then
+      if ((rc == 124)); then
+        echo "**Not finished: stopped at the ${limit} s limit.**"
+      elif ((rc == 137)); then
+        echo "**Killed (exit status 137: the ${limit} s limit, or memory).**"
+      else
+        echo "**Failed (exit status $rc).**"
+      fi
+      echo
+      echo 'Its last output:'
       echo
       echo '```'
+      tail -n 15 "$tmp/stdout"
       tail -n 15 "$tmp/stderr"
       echo '```'
     elif [[ -s $tmp/step.md ]]; then
