@@ -46,8 +46,11 @@ if os.environ.get('LPJAX_TEST_XLA_CACHE', '1') != '0':
   if 'LPJAX_TEST_RUN_ID' not in os.environ:  # The first process: sweep up
     # the caches of sessions that were killed before their end (a day old).
     for old in Path(tempfile.gettempdir()).glob('lpjax-test-xla-cache-*'):
-      if old.stat().st_mtime < time.time() - 86400:
-        shutil.rmtree(old, ignore_errors=True)
+      try:
+        if old.stat().st_mtime < time.time() - 86400:
+          shutil.rmtree(old, ignore_errors=True)
+      except OSError:  # Removed meanwhile by its own session.
+        pass
   _CACHE = _xla_cache_dir()
   _CACHE.mkdir(exist_ok=True)
   # The environment reaches subprocesses; jax.config this process.
