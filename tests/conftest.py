@@ -20,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+import hypothesis
 import jax
 import pytest
 
@@ -60,6 +61,15 @@ if os.environ.get('LPJAX_TEST_XLA_CACHE', '1') != '0':
   jax.config.update('jax_compilation_cache_dir', str(_CACHE))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+# Property tests draw new examples on every run by default, so a rare
+# failing input shows up on a developer's machine; in CI (`CI` set, as in
+# `.ci/run`'s environment) they are derandomized: the same examples every
+# run, so a CI result can be reproduced and a red CI is never a new draw.
+hypothesis.settings.register_profile('ci', derandomize=True, database=None)
+if os.environ.get('CI', '').lower() in ('1', 'true', 'yes'):
+  hypothesis.settings.load_profile('ci')
 
 
 def pytest_sessionfinish(session):

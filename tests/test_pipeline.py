@@ -147,33 +147,53 @@ def _wait_for(path, proc, timeout=300):
     time.sleep(0.05)
 
 
-def _start(cfg_path, workdir):
-  return subprocess.Popen(
-    [sys.executable, 'main.py', f'--config={cfg_path}', f'--workdir={workdir}'],
-    cwd=REPO,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
-  )
+@pytest.fixture
+def start():
+  """Starts `main.py` runs; kills those still running when the test ends,
+  so a failed wait does not leave a run training beside the rest of the
+  suite."""
+  procs = []
+
+  def _start(cfg_path, workdir):
+    proc = subprocess.Popen(
+      [
+        sys.executable,
+        'main.py',
+        f'--config={cfg_path}',
+        f'--workdir={workdir}',
+      ],
+      cwd=REPO,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+    )
+    procs.append(proc)
+    return proc
+
+  yield _start
+  for proc in procs:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
 
 
-def test_resume_after_sigkill(tiny, tmp_path):
+def test_resume_after_sigkill(tiny, tmp_path, start):
   """Killed mid fine-tune and mid pruning loop, it ends like the clean run."""
   cfg_path, clean_dir, clean_results = tiny
   workdir = tmp_path / 'killed'
   # 1. Kill during iteration 1's fine-tuning (after its first epoch).
-  proc = _start(cfg_path, workdir)
+  proc = start(cfg_path, workdir)
   _wait_for(workdir / 'iter_001' / '1' / 'commit_success.txt', proc)
   assert proc.poll() is None
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   # 2. Kill between iterations: after iteration 2's surgery.
-  proc = _start(cfg_path, workdir)
+  proc = start(cfg_path, workdir)
   _wait_for(workdir / 'iter_002' / '0' / 'commit_success.txt', proc)
   assert proc.poll() is None
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   # 3. Finish.
-  proc = _start(cfg_path, workdir)
+  proc = start(cfg_path, workdir)
   assert proc.wait(timeout=600) == 0
   results = json.loads((workdir / 'results.json').read_text())
   assert _strip_times(results) == _strip_times(clean_results)
@@ -184,7 +204,7 @@ def test_resume_after_sigkill(tiny, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
 
-def test_sparse_checkpoints_resume_to_the_same_result(tiny, tmp_path):
+def test_sparse_checkpoints_resume_to_the_same_result(tiny, tmp_path, start):
   """checkpoint_every_epochs=2: epoch 1 is not saved, a kill after epoch 2's
   save resumes there, and the run ends bitwise like the clean one."""
   _, clean_dir, clean_results = tiny
@@ -193,12 +213,12 @@ def test_sparse_checkpoints_resume_to_the_same_result(tiny, tmp_path):
     TINY.replace('  return c', '  c.checkpoint_every_epochs = 2\n  return c')
   )
   workdir = tmp_path / 'sparse'
-  proc = _start(cfg_path, workdir)
+  proc = start(cfg_path, workdir)
   _wait_for(workdir / 'iter_001' / '2' / 'commit_success.txt', proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (workdir / 'iter_001' / '1').exists()
-  proc = _start(cfg_path, workdir)
+  proc = start(cfg_path, workdir)
   assert proc.wait(timeout=600) == 0
   results = json.loads((workdir / 'results.json').read_text())
   assert _strip_times(results) == _strip_times(clean_results)

@@ -180,6 +180,7 @@ def test_readme_block_runs_and_prints_what_it_says(block, tmp_path):
     cwd=tmp_path,
     env=env,
     capture_output=True,
+    timeout=900,  # A hang guard: the longest block takes about a minute.
     text=True,
   )
   where = f'README.md block at line {block.line} ({block.id})'

@@ -452,10 +452,14 @@ def test_decoder_scores_are_one_compiled_call_equal_to_surgered_forwards(
   fn = scoring._compiled_scores(
     arch, representation, None, scoring.cka_similarity
   )
+  # The compiled function is cached per arch: another test in this worker
+  # may have compiled it already, for another shape; count from here.
+  before = fn._cache_size()
   got = scoring.score_candidates(
     arch, variables, x, representation=representation, data_batch_size=24
   )
-  assert fn._cache_size() == 1  # one compiled computation for every layer
+  # One compiled computation for every layer.
+  assert fn._cache_size() - before <= 1
   ref = models.representations(
     models.build_model(arch), variables, x, [representation]
   )[representation]
