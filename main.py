@@ -7,45 +7,23 @@ Re-running the same command in the same workdir resumes where it stopped.
 On several hosts, run the same command on each with
 `--config.distributed=True`: `jax.distributed.initialize()` then reads the
 cluster from the environment before any JAX computation.
-A user error (a bad config value, an unprepared dataset, an unreadable
-checkpoint or model file) prints one line and exits with status 2; anything
-else is a bug and shows its traceback.
+A user error (a bad config file, field or value, an unprepared dataset, an
+unreadable checkpoint, model or workdir file) prints one line and exits
+with status 2; Ctrl-C prints one line and exits with 130 (re-run the same
+command to resume); anything else is a bug and shows its traceback.
 """
 
+import difflib
 import importlib.util
+import os
+import re
 import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lpjax import (
-  checkpointing,
-  embedding_pipeline,
-  healing,
-  input_pipeline,
-  llm_pipeline,
-  pipeline,
-  report,
-)
-from lpjax.interop import KerasImportError
-from lpjax.interop.gguf_llama import GGUFImportError
-from lpjax.interop.safetensors_bert import BertImportError
-from lpjax.interop.weights import FetchError
-
-USER_ERRORS = (
-  pipeline.ConfigError,
-  input_pipeline.DatasetNotPreparedError,
-  checkpointing.CheckpointError,
-  KerasImportError,
-  BertImportError,
-  GGUFImportError,
-  FetchError,
-  embedding_pipeline.EmbeddingConfigError,
-  llm_pipeline.LLMConfigError,
-  healing.HealingError,
-  input_pipeline.SeriesFileError,
-)
+from lpjax import embedding_pipeline, errors, llm_pipeline, pipeline, report
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Experiment config file (configs/*.py).', lock_config=True
@@ -54,6 +32,71 @@ _WORKDIR = flags.DEFINE_string(
   'workdir', None, 'Directory for checkpoints, results and the report.'
 )
 flags.mark_flags_as_required(['config', 'workdir'])
+
+# task -> (run, table of its results).
+TASKS = {
+  'main': (pipeline.run, report.markdown_table),
+  'embedding': (embedding_pipeline.run, embedding_pipeline.markdown_table),
+  'llm': (llm_pipeline.run, llm_pipeline.markdown_table),
+}
+
+
+def fail(message: str, status: int = 2) -> None:
+  """Prints `error: message` as one line on stderr and exits."""
+  print(f'error: {" ".join(str(message).split())}', file=sys.stderr)
+  sys.exit(status)
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+  out = [e]
+  while out[-1].__cause__ is not None or out[-1].__context__ is not None:
+    out.append(out[-1].__cause__ or out[-1].__context__)
+  return out
+
+
+def _config_error(argv: list[str], e: BaseException) -> str:
+  """One line for a config file or field that could not be read."""
+  path = next(
+    (a.split('=', 1)[1] for a in argv if a.startswith('--config=')), ''
+  ).split(':')[0]
+  if path and not os.path.exists(path):
+    folder = os.path.dirname(path) or '.'
+    near = difflib.get_close_matches(
+      os.path.basename(path),
+      os.listdir(folder) if os.path.isdir(folder) else [],
+      n=1,
+    )
+    hint = f' Did you mean {os.path.join(folder, near[0])}?' if near else ''
+    return f'No config file {path}.{hint}'
+  chain = _chain(e)
+  if isinstance(e, (KeyError, AttributeError)):
+    # ml_collections: a field that does not exist, with its "Did you mean".
+    said = ' '.join(str(x) for x in chain)
+    close = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', said)
+    if close:
+      return (
+        f'The config has no field {close.group(2)!r}; did you mean '
+        f'{close.group(1)!r}? (a --config.* override or {path})'
+      )
+    name = chain[-1].args[0] if chain[-1].args else e
+    return f'The config has no field {name!r} (a --config.* override).'
+  if isinstance(e, flags.IllegalFlagValueError):
+    return str(e)
+  # A config file that fails to load: its own error.
+  return f'Cannot load the config {path}: {chain[-1]!r}'
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad config file or field as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.IllegalFlagValueError as e:
+    fail(_config_error(argv, e))
+  except flags.Error as e:
+    fail(f'{e}. Run python main.py --helpshort for the flags.')
+  except (KeyError, AttributeError, ValueError, TypeError, OSError) as e:
+    fail(_config_error(argv, e))
+  return argv  # not reached
 
 
 def initialize(config) -> None:
@@ -64,15 +107,15 @@ def initialize(config) -> None:
   MPI, Kubernetes; `JAX_COORDINATOR_ADDRESS` overrides the coordinator).
 
   Raises:
-    pipeline.ConfigError: `distributed` is set but the environment describes
-      no cluster.
+    ConfigError: `distributed` is set but the environment describes no
+      cluster.
   """
   if not config.distributed:
     return
   try:
     jax.distributed.initialize()
   except ValueError as e:  # No cluster in the environment.
-    raise pipeline.ConfigError(
+    raise errors.ConfigError(
       'distributed=True, but jax.distributed.initialize() found no cluster '
       f'in the environment ({e}); run it on the cluster, or without '
       '--config.distributed=True.'
@@ -99,32 +142,29 @@ def main(argv):
   logging.get_absl_handler().addFilter(
     lambda record: '/orbax/' not in record.pathname
   )
+  config, workdir = _CONFIG.value, _WORKDIR.value
   try:
-    initialize(_CONFIG.value)  # Before any JAX computation.
-    task = _CONFIG.value.get('task', 'main')
-    if task not in ('main', 'embedding', 'llm'):
-      raise pipeline.ConfigError(
-        f"Unknown task {task!r}; valid: 'main' (lpjax.pipeline), 'embedding' "
-        "(lpjax.embedding_pipeline), 'llm' (lpjax.llm_pipeline)."
+    task = config.get('task', 'main')  # the config file is read here
+  except OSError as e:
+    fail(_config_error(sys.argv, e))
+  try:
+    if task not in TASKS:
+      raise errors.ConfigError(
+        f'Unknown task {task!r}; valid: {sorted(TASKS)} (--config.task).'
       )
-    if task == 'llm':
-      results = llm_pipeline.run(_CONFIG.value, _WORKDIR.value)
-      table = llm_pipeline.markdown_table(results)
-    elif task == 'embedding':
-      results = embedding_pipeline.run(_CONFIG.value, _WORKDIR.value)
-      table = embedding_pipeline.markdown_table(results)
-    else:
-      results = pipeline.run(_CONFIG.value, _WORKDIR.value)
-      table = report.markdown_table(results)
-  except USER_ERRORS as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  print(table)
+    initialize(config)  # Before any JAX computation.
+    run, table = TASKS[task]
+    results = run(config, workdir)
+  except errors.UserError as e:
+    fail(e)
+  except KeyboardInterrupt:
+    fail(f'interrupted; re-run the same command to resume from {workdir}.', 130)
+  print(table(results))
   if task == 'main':
-    print(f'\nReport, plots and checkpoints are in {_WORKDIR.value}.')
+    print(f'\nReport, plots and checkpoints are in {workdir}.')
   else:
-    print(f'\nresults.json is in {_WORKDIR.value}.')
+    print(f'\nresults.json is in {workdir}.')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -227,12 +227,14 @@ def paired(results: dict[str, dict], k: int, reference: str) -> str:
   import scipy.stats
 
   from configs import smollm2_depth
-  from lpjax import language, models, surgery
+  from lpjax import models, surgery
+  from lpjax.data import text
+  from lpjax.models import decoder
 
   config = smollm2_depth.get_config()
   lm = llm_pipeline.load(config)
-  held = llm_pipeline._windows(
-    lm, 'heldout', config.llm.heldout_length, config.llm.heldout_windows
+  held = text.corpus_windows(
+    lm.encode, 'heldout', config.llm.heldout_length, config.llm.heldout_windows
   )
   nll = {}
   for name, r in results.items():
@@ -245,7 +247,7 @@ def paired(results: dict[str, dict], k: int, reference: str) -> str:
     arch, variables = surgery.apply(
       lm.arch, lm.variables, surgery.remove(rec['removed'])
     )
-    ev = language.evaluate(models.build_model(arch), variables, held)
+    ev = decoder.evaluate(models.build_model(arch), variables, held)
     if abs(ev['perplexity'] / rec['perplexity'] - 1) > 1e-4:
       raise RuntimeError(
         f'{name} at k={k}: re-evaluated perplexity {ev["perplexity"]} is '

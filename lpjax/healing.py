@@ -43,13 +43,13 @@ import optax
 from absl import logging
 
 from lpjax import arch as arch_lib
-from lpjax import checkpointing, models
+from lpjax import checkpointing, errors, models
 
 MODES = ('full', 'lora')
 LORA_KERNELS = ('gate', 'up', 'down')
 
 
-class HealingError(ValueError):
+class HealingError(errors.UserError, ValueError):
   """Healing settings or a healing checkpoint that cannot be used."""
 
 

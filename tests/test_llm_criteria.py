@@ -14,9 +14,10 @@ import pytest
 from test_transformers import VOCAB, T, _net
 from tolerances import f32_atol
 
-from lpjax import language, methods, models, surgery
+from lpjax import methods, models, surgery
 from lpjax.methods import block_influence, llm
 from lpjax.methods.context import Context
+from lpjax.models import decoder
 
 N = 12  # calibration windows
 
@@ -102,7 +103,7 @@ def test_sleb_scores_equal_a_loop_of_per_layer_perplexities():
     small_arch, small_vars = surgery.remove_blocks(
       ctx.arch, ctx.variables, [unit]
     )
-    ppl = language.perplexity(
+    ppl = decoder.perplexity(
       models.build_model(small_arch), small_vars, ctx.inputs, batch=N
     )
     want[unit] = np.log(ppl)
@@ -133,10 +134,10 @@ def test_llm_criteria_refuse_other_families_and_bad_hparams():
     arch=arch, variables=variables, inputs=np.asarray(x), labels=np.zeros(6)
   )
   with pytest.raises(ValueError, match='needs a decoder'):
-    llm.sleb_scores(ctx)
+    methods.get_method('sleb')(ctx)
   with pytest.raises(ValueError, match='valid'):
-    methods.check_hparams('angular_block', {'m': 2}, holdout=0.0)
+    methods.get_method('angular_block').complete({'m': 2})
   with pytest.raises(ValueError, match='n must be'):
-    methods.check_hparams('angular_block', {'n': 0}, holdout=0.0)
+    methods.get_method('angular_block').complete({'n': 0})
   with pytest.raises(ValueError, match='floor'):
     methods.get_method('angular_block')(_ctx(hparams={'n': 3}))

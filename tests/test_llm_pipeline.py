@@ -20,7 +20,9 @@ from test_transformers import _decoder_oracle, _np
 from tolerances import f32_atol, magnitude, network_terms
 
 from configs import smollm2_depth
-from lpjax import healing, language, llm_pipeline, models, surgery
+from lpjax import errors, healing, llm_pipeline, methods, models, surgery
+from lpjax.data import text
+from lpjax.methods import consensus
 from lpjax.models import decoder
 
 DEPTH = 5
@@ -95,8 +97,8 @@ def _ppl64(arch, variables, ids):
 
 
 def _heldout(lm, c):
-  return llm_pipeline._windows(
-    lm, 'heldout', c.llm.heldout_length, c.llm.heldout_windows
+  return text.corpus_windows(
+    lm.encode, 'heldout', c.llm.heldout_length, c.llm.heldout_windows
   )
 
 
@@ -170,11 +172,11 @@ def test_iterative_sleb_rescores_each_step_and_resumes(lm, tmp_path):
   path.write_text(before)
   # A record made on other text (another Python's pydoc topics) is refused.
   path.write_text(json.dumps({**json.loads(before), 'corpus': '3.0.0:0000'}))
-  with pytest.raises(llm_pipeline.LLMConfigError, match='other text'):
+  with pytest.raises(errors.ConfigError, match='other text'):
     llm_pipeline.run(c, str(tmp_path), lm=lm)
   path.write_text(before)
   # A config that changes results is refused.
-  with pytest.raises(llm_pipeline.LLMConfigError, match='different config'):
+  with pytest.raises(errors.ConfigError, match='different config'):
     llm_pipeline.run(
       _config(**{'prune.criterion': 'cka', 'llm.schedule': 'iterative'}),
       str(tmp_path),
@@ -204,14 +206,16 @@ def test_lowest_respects_the_floor(lm):
   arch = dataclasses.replace(lm.arch, min_blocks_per_stage=DEPTH - 1)
   scores = {u: float(i) for i, u in enumerate(arch.candidates)}
   assert llm_pipeline.lowest(arch, scores, 1) == ['layer00']
-  with pytest.raises(llm_pipeline.LLMConfigError, match='floor'):
+  with pytest.raises(errors.ConfigError, match='floor'):
     llm_pipeline.lowest(arch, scores, 2)
 
 
 @pytest.mark.parametrize(
   'changes, message',
   [
-    ({'prune.criterion': 'l1'}, 'not available for decoders'),
+    ({'prune.criterion': 'kl'}, "needs a classifier's logits"),
+    ({'prune.criterion': 'everything'}, 'needs'),
+    ({'prune.criterion': 'sglp', 'prune.sglp.num_segmets': 2}, 'Did you mean'),
     ({'llm.schedule': 'greedy'}, 'llm.schedule'),
     ({'llm.remove': (2, 2)}, 'distinct'),
     ({'llm.heal.at': (3,)}, 'among llm.remove'),
@@ -230,34 +234,33 @@ def test_lowest_respects_the_floor(lm):
   ],
 )
 def test_bad_configs_are_refused_before_work(changes, message):
-  with pytest.raises(llm_pipeline.LLMConfigError, match=message):
+  with pytest.raises(errors.ConfigError, match=message):
     llm_pipeline.check_config(_config(**changes))
 
 
 def test_remove_beyond_the_floor_is_refused(lm, tmp_path):
-  with pytest.raises(llm_pipeline.LLMConfigError, match='lets pruning'):
+  with pytest.raises(errors.ConfigError, match='lets pruning'):
     llm_pipeline.run(_config(**{'llm.remove': (DEPTH,)}), str(tmp_path), lm=lm)
 
 
 def test_the_shipped_config_passes_the_checks():
   c = smollm2_depth.get_config()
   llm_pipeline.check_config(c)
-  for criterion in llm_pipeline.CRITERIA:
+  for criterion in methods.available(llm_pipeline.PROVIDES):
     c.prune.criterion = criterion
     llm_pipeline.check_config(c)
-  assert set(llm_pipeline.LABEL_FREE) == set(
-    c.prune.consensus.metrics.split(',')
-  )
+  # The shipped consensus metrics are the label-free ones, so consensus
+  # runs on a decoder too.
+  assert set(consensus.LABEL_FREE) == set(c.prune.consensus.metrics.split(','))
+  c.prune.criterion = 'consensus'
+  llm_pipeline.check_config(c)
 
 
 # --- Healing -----------------------------------------------------------------
 
 
 def _windows(lm, n=16):
-  from lpjax import language
-  from lpjax.interop import gguf_llama
-
-  return gguf_llama.windows(_encode(language.corpus('calibration')), LENGTH, n)
+  return text.windows(_encode(text.corpus('calibration')), LENGTH, n)
 
 
 def test_merge_lora_equals_numpy():
@@ -376,16 +379,22 @@ def test_pipeline_heals_the_pruned_model_on_calibration_text_only(
 
     def wrapped(ctx):
       seen['decide'].append(np.asarray(ctx.inputs))
-      return method(ctx)
+      return method.fn(ctx)
 
-    return wrapped
+    return dataclasses.replace(method, fn=wrapped)
 
   monkeypatch.setattr(llm_pipeline.healing, 'heal', spy_heal)
   monkeypatch.setattr(llm_pipeline, 'get_method', spy_get)
   res = llm_pipeline.run(c, str(tmp_path), lm=lm)
   # Held-out windows never reach a decision or healing; calibration does.
   held = {tuple(r) for r in _heldout(lm, c)}
-  calib = {tuple(r) for r in llm_pipeline.calibration_windows(lm, c)[1]}
+  _, every = text.calibration_windows(
+    lm.encode,
+    count=c.llm.calibration_windows,
+    length=c.llm.calibration_length,
+    seed=c.seed,
+  )
+  calib = {tuple(r) for r in every}
   rows = [tuple(r) for a in seen['decide'] + seen['heal'] for r in a]
   assert rows and not held & set(rows) and set(rows) <= calib
   # Each healed entry is healing.heal of the k=2 model (k=0: the unpruned
@@ -407,7 +416,7 @@ def test_pipeline_heals_the_pruned_model_on_calibration_text_only(
     )
     got = res['healed'][key]
     assert got['losses'] == rec['losses']
-    ev = language.evaluate(models.build_model(arch), healed, _heldout(lm, c))
+    ev = decoder.evaluate(models.build_model(arch), healed, _heldout(lm, c))
     assert got['perplexity'] == ev['perplexity']
   # The checkpoints are gone once recorded (keep_checkpoints=False).
   assert not (tmp_path / 'heal' / 'k2_lora').exists()
@@ -443,5 +452,5 @@ def test_heal_config_errors():
 
 def test_config_group_is_required():
   c = ml_collections.ConfigDict({'task': 'llm'})
-  with pytest.raises(llm_pipeline.LLMConfigError, match='config group'):
+  with pytest.raises(errors.ConfigError, match='config group'):
     llm_pipeline.check_config(c)

@@ -33,7 +33,7 @@ from flax import traverse_util
 from jax.sharding import Mesh
 from tolerances import f32_atol, network_terms
 
-from lpjax import input_pipeline, models, scoring, train
+from lpjax import data, models, scoring, train
 
 PROCESSES = 2
 DEVICES = 8
@@ -156,7 +156,7 @@ def _worker(out_path: str) -> None:
     main.initialize(config)
   want = int(os.environ.get('LPJAX_TEST_DEVICES', DEVICES))
   assert jax.device_count() == want, jax.devices()
-  dataset = input_pipeline.load('synthetic', seed=0, synthetic=SYNTHETIC)
+  dataset = data.load('synthetic', seed=0, synthetic=SYNTHETIC)
   reads = {'train': [], 'test': []}
   for split, log in reads.items():
     reader, keys = dataset._splits[split]
@@ -453,19 +453,19 @@ def test_initialize_only_when_distributed(monkeypatch):
     raise ValueError('coordinator_address should be defined.')
 
   monkeypatch.setattr(jax.distributed, 'initialize', no_cluster)
-  with pytest.raises(main.pipeline.ConfigError, match='found no cluster'):
+  with pytest.raises(main.errors.ConfigError, match='found no cluster'):
     main.initialize(ml_collections.ConfigDict({'distributed': True}))
 
 
 def test_distributed_is_free_to_change_on_resume():
   from configs import base
-  from lpjax import pipeline
+  from lpjax.run import record
 
   config = base.get_config()
   saved = json.loads(json.dumps(config.to_dict()))
   del saved['distributed']  # A workdir from before the field existed.
-  assert pipeline.config_changes(saved, config) == []
+  assert record.config_changes(saved, config) == []
   saved['distributed'] = True  # Started on several hosts, resumed on one.
-  assert pipeline.config_changes(saved, config) == []
+  assert record.config_changes(saved, config) == []
   saved['seed'] = 1
-  assert pipeline.config_changes(saved, config) == ['seed: 1 -> 0']
+  assert record.config_changes(saved, config) == ['seed: 1 -> 0']

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from lpjax import checkpointing, input_pipeline, pipeline
+from lpjax import checkpointing, data, errors, pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -328,7 +328,7 @@ def test_resume_with_another_config_is_refused(tiny):
   cfg_path, workdir, _ = tiny
   before = sorted(p.name for p in workdir.iterdir())
   c = _config(cfg_path, **{'prune.criterion': 'random', 'seed': 3})
-  with pytest.raises(pipeline.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     pipeline.Pipeline(c, str(workdir))
   message = str(e.value)
   assert "prune.criterion: 'cka' -> 'random'" in message
@@ -348,7 +348,7 @@ def test_unprepared_dataset(tiny, tmp_path):
   c = _config(tiny[0], dataset='cifar10', data_dir=str(tmp_path / 'tfds'))
   t0 = time.time()
   with pytest.raises(
-    input_pipeline.DatasetNotPreparedError, match='download_and_prepare'
+    data.DatasetNotPreparedError, match='download_and_prepare'
   ):
     pipeline.Pipeline(c, str(tmp_path / 'w'))
   assert time.time() - t0 < 30

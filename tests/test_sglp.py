@@ -368,12 +368,14 @@ def test_iterative_on_a_vit():
 
 def test_one_shot_needs_a_target():
   arch = resnet.resnet_cifar(blocks_per_stage=(2, 2, 2), width=4)
+  record = methods.get_method('sglp')
   with pytest.raises(ValueError, match='one_shot'):
-    sglp.num_to_remove(arch, {'mode': 'one_shot'})
+    record.complete({'mode': 'one_shot'})
   with pytest.raises(ValueError, match='mode'):
-    sglp.num_to_remove(arch, {'mode': 'both'})
-  assert sglp.num_to_remove(arch, {'mode': 'one_shot', 'removal_ratio': 0.5})
-  assert sglp.num_to_remove(arch, {}) == 1
+    record.complete({'mode': 'both'})
+  hp = record.complete({'mode': 'one_shot', 'removal_ratio': 0.5})
+  assert sglp.num_to_remove(arch, hp) == 3  # round(0.5 * 6 units)
+  assert sglp.num_to_remove(arch, record.complete({})) == 1
 
 
 # --- Report ------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Models see normalised inputs `x = (p − mean) / std`, where `p` are pixels
 scaled to the valid range `[low, high]` (`[0, 1]` for every image dataset
-of `lpjax.input_pipeline`). An attack perturbs the pixels: `p' = p + δ`
+of `lpjax.data`). An attack perturbs the pixels: `p' = p + δ`
 with `|δ|∞ ≤ ε` and `p' ∈ [low, high]`, and the model sees
 `x' = x + δ / std`, so ε is in pixel units (ε = 8/255 is the usual CIFAR
 budget) whatever the normalisation, and ε = 0 returns `x` bitwise.
@@ -59,7 +59,7 @@ class PixelSpace:
 
   @classmethod
   def of_dataset(cls, dataset: Any) -> PixelSpace:
-    """The space of an `lpjax.input_pipeline.Dataset` (pixels in [0, 1])."""
+    """The space of an `lpjax.data.Dataset` (pixels in [0, 1])."""
     return cls(
       mean=np.asarray(dataset.mean, np.float32),
       std=np.asarray(dataset.std, np.float32),

@@ -46,6 +46,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from lpjax import errors
+
 CORRUPTIONS = (
   'gaussian_noise',
   'shot_noise',
@@ -74,7 +76,7 @@ FROST_FILES = (
 )
 
 
-class CorruptionError(ValueError):
+class CorruptionError(errors.UserError, ValueError):
   """Bad input to a corruption, naming the problem and the fix."""
 
 

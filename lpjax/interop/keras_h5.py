@@ -50,7 +50,7 @@ import jax
 import numpy as np
 
 from lpjax import arch as arch_lib
-from lpjax import models
+from lpjax import errors, models
 from lpjax.models import resnet
 
 # Keras BatchNormalization weight -> (flax collection, flax name).
@@ -85,7 +85,7 @@ _MAX_COMPRESSION = 1100
 _H5_ERRORS = (OSError, KeyError, RuntimeError, TypeError, ValueError)
 
 
-class KerasImportError(ValueError):
+class KerasImportError(errors.UserError, ValueError):
   """The files do not describe a model this loader understands."""
 
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpjax import arch as arch_lib
+from lpjax import errors
 from lpjax.models import encoder as encoder_lib
 
 # Tensors a BERT checkpoint may hold that a sentence encoder does not use.
@@ -37,7 +38,7 @@ _IGNORED = (
 )
 
 
-class BertImportError(ValueError):
+class BertImportError(errors.UserError, ValueError):
   """A BERT checkpoint lpjax cannot read, naming the file and the problem."""
 
 

@@ -1,23 +1,26 @@
-"""Pruning methods: `method(ctx: Context) -> Decision`, registered by name.
+"""Pruning methods: records in one registry, `METHODS`.
 
-A method sees the current model, calibration data with labels, a loss, an
-RNG key, its own hyperparameters (`config.prune.<name>`) and a way to
-fine-tune probe children (`Context`), and returns the edit to apply plus
-diagnostics (`Decision`).
+A method sees the current model, calibration data, a loss, an RNG key, its
+own hyperparameters (`config.prune.<name>`) and a way to fine-tune probe
+children (`Context`), and returns the edit to apply plus diagnostics
+(`Decision`). Its `MethodRecord` (`lpjax.methods.record`) declares the rest
+once: its hyperparameters with types and defaults, a validator, what it
+needs of the task (labels, a loss, a holdout, a decoder, filter widths) and
+whether one call can decide several units. Drivers ask the record; no
+driver names a method.
 
 Most criteria only score units (lower = more removable) and remove the
 lowest-scoring one the floor allows: write the scoring function and wrap it
-with `from_scores`. Adding one = a module, a line in `METHODS`, a test (the
-README's "Add a criterion").
+with `from_scores`. Adding one = a module, a record in `METHODS`, a test
+(the README's "Add a criterion").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from lpjax import arch as arch_lib
-from lpjax import surgery
+from lpjax import errors
 from lpjax.methods import (
   baselines,
   block_influence,
@@ -29,119 +32,163 @@ from lpjax.methods import (
   sglp,
 )
 from lpjax.methods.context import Context, Decision
+from lpjax.methods.record import (
+  NEEDS,
+  Hparam,
+  MethodRecord,
+  from_scores,
+  lowest_allowed,
+  provided_by,
+)
 
 Method = Callable[[Context], Decision]
-ScoreFn = Callable[[Context], Mapping[str, float]]
 
 
-def lowest_allowed(
-  arch: arch_lib.Arch, scores: Mapping[str, float]
-) -> Decision:
-  """Removes the lowest-scoring unit the floor allows.
+def _everything_needs(hp: Mapping[str, Any]) -> frozenset[str]:
+  """Its own needs, its layer criterion's, and the kl filter criterion's."""
+  layer = METHODS[hp['layer_criterion']]
+  own = {'holdout', 'finetune', 'filter_widths'}
+  if hp['filter_criterion'] == 'kl':
+    own.add('class_logits')
+  return frozenset(own) | layer.needs_of(layer.defaults())
 
-  Candidates whose stage is at the floor are passed over for the next
-  lowest. Ties go to the unit earliest in network order.
 
-  Raises:
-    ValueError: if nothing is removable or a removable unit has no score.
+_RECORDS = (
+  MethodRecord(
+    'cka',
+    from_scores(cka.scores),
+    'Pons et al. 2024: 1 - linear CKA of the representation without the unit',
+    hparams=cka.HPARAMS,
+    min_examples=4,
+  ),
+  MethodRecord(
+    'random', from_scores(baselines.random_scores), 'uniform random scores'
+  ),
+  MethodRecord(
+    'l1', from_scores(baselines.l1_scores), "mean l1 norm of a unit's filters"
+  ),
+  MethodRecord(
+    'block_influence',
+    from_scores(block_influence.scores),
+    "ShortGPT: 1 - cos(a unit's input, its output)",
+  ),
+  MethodRecord(
+    'consensus',
+    consensus.consensus,
+    'Mugnaini et al. 2024: rank sum of eight similarity metrics',
+    hparams=consensus.HPARAMS,
+    needs=consensus.needs,
+    validate=consensus.validate,
+    min_examples=4,
+    fixes={
+      'labels': 'Use the label-free metrics: '
+      '--config.prune.consensus.metrics='
+      f'{",".join(consensus.LABEL_FREE)}.'
+    },
+  ),
+  MethodRecord(
+    'kl',
+    from_scores(baselines.kl_scores),
+    "CURL: KL of the logits' distribution without the unit",
+    needs=frozenset({'class_logits'}),
+  ),
+  MethodRecord(
+    'angular',
+    from_scores(baselines.angular_scores),
+    "Gromov et al. 2024: angle between a unit's input and output",
+  ),
+  MethodRecord(
+    'sglp',
+    sglp.sglp,
+    'Li et al. 2024: CKA segments, GradNorm within each',
+    hparams=sglp.HPARAMS,
+    needs=frozenset({'loss'}),
+    validate=sglp.validate,
+    several=sglp.several,
+    min_examples=4,
+  ),
+  MethodRecord(
+    'everything',
+    everything.everything,
+    'Nascimento et al. 2025: a layer and a filter child, CKA arbitration',
+    hparams=everything.HPARAMS,
+    needs=_everything_needs,
+    validate=everything.validate,
+    shrinks_widths=True,
+  ),
+  MethodRecord(
+    'sleb',
+    from_scores(llm.sleb_scores),
+    'Song et al. 2024: calibration NLL without each layer',
+    needs=frozenset({'decoder'}),
+  ),
+  MethodRecord(
+    'angular_block',
+    llm.angular_block,
+    'Gromov et al. 2024: the n consecutive layers of least last-token angle',
+    hparams=llm.HPARAMS,
+    needs=frozenset({'decoder'}),
+    several=llm.several,
+  ),
+  MethodRecord(
+    'tail',
+    from_scores(llm.tail_scores),
+    'removes the deepest unit but the last',
+  ),
+)
+
+METHODS: dict[str, MethodRecord] = {r.name: r for r in _RECORDS}
+
+
+def get_method(name: str) -> MethodRecord:
+  """The method called `name`; `KeyError` listing the valid ones.
+
+  The record is callable: `get_method(name)(ctx) -> Decision`.
   """
-  allowed = arch.removable()
-  if not allowed:
-    raise ValueError(f'{arch.summary()}: nothing is removable (floor).')
-  missing = [u for u in allowed if u not in scores]
-  if missing:
-    raise ValueError(f'The scores miss removable units {missing}.')
-  order = {u: i for i, u in enumerate(allowed)}
-  chosen = min(allowed, key=lambda u: (scores[u], order[u]))
-  return Decision(edit=surgery.remove([chosen]), scores=dict(scores))
-
-
-def from_scores(score_fn: ScoreFn) -> Method:
-  """The method "score every candidate, remove the lowest the floor allows"."""
-
-  def method(ctx: Context) -> Decision:
-    return lowest_allowed(ctx.arch, score_fn(ctx))
-
-  method.__name__ = getattr(score_fn, '__name__', 'method')
-  method.__doc__ = score_fn.__doc__
-  method.score = score_fn
-  return method
-
-
-METHODS: dict[str, Method] = {
-  'cka': from_scores(cka.scores),
-  'random': from_scores(baselines.random_scores),
-  'l1': from_scores(baselines.l1_scores),
-  'block_influence': from_scores(block_influence.scores),
-  'consensus': consensus.consensus,
-  'kl': from_scores(baselines.kl_scores),
-  'angular': from_scores(baselines.angular_scores),
-  'sglp': sglp.sglp,
-  'everything': everything.everything,
-  'sleb': from_scores(llm.sleb_scores),
-  'angular_block': llm.angular_block,
-  'tail': from_scores(llm.tail_scores),
-}
-
-# Methods whose edits may shrink widths (not only remove units): their FLOPs
-# can go below the layer-only floor, and the family needs filter pruning.
-SHRINKS_WIDTHS = frozenset({'everything'})
-
-
-def check_hparams(
-  name: str,
-  hparams: Mapping[str, Any],
-  *,
-  holdout: float,
-  holdout_examples: int | None = None,
-) -> None:
-  """Raises on a method's hyperparameters that cannot work, before work.
-
-  Args:
-    name: the method.
-    hparams: its `config.prune.<name>` as a dict.
-    holdout: the run's holdout fraction.
-    holdout_examples: the holdout split's size, once the data are known.
-  """
-  get_method(name)
-  if name == 'angular_block':
-    llm.hparams(hparams)
-  if name == 'everything':
-    hp = everything.hparams(hparams)
-    if not holdout > 0:
-      raise ValueError(
-        'everything compares its children on a holdout carved from the '
-        'training data, never the test split: set --config.holdout to a '
-        'fraction in (0, 1), e.g. 0.1.'
-      )
-    wanted = hp['arbitration_examples']
-    if holdout_examples is not None and wanted > holdout_examples:
-      raise ValueError(
-        f'prune.everything.arbitration_examples={wanted} is more than the '
-        f'{holdout_examples} holdout examples; use at most that, or 0 (all), '
-        'or a larger --config.holdout.'
-      )
-
-
-def get_method(name: str) -> Method:
-  """The method called `name`; `KeyError` listing the valid ones."""
   try:
     return METHODS[name]
   except KeyError:
-    raise KeyError(
+    raise errors.ConfigError(
       f'Unknown criterion {name!r}; valid criteria: {sorted(METHODS)}.'
     ) from None
 
 
+def check(
+  name: str,
+  hparams: Mapping[str, Any] | None,
+  provides: Collection[str],
+  *,
+  task: str = 'this task',
+) -> dict[str, Any]:
+  """Method `name`'s complete hyperparameters, once it can run on a task.
+
+  Raises:
+    errors.ConfigError: an unknown method, a bad hyperparameter, or a need the
+      task (`provides`: keys of `NEEDS`) does not meet.
+  """
+  return get_method(name).check(hparams, provides, task=task)
+
+
+def available(provides: Collection[str]) -> list[str]:
+  """The methods whose needs (at default hyperparameters) a task meets."""
+  return [
+    n for n, r in METHODS.items() if r.needs_of(r.defaults()) <= set(provides)
+  ]
+
+
 __all__ = [
   'METHODS',
-  'SHRINKS_WIDTHS',
+  'NEEDS',
   'Context',
   'Decision',
+  'Hparam',
   'Method',
-  'check_hparams',
+  'MethodRecord',
+  'available',
+  'check',
   'filters',
   'from_scores',
   'get_method',
   'lowest_allowed',
+  'provided_by',
 ]

@@ -15,6 +15,13 @@ import jax
 
 from lpjax import cka, scoring
 from lpjax.methods.context import Context
+from lpjax.methods.record import Hparam
+
+HPARAMS = {
+  'debiased': Hparam(
+    False, "True: unbiased HSIC (Song et al. 2012); False: the papers' biased"
+  ),
+}
 
 
 def debiased_cka_similarity(ref: jax.Array, cands: jax.Array) -> jax.Array:
@@ -24,7 +31,7 @@ def debiased_cka_similarity(ref: jax.Array, cands: jax.Array) -> jax.Array:
 
 def scores(ctx: Context) -> dict[str, float]:
   """`1 - CKA` per candidate unit; lower = more removable."""
-  debiased = bool(ctx.hparam('debiased', False))
+  debiased = ctx.hparams['debiased']
   return scoring.score_candidates(
     ctx.arch,
     ctx.variables,

@@ -54,6 +54,7 @@ import numpy as np
 from lpjax import arch as arch_lib
 from lpjax import cka, scoring, similarity
 from lpjax.methods.context import Context, Decision
+from lpjax.methods.record import Hparam
 
 # (ref [n, d], candidates [k, n, d], labels [n] | None, hparams) -> [k].
 MetricFn = Callable[
@@ -73,9 +74,9 @@ def _gaussian(alpha):
       cands,
       labels,
       alpha=alpha,
-      max_iter=int(hp.get('gaussian_max_iter', 1000)),
-      tol=float(hp.get('gaussian_tol', 1e-8)),
-      init=str(hp.get('gaussian_init', 'samples')),
+      max_iter=hp['gaussian_max_iter'],
+      tol=hp['gaussian_tol'],
+      init=hp['gaussian_init'],
     )
 
   return fn
@@ -113,7 +114,39 @@ METRICS: dict[str, MetricFn] = {
 NEEDS_LABELS = frozenset(
   ('gaussian_stochastic_0', 'gaussian_stochastic_1', 'gaussian_stochastic_2')
 )
+LABEL_FREE = tuple(m for m in METRICS if m not in NEEDS_LABELS)
 DEFAULT_METRICS = ','.join(METRICS)
+
+HPARAMS = {
+  'metrics': Hparam(
+    DEFAULT_METRICS, 'comma-separated names from METRICS (default: all eight)'
+  ),
+  'weights': Hparam(
+    '', "'' for equal weights, else one number >= 0 per metric"
+  ),
+  'gaussian_max_iter': Hparam(
+    1000, "the Gaussian metrics' alternating fit: iteration cap", low=1
+  ),
+  'gaussian_tol': Hparam(
+    1e-8, "the Gaussian metrics' alternating fit: relative tolerance", low=0
+  ),
+  'gaussian_init': Hparam(
+    'samples',
+    "the Gaussian metrics' start: samples | means | both (every start, "
+    'both directions, symmetric; 4x the cost)',
+    choices=similarity.GAUSSIAN_INITS,
+  ),
+}
+
+
+def needs(hparams: Mapping) -> frozenset[str]:
+  """`labels` when a class-conditional metric is configured."""
+  names, _ = metrics_and_weights(hparams)
+  return frozenset({'labels'} if set(names) & NEEDS_LABELS else ())
+
+
+def validate(hparams: Mapping) -> None:
+  metrics_and_weights(hparams)
 
 
 def _names(value: str | Sequence[str]) -> list[str]:

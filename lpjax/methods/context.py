@@ -58,7 +58,9 @@ class Context:
       batch)`).
     key: a PRNG key for this method call, from (seed, iteration).
     hparams: the method's own hyperparameters, `config.prune.<method name>`
-      as a dict (empty if the config has none).
+      as a dict. Calling a method through its record
+      (`lpjax.methods.get_method`) completes them with the declared
+      defaults and checks them, so a method reads `ctx.hparams[key]`.
     seed: the run's seed.
     iteration: the pruning iteration (1-based).
     representation: the representation similarity methods compare
@@ -99,10 +101,6 @@ class Context:
   def model(self) -> nn.Module:
     """The linen module of `arch`."""
     return models.build_model(self.arch)
-
-  def hparam(self, name: str, default: Any) -> Any:
-    """Hyperparameter `name` of the method (`default` if not configured)."""
-    return self.hparams.get(name, default)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,50 +40,46 @@ import numpy as np
 from lpjax import cka, flops, models, scoring, surgery
 from lpjax.methods import filters
 from lpjax.methods.context import Context, Decision
+from lpjax.methods.record import Hparam
 
-DEFAULTS = {
-  'layer_criterion': 'kl',
-  'filter_criterion': 'kl',
-  'probe_epochs': 10,
-  'arbitration_examples': 0,  # 0 = the whole holdout split
-  'representation': 'pooled',
-  'winner_continues': True,
-  'filter_chunk': 16,
-}
 REPRESENTATIONS = ('pooled', 'logits')
 
+HPARAMS = {
+  'layer_criterion': Hparam(
+    'kl', 'the layer child: any layer method but everything'
+  ),
+  'filter_criterion': Hparam(
+    'kl',
+    'the filter child: l1 | kl | hrank | random',
+    choices=tuple(filters.FILTER_CRITERIA),
+  ),
+  'probe_epochs': Hparam(10, 'fine-tuning epochs of each child', low=0),
+  'arbitration_examples': Hparam(
+    0, 'holdout examples the CKA arbitration uses (0 = all)', low=0
+  ),
+  'representation': Hparam(
+    'pooled', 'what the arbitration compares', choices=REPRESENTATIONS
+  ),
+  'winner_continues': Hparam(
+    True,
+    "the iteration fine-tunes the winner's probe-trained weights (False: "
+    'the edit applied to the parent)',
+  ),
+  'filter_chunk': Hparam(
+    filters.FILTER_CHUNK,
+    'masked forwards at a time of the kl filter criterion',
+    low=1,
+  ),
+}
 
-def hparams(given: Mapping[str, Any]) -> dict[str, Any]:
-  """The method's hyperparameters: `DEFAULTS` updated by `given`.
 
-  Raises:
-    KeyError: an unknown hyperparameter, layer or filter criterion.
-    ValueError: a bad value.
-  """
-  unknown = sorted(set(given) - set(DEFAULTS))
-  if unknown:
-    raise KeyError(
-      f'Unknown everything hyperparameters {unknown}; valid: '
-      f'{sorted(DEFAULTS)}.'
-    )
-  hp = {**DEFAULTS, **given}
+def validate(hp: Mapping[str, Any]) -> None:
+  """The layer criterion is a registered method other than this one."""
   from lpjax import methods  # the registry imports this module
 
   if hp['layer_criterion'] == 'everything':
     raise ValueError('everything.layer_criterion cannot be everything.')
   methods.get_method(hp['layer_criterion'])
-  filters.get_filter_criterion(hp['filter_criterion'])
-  if hp['representation'] not in REPRESENTATIONS:
-    raise ValueError(
-      f'everything.representation must be one of {REPRESENTATIONS}; got '
-      f'{hp["representation"]!r}.'
-    )
-  for name in ('probe_epochs', 'arbitration_examples'):
-    if not isinstance(hp[name], int) or hp[name] < 0:
-      raise ValueError(
-        f'everything.{name} must be an integer >= 0; got {hp[name]!r}.'
-      )
-  return hp
 
 
 def _pooled(model, variables, x):
@@ -131,17 +127,7 @@ def everything(ctx: Context) -> Decision:
   """One step: a layer child and a filter child, arbitrated by CKA."""
   from lpjax import methods
 
-  hp = hparams(ctx.hparams)
-  if ctx.finetune is None:
-    raise ValueError(
-      'everything fine-tunes probe children: it needs Context.finetune '
-      '(run it through lpjax.pipeline).'
-    )
-  if ctx.holdout is None:
-    raise ValueError(
-      'everything compares its children on a holdout carved from the '
-      'training data: set --config.holdout to a fraction, e.g. 0.1.'
-    )
+  hp = ctx.hparams
   if not ctx.arch.removable():
     raise ValueError(f'{ctx.arch.summary()}: nothing is removable (floor).')
   shape = tuple(ctx.inputs.shape[1:])

@@ -103,14 +103,18 @@ def _compiled_kl(arch: arch_lib.Arch, chunk: int):
   return run
 
 
+FILTER_CHUNK = 16
+
+
 def kl_scores(ctx: Context) -> FilterScores:
   """CURL's KL with each filter removed, every filter in one compiled call.
 
-  `ctx.hparam('filter_chunk', 16)` masked forwards run at a time (memory
+  `ctx.hparams['filter_chunk']` (default `FILTER_CHUNK`) masked forwards
+  run at a time (memory
   grows with it). One softmax of the logits on each side (not the authors'
   second softmax, see `lpjax.methods.baselines.kl_scores`).
   """
-  chunk = int(ctx.hparam('filter_chunk', 16))
+  chunk = int(ctx.hparams.get('filter_chunk', FILTER_CHUNK))
   if chunk < 1:
     raise ValueError(f'filter_chunk must be >= 1; got {chunk}.')
   variables, xs = scoring.batch_inputs(

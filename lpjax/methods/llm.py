@@ -28,23 +28,13 @@ family-neutral criteria in `lpjax.methods.block_influence` and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lpjax import models, scoring, surgery
 from lpjax.methods.context import Context, Decision, batch_mean_scores
-
-
-def _require_decoder(ctx: Context, name: str) -> None:
-  if ctx.arch.family != 'decoder':
-    raise ValueError(
-      f'{name} scores next-token prediction or last-token states: it needs '
-      f'a decoder (language model); this model is a {ctx.arch.family}.'
-    )
+from lpjax.methods.record import Hparam
 
 
 def _mean_nll(logits: jax.Array, ids: jax.Array) -> jax.Array:
@@ -66,7 +56,6 @@ def _removal_nll(model, variables, x) -> jax.Array:
 
 def sleb_scores(ctx: Context) -> dict[str, float]:
   """Calibration NLL without each layer (SLEB); lower = more removable."""
-  _require_decoder(ctx, 'sleb')
   return batch_mean_scores(ctx, _removal_nll)
 
 
@@ -80,7 +69,6 @@ def _last_token_states(model, variables, x) -> dict[str, jax.Array]:
 def block_distances(ctx: Context, n: int) -> dict[tuple[str, ...], float]:
   """Gromov et al.'s angular distance of every block of `n` consecutive
   layers, `{(layer, ...): distance}`, from one batched forward."""
-  _require_decoder(ctx, 'angular_block')
   states = scoring.map_batches(
     _last_token_states,
     ctx.arch,
@@ -103,26 +91,18 @@ def block_distances(ctx: Context, n: int) -> dict[tuple[str, ...], float]:
   return out
 
 
-def hparams(given: Mapping[str, Any]) -> dict[str, int]:
-  """`angular_block`'s hyperparameters with defaults; `n` >= 1."""
-  unknown = set(given) - {'n'}
-  if unknown:
-    raise ValueError(
-      f'Unknown prune.angular_block hyperparameters {sorted(unknown)}; '
-      "valid: ['n']."
-    )
-  n = given.get('n', 1)
-  if not isinstance(n, int) or n < 1:
-    raise ValueError(
-      f'prune.angular_block.n must be an integer >= 1; got {n!r}.'
-    )
-  return {'n': n}
+HPARAMS = {'n': Hparam(1, 'consecutive layers removed in one call', low=1)}
+
+
+def several(k: int | None) -> dict[str, int]:
+  """The hyperparameters for one call removing `k` layers (None: one)."""
+  return {'n': k or 1}
 
 
 def angular_block(ctx: Context) -> Decision:
   """Removes the `n` consecutive layers with the smallest angular distance
   between the last token's state before and after them (Gromov et al.)."""
-  n = hparams(ctx.hparams)['n']
+  n = ctx.hparams['n']
   allowed = set(ctx.arch.removable())
   if n > ctx.arch.max_removable():
     raise ValueError(

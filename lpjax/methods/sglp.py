@@ -84,8 +84,67 @@ import numpy as np
 from lpjax import arch as arch_lib
 from lpjax import cka, models, scoring, surgery
 from lpjax.methods.context import Context, Decision
+from lpjax.methods.record import Hparam
 
 MODES = ('iterative', 'one_shot')
+
+HPARAMS = {
+  'mode': Hparam(
+    'iterative',
+    'iterative: one unit per call, re-segmented | one_shot: num_remove '
+    'units (or round(removal_ratio * units)) in one call',
+    choices=MODES,
+  ),
+  'num_remove': Hparam(0, 'units removed by a one_shot call', low=0),
+  'removal_ratio': Hparam(
+    0.0,
+    'fraction of units a one_shot call removes (with num_remove = 0)',
+    low=0.0,
+    high=1.0,
+  ),
+  'num_segments': Hparam(
+    0, "K; 0 = the smallest K whose Fisher SSE <= sse_fraction * K=1's", low=0
+  ),
+  'sse_fraction': Hparam(0.1, 'see num_segments', low=0.0),
+  'cka': Hparam(
+    'minibatch',
+    'minibatch (memory independent of n) | full',
+    choices=('minibatch', 'full'),
+  ),
+  'aggregation': Hparam(
+    'row_sum', 'row_sum | neighbour', choices=('row_sum', 'neighbour')
+  ),
+  'gradnorm': Hparam(
+    'params',
+    'params (sum of ||dL/dW||) | output (||dL/dA||)',
+    choices=('params', 'output'),
+  ),
+}
+
+
+def validate(hparams: Mapping[str, Any]) -> None:
+  """A one-shot call needs a target."""
+  if (
+    hparams['mode'] == 'one_shot'
+    and hparams['num_remove'] <= 0
+    and hparams['removal_ratio'] <= 0
+  ):
+    raise ValueError(
+      "sglp mode='one_shot' needs num_remove > 0 or removal_ratio > 0 "
+      '(--config.prune.sglp.num_remove=N).'
+    )
+
+
+def several(k: int | None) -> dict[str, Any]:
+  """The hyperparameters for one call removing `k` units (None: one)."""
+  return (
+    {'mode': 'iterative'}
+    if k is None
+    else {
+      'mode': 'one_shot',
+      'num_remove': k,
+    }
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -434,7 +493,8 @@ def grad_norms(ctx: Context, wrt: str = 'params') -> dict[str, float]:
   """GradNorm of every unit, averaged over labelled calibration batches.
 
   Args:
-    ctx: the context; needs `loss_fn`, `inputs` and `labels`. Batches of
+    ctx: the context; needs `loss_fn`, `inputs` (and `labels` where the
+      loss reads them). Batches of
       `ctx.data_batch_size` (the largest divisor of `n` not above it).
     wrt: `'params'`: `sum_W ||dL/dW||_2` over the unit's parameter tensors
       (Abdelfattah et al. 2021); `'output'`: `||dL/dA||_2` of its output.
@@ -450,7 +510,9 @@ def grad_norms(ctx: Context, wrt: str = 'params') -> dict[str, float]:
   n = len(ctx.inputs)
   b = scoring._batch_size(n, ctx.data_batch_size, 1)
   xs = np.asarray(ctx.inputs).reshape(n // b, b, *np.shape(ctx.inputs)[1:])
-  ys = np.asarray(ctx.labels).reshape(n // b, b)
+  batches = {'image': xs}
+  if ctx.labels is not None:  # a language model's loss needs no labels
+    batches['label'] = np.asarray(ctx.labels).reshape(n // b, b)
   params = ctx.variables['params']
 
   def one(batch):
@@ -458,8 +520,8 @@ def grad_norms(ctx: Context, wrt: str = 'params') -> dict[str, float]:
       return _param_norms(jax.grad(ctx.loss_fn)(params, batch), names)
     return _output_norms(ctx, names, params, batch)
 
-  run = jax.jit(lambda xs, ys: jax.lax.map(one, {'image': xs, 'label': ys}))
-  norms = np.asarray(run(xs, ys), np.float64).mean(axis=0)
+  run = jax.jit(lambda batches: jax.lax.map(one, batches))
+  norms = np.asarray(run(batches), np.float64).mean(axis=0)
   return dict(zip(names, norms.tolist()))
 
 
@@ -471,27 +533,15 @@ def grad_norms(ctx: Context, wrt: str = 'params') -> dict[str, float]:
 def num_to_remove(arch: arch_lib.Arch, hparams: Mapping[str, Any]) -> int:
   """R for this call: 1 when iterative, else `num_remove` or the ratio.
 
-  Raises:
-    ValueError: unknown mode, or one-shot without a positive target.
+  Args:
+    arch: the current network.
+    hparams: the complete, checked hyperparameters (`HPARAMS`).
   """
-  mode = str(hparams.get('mode', 'iterative'))
-  if mode not in MODES:
-    raise ValueError(f'sglp mode must be one of {MODES}; got {mode!r}.')
-  if mode == 'iterative':
+  if hparams['mode'] == 'iterative':
     return 1
-  num = int(hparams.get('num_remove', 0))
-  ratio = float(hparams.get('removal_ratio', 0.0))
-  if num < 0 or not 0.0 <= ratio <= 1.0:
-    raise ValueError(
-      f'sglp needs num_remove >= 0 and removal_ratio in [0, 1]; got {num}, '
-      f'{ratio}.'
-    )
-  total = num or round(ratio * len(arch.blocks))
-  if total <= 0:
-    raise ValueError(
-      "sglp mode='one_shot' needs num_remove > 0 or removal_ratio > 0."
-    )
-  return total
+  return hparams['num_remove'] or round(
+    hparams['removal_ratio'] * len(arch.blocks)
+  )
 
 
 def sglp(ctx: Context) -> Decision:
@@ -509,25 +559,25 @@ def sglp(ctx: Context) -> Decision:
     arch,
     ctx.variables,
     ctx.inputs,
-    estimator=str(hp.get('cka', 'minibatch')),
+    estimator=hp['cka'],
     data_batch_size=ctx.data_batch_size,
     mesh=ctx.mesh,
   )
-  seq = aggregate(matrix, str(hp.get('aggregation', 'row_sum')))
+  seq = aggregate(matrix, hp['aggregation'])
   if not np.all(np.isfinite(seq)):
     raise FloatingPointError(
       f'CKA between unit outputs is not finite ({seq}): a constant or '
       'non-finite representation on the calibration data.'
     )
-  k = int(hp.get('num_segments', 0))
+  k = hp['num_segments']
   if k <= 0:
-    k = choose_num_segments(seq, float(hp.get('sse_fraction', 0.1)))
+    k = choose_num_segments(seq, hp['sse_fraction'])
   # Every segment keeps a unit: at most L - R segments can lose R units.
   total = min(total, arch.max_removable())
   k = max(1, min(k, len(units) - total))
   starts, sse = fisher_segmentation(seq, k)
   segments = [[units[i] for i in r] for r in segments_of(starts, len(units))]
-  importance = grad_norms(ctx, str(hp.get('gradnorm', 'params')))
+  importance = grad_norms(ctx, hp['gradnorm'])
   capacity = [
     min(len(s) - 1, sum(arch.is_candidate(u) for u in s)) for s in segments
   ]

@@ -34,10 +34,16 @@ FLOPs (multiply-accumulates per sequence of `T` tokens, `macs`), width `D`,
 The attention products are counted in full (T², as computed; the causal
 mask discards about half). Norms, RoPE, softmax, SiLU and the embedding
 look-up are not counted.
+
+Held-out evaluation: `perplexity` and `next_token_agreement` (`evaluate`
+for both in one pass) run a decoder on token windows `[n, T]`
+(`lpjax.data.text.windows`): every position but the last predicts the
+next token of its window.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -345,3 +351,106 @@ DECODER = family_lib.Family(
   batchnorm=False,
   representations=('last',),
 )
+
+
+################################################################################
+# Held-out evaluation: perplexity and next-token agreement.
+################################################################################
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_nll(model: Any):
+  @jax.jit
+  def nll(variables, ids):
+    logits = model.apply(variables, ids[:, :-1]).astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    target = ids[:, 1:]
+    picked = jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
+    return -jnp.sum(picked, axis=1), jnp.argmax(logits, axis=-1)
+
+  return nll
+
+
+def _batches(ids: np.ndarray, batch: int):
+  ids = np.asarray(ids, np.int32)
+  if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 2:
+    raise ValueError(
+      f'Token windows must be [n >= 1, T >= 2]; got {ids.shape}.'
+    )
+  if batch < 1:
+    raise ValueError(f'batch must be positive; got {batch}.')
+  for start in range(0, len(ids), batch):
+    yield ids[start : start + batch]
+
+
+def _pass(model, variables, ids, batch) -> tuple[np.ndarray, np.ndarray]:
+  """Per-window mean next-token NLL `[n]` (float64) and argmax predictions
+  `[n, T − 1]`, one pass."""
+  nll = _compiled_nll(model)
+  sums, preds = [], []
+  for chunk in _batches(ids, batch):
+    s, p = nll(variables, jnp.asarray(chunk))
+    sums.append(np.asarray(s, np.float64) / (chunk.shape[1] - 1))
+    preds.append(np.asarray(p))
+  return np.concatenate(sums), np.concatenate(preds)
+
+
+def perplexity(
+  model: Any, variables: Any, ids: np.ndarray, *, batch: int = 8
+) -> float:
+  """exp(mean next-token negative log-likelihood) over every window.
+
+  Args:
+    model: a decoder module (`lpjax.models.decoder.Decoder`).
+    variables: its variables.
+    ids: token windows `[n, T]`; T − 1 predictions per window.
+    batch: windows per forward (a last smaller batch compiles once more).
+  """
+  return float(np.exp(np.mean(_pass(model, variables, ids, batch)[0])))
+
+
+def predictions(
+  model: Any, variables: Any, ids: np.ndarray, *, batch: int = 8
+) -> np.ndarray:
+  """The argmax next token at every position but the last, `[n, T − 1]`."""
+  return _pass(model, variables, ids, batch)[1]
+
+
+def evaluate(
+  model: Any,
+  variables: Any,
+  ids: np.ndarray,
+  reference: np.ndarray | None = None,
+  *,
+  batch: int = 8,
+) -> dict[str, Any]:
+  """Perplexity, each window's mean NLL (`window_nll`, for paired
+  comparisons over windows), predictions and (with `reference`, the
+  unpruned model's `predictions` on the same windows) next-token top-1
+  agreement, from one pass over `ids`."""
+  window_nll, got = _pass(model, variables, ids, batch)
+  out = {
+    'perplexity': float(np.exp(np.mean(window_nll))),
+    'window_nll': window_nll,
+    'predictions': got,
+  }
+  if reference is not None:
+    if got.shape != np.shape(reference):
+      raise ValueError(
+        f'reference predictions {np.shape(reference)} do not match {got.shape}.'
+      )
+    out['agreement'] = float(np.mean(got == reference))
+  return out
+
+
+def next_token_agreement(
+  model: Any,
+  variables: Any,
+  reference: np.ndarray,
+  ids: np.ndarray,
+  *,
+  batch: int = 8,
+) -> float:
+  """Fraction of positions whose argmax equals `reference`'s (the unpruned
+  model's `predictions` on the same windows)."""
+  return evaluate(model, variables, ids, reference, batch=batch)['agreement']

