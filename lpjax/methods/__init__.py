@@ -30,6 +30,7 @@ from lpjax.methods import (
   filters,
   llm,
   sglp,
+  taylor,
 )
 from lpjax.methods.context import Context, Decision
 from lpjax.methods.record import (
@@ -129,6 +130,12 @@ _RECORDS = (
     hparams=llm.HPARAMS,
     needs=frozenset({'decoder'}),
     several=llm.several,
+  ),
+  MethodRecord(
+    'taylor',
+    from_scores(taylor.scores),
+    'Kim et al. 2024: sum of |w * dL/dw| over the unit (first-order Taylor)',
+    needs=frozenset({'loss'}),
   ),
   MethodRecord(
     'tail',
