@@ -167,6 +167,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.prune.everything.representation = 'pooled'
   c.prune.everything.winner_continues = True
   c.prune.everything.filter_chunk = 16
+  # forward: KL(p || q) (CURL) | reverse: KL(q || p), the direction of the
+  # authors' code, for the kl layer and filter criteria.
+  c.prune.everything.kl_direction = 'forward'
+  # CURL's KL criterion (lpjax.methods.baselines.kl_scores): forward,
+  # KL(p || q) with p the unpruned model's distribution (CURL) | reverse,
+  # KL(q || p) (the Everything authors' code).
+  c.prune.kl = ml_collections.ConfigDict()
+  c.prune.kl.direction = 'forward'
   # Gromov et al.'s angular distance: consecutive layers removed per call
   # (the language-model task's one-shot schedule sets it to k).
   c.prune.angular_block = ml_collections.ConfigDict()

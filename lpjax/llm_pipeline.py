@@ -611,7 +611,6 @@ __all__ = [
   'SCHEDULES',
   'LanguageModel',
   'check_config',
-  'errors.ConfigError',
   'load',
   'lowest',
   'markdown_table',

@@ -25,7 +25,7 @@ from lpjax import (
   pipeline,
   surgery,
 )
-from lpjax.methods import everything, filters
+from lpjax.methods import filters
 from lpjax.models import resnet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,8 +171,9 @@ def _flat(arch, scores):
   )
 
 
-def test_kl_filter_scores_equal_a_loop_of_masked_forwards(tiny_net):
-  ctx = tiny_net
+@pytest.mark.parametrize('direction', ['forward', 'reverse'])
+def test_kl_filter_scores_equal_a_loop_of_masked_forwards(tiny_net, direction):
+  ctx = dataclasses.replace(tiny_net, hparams={'direction': direction})
   got = _flat(ctx.arch, filters.kl_scores(ctx))
   model = models.build_model(ctx.arch)
   forward = jax.jit(lambda v, x, m: model.apply(v, x, filter_mask=m))
@@ -184,7 +185,10 @@ def test_kl_filter_scores_equal_a_loop_of_masked_forwards(tiny_net):
     mask = np.ones(total, np.float32)
     mask[i] = 0.0
     logq = _log_softmax64(np.asarray(forward(ctx.variables, ctx.inputs, mask)))
-    want.append(np.mean(np.sum(np.exp(logp) * (logp - logq), axis=-1)))
+    if direction == 'reverse':  # KL(q || p), the Everything authors' code
+      want.append(np.mean(np.sum(np.exp(logq) * (logq - logp), axis=-1)))
+    else:  # KL(p || q), CURL's
+      want.append(np.mean(np.sum(np.exp(logp) * (logp - logq), axis=-1)))
   want = np.asarray(want)
   assert want.max() > 1e3 * want.min() > 0  # scores that can be told apart
   # Two float32 forwards whose summation orders differ, then a float32 KL:

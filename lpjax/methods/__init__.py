@@ -91,6 +91,7 @@ _RECORDS = (
     'kl',
     from_scores(baselines.kl_scores),
     "CURL: KL of the logits' distribution without the unit",
+    hparams=baselines.HPARAMS,
     needs=frozenset({'class_logits'}),
   ),
   MethodRecord(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ import numpy as np
 from lpjax import models, scoring
 from lpjax.methods import block_influence
 from lpjax.methods.context import Context, batch_mean_scores
+from lpjax.methods.record import Hparam
 
 
 def random_scores(ctx: Context) -> dict[str, float]:
@@ -48,13 +51,35 @@ def _kernels(tree, path=()):
       yield path, value
 
 
-@jax.jit
-def _mean_kl(reps: jax.Array) -> jax.Array:
-  """`[K]` mean over examples of KL(softmax(reps[0]) ‖ softmax(reps[1 + k]))."""
+DIRECTIONS = ('forward', 'reverse')
+
+HPARAMS = {
+  'direction': Hparam(
+    'forward',
+    "forward: KL(p || q), p the unpruned model's distribution (CURL, Luo & "
+    "Wu 2020); reverse: KL(q || p) (the Everything authors' code)",
+    choices=DIRECTIONS,
+  ),
+}
+
+
+def kl_divergence(
+  logp: jax.Array, logq: jax.Array, direction: str = 'forward'
+) -> jax.Array:
+  """KL between two distributions given as log-probabilities, summed over
+  the last axis: `forward` = KL(p || q), `reverse` = KL(q || p)."""
+  if direction == 'reverse':
+    logp, logq = logq, logp
+  return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames='direction')
+def _mean_kl(reps: jax.Array, direction: str) -> jax.Array:
+  """`[K]` mean over examples of KL(softmax(reps[0]), softmax(reps[1 + k]))
+  in `direction` (`kl_divergence`)."""
   logp = jax.nn.log_softmax(reps[0].astype(jnp.float32), axis=-1)
   logq = jax.nn.log_softmax(reps[1:].astype(jnp.float32), axis=-1)
-  kl = jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)  # [K, n]
-  return jnp.mean(kl, axis=-1)
+  return jnp.mean(kl_divergence(logp, logq, direction), axis=-1)
 
 
 def kl_scores(ctx: Context) -> dict[str, float]:
@@ -64,11 +89,14 @@ def kl_scores(ctx: Context) -> dict[str, float]:
   score(unit) = mean over calibration examples of
   `KL(p ‖ q) = Σ_k p_k (log p_k - log q_k)`, with `p = softmax(logits)` of
   the unpruned model and `q` that of the model without the unit: how much
-  removing the unit changes the predicted distribution. One softmax of the
-  logits on each side (the Everything authors' code applied a second
-  softmax to outputs that already were probabilities, which flattens both
-  distributions). Log-probabilities come from `log_softmax`, so saturated
-  logits give no `log 0`.
+  removing the unit changes the predicted distribution. That is CURL's
+  direction and the default (`direction='forward'`); the Everything
+  authors' code computes `KL(q ‖ p)` (`direction='reverse'`: on their
+  ResNet-56 the two pick the same first block, but scores differ by up to
+  67 %). One softmax of the logits on each side (their code applied a
+  second softmax to outputs that already were probabilities, which
+  flattens both distributions). Log-probabilities come from
+  `log_softmax`, so saturated logits give no `log 0`.
 
   The logits of the unpruned model and of every single-unit removal come
   from one compiled pass (`lpjax.scoring.candidate_representations` with
@@ -84,7 +112,9 @@ def kl_scores(ctx: Context) -> dict[str, float]:
     candidate_chunk=ctx.candidate_chunk,
     mesh=ctx.mesh,
   )
-  return scoring.checked_scores(ctx.arch.candidates, _mean_kl(reps))
+  return scoring.checked_scores(
+    ctx.arch.candidates, _mean_kl(reps, ctx.hparams['direction'])
+  )
 
 
 def _angular(model, variables, x) -> jax.Array:

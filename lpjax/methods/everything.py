@@ -65,6 +65,12 @@ HPARAMS = {
     "the iteration fine-tunes the winner's probe-trained weights (False: "
     'the edit applied to the parent)',
   ),
+  'kl_direction': Hparam(
+    'forward',
+    'direction of the kl layer and filter criteria: forward, KL(p || q) '
+    "(CURL) | reverse, KL(q || p) (the authors' code)",
+    choices=('forward', 'reverse'),
+  ),
   'filter_chunk': Hparam(
     filters.FILTER_CHUNK,
     'masked forwards at a time of the kl filter criterion',
@@ -132,13 +138,24 @@ def everything(ctx: Context) -> Decision:
     raise ValueError(f'{ctx.arch.summary()}: nothing is removable (floor).')
   shape = tuple(ctx.inputs.shape[1:])
 
-  layer = methods.get_method(hp['layer_criterion'])(
-    dataclasses.replace(ctx, hparams={})
+  record = methods.get_method(hp['layer_criterion'])
+  # The layer criterion at its defaults, but for the KL direction.
+  shared = {'direction': hp['kl_direction']}
+  layer = record(
+    dataclasses.replace(
+      ctx, hparams={k: v for k, v in shared.items() if k in record.hparams}
+    )
   )
   layer_arch, layer_vars = surgery.apply(ctx.arch, ctx.variables, layer.edit)
   budget = models.num_filters(ctx.arch) - models.num_filters(layer_arch)
   scores = filters.get_filter_criterion(hp['filter_criterion'])(
-    dataclasses.replace(ctx, hparams={'filter_chunk': hp['filter_chunk']})
+    dataclasses.replace(
+      ctx,
+      hparams={
+        'filter_chunk': hp['filter_chunk'],
+        'direction': hp['kl_direction'],
+      },
+    )
   )
   rng = np.random.default_rng([ctx.seed, ctx.iteration, 2])
   filter_edit = filters.select(ctx.arch, scores, budget, rng)

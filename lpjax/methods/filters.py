@@ -33,6 +33,7 @@ import numpy as np
 
 from lpjax import arch as arch_lib
 from lpjax import models, scoring, surgery
+from lpjax.methods import baselines
 from lpjax.methods.context import Context
 
 # (unit, k) -> [width] scores.
@@ -80,7 +81,7 @@ def random_scores(ctx: Context) -> FilterScores:
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_kl(arch: arch_lib.Arch, chunk: int):
+def _compiled_kl(arch: arch_lib.Arch, chunk: int, direction: str):
   model = models.build_model(arch)
   total = sum(w for _, _, w in models.prunable_filters(arch))
   masks = 1.0 - jnp.eye(total, dtype=jnp.float32)  # row i removes filter i
@@ -91,7 +92,7 @@ def _compiled_kl(arch: arch_lib.Arch, chunk: int):
     def removed(mask):
       logits = model.apply(variables, x, filter_mask=mask)
       logq = jax.nn.log_softmax(logits, axis=-1)
-      return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)  # [b]
+      return baselines.kl_divergence(logp, logq, direction)  # [b]
 
     return jax.lax.map(removed, masks, batch_size=chunk)  # [F, b]
 
@@ -110,17 +111,24 @@ def kl_scores(ctx: Context) -> FilterScores:
   """CURL's KL with each filter removed, every filter in one compiled call.
 
   `ctx.hparams['filter_chunk']` (default `FILTER_CHUNK`) masked forwards
-  run at a time (memory
-  grows with it). One softmax of the logits on each side (not the authors'
-  second softmax, see `lpjax.methods.baselines.kl_scores`).
+  run at a time (memory grows with it); `ctx.hparams['direction']`
+  (default `'forward'`, CURL's KL(p ‖ q); `'reverse'`: KL(q ‖ p), the
+  Everything authors' code; `lpjax.methods.baselines.kl_scores`). One
+  softmax of the logits on each side (not the authors' second softmax).
   """
   chunk = int(ctx.hparams.get('filter_chunk', FILTER_CHUNK))
+  direction = ctx.hparams.get('direction', 'forward')
   if chunk < 1:
     raise ValueError(f'filter_chunk must be >= 1; got {chunk}.')
+  if direction not in baselines.DIRECTIONS:
+    raise ValueError(
+      f'direction must be one of {baselines.DIRECTIONS}; got {direction!r}.'
+    )
   variables, xs = scoring.batch_inputs(
     ctx.arch, ctx.variables, ctx.inputs, ctx.data_batch_size, ctx.mesh
   )
-  return _split(ctx.arch, _compiled_kl(ctx.arch, chunk)(variables, xs))
+  run = _compiled_kl(ctx.arch, chunk, direction)
+  return _split(ctx.arch, run(variables, xs))
 
 
 def _rank_sums(model, variables, x):
