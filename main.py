@@ -35,9 +35,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 # task -> (run, table of its results).
 TASKS = {
-  'main': (pipeline.run, report.markdown_table),
-  'embedding': (embedding_pipeline.run, embedding_pipeline.markdown_table),
-  'llm': (llm_pipeline.run, llm_pipeline.markdown_table),
+  'main': (pipeline.run, report.table),
+  'embedding': (embedding_pipeline.run, report.table),
+  'llm': (llm_pipeline.run, report.table),
 }
 
 
@@ -160,10 +160,7 @@ def main(argv):
   except KeyboardInterrupt:
     fail(f'interrupted; re-run the same command to resume from {workdir}.', 130)
   print(table(results))
-  if task == 'main':
-    print(f'\nReport, plots and checkpoints are in {workdir}.')
-  else:
-    print(f'\nresults.json is in {workdir}.')
+  print(f'\nThe report (report.md), plots and results.json are in {workdir}.')
 
 
 if __name__ == '__main__':

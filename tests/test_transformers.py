@@ -5,6 +5,9 @@
 exact tree, the shared-prefix fanout equals separate forwards of the
 surgered models, the causal mask, the padding mask, an MLP shrink, and
 FLOPs against hand counts. The GGUF row order against a float64 RoPE oracle.
+What the families own: the decoder's next-token NLL and LoRA targets (and
+healing's refusal of a family without them), the encoder's sentence
+embeddings.
 Float32 throughout, tolerances from `tests/tolerances.py`.
 """
 
@@ -26,7 +29,7 @@ from tolerances import (
   network_terms,
 )
 
-from lpjax import flops, models, scoring, surgery
+from lpjax import flops, healing, models, scoring, surgery
 from lpjax.interop import gguf_llama
 from lpjax.models import decoder, encoder
 
@@ -471,3 +474,72 @@ def test_decoder_scores_are_one_compiled_call_equal_to_surgered_forwards(
     want = 1 - cka64(ref, rep)
     assert abs(got[name] - want) <= cka_atol(*ref.shape, _tol(arch)), name
   assert min(got.values()) > 1e-3  # the comparison can fail
+
+
+# --- What each family owns: the NLL, sentence embeddings, LoRA targets --------
+
+
+def test_next_token_nll_equals_a_float64_oracle():
+  """Per position, float32 from bfloat16 or float32 logits; a last position
+  beyond T − 1 (the model run on all of `ids`, as SLEB does) is ignored."""
+  rng = np.random.default_rng(3)
+  logits = (4 * rng.normal(size=(3, T, VOCAB))).astype(np.float32)
+  ids = rng.integers(0, VOCAB, size=(3, T)).astype(np.int32)
+  z = logits[:, :-1].astype(np.float64)
+  logp = z - z.max(-1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+  want = -np.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
+  got = decoder.next_token_nll(jnp.asarray(logits), jnp.asarray(ids))
+  assert got.shape == (3, T - 1) and got.dtype == jnp.float32
+  assert_f32_close(got, want, VOCAB, scale=magnitude(logits))
+  np.testing.assert_array_equal(
+    decoder.next_token_nll(jnp.asarray(logits[:, :-1]), jnp.asarray(ids)), got
+  )
+  bf16 = jnp.asarray(logits, jnp.bfloat16)
+  np.testing.assert_array_equal(
+    decoder.next_token_nll(bf16, jnp.asarray(ids)),
+    decoder.next_token_nll(bf16.astype(jnp.float32), jnp.asarray(ids)),
+  )
+
+
+def test_sentence_embeddings_are_the_normalised_masked_mean():
+  arch, variables, x = _net('tokens')
+  model = models.build_model(arch)
+  got = encoder.sentence_embeddings(model, variables, x)
+  pooled = _bert_oracle(arch, _np(variables['params']), np.asarray(x))
+  want = pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
+  _close(arch, got, want)
+  np.testing.assert_allclose(
+    np.linalg.norm(np.asarray(got, np.float64), axis=-1), 1.0, atol=1e-6
+  )
+  skip = jnp.asarray([False, True, False])
+  pooled = model.apply(variables, x, skip=skip)
+  np.testing.assert_array_equal(
+    encoder.sentence_embeddings(model, variables, x, skip=skip),
+    pooled / jnp.linalg.norm(pooled, axis=-1, keepdims=True),
+  )
+
+
+def test_lora_targets_are_the_family_s_and_others_are_refused():
+  arch, variables, _ = _net('decoder')
+  targets = models.get_family('decoder').lora_targets(arch)
+  assert targets == tuple(
+    (b.name, n, 'kernel') for b in arch.blocks for n in ('gate', 'up', 'down')
+  )
+  lora = healing.init_lora(arch, variables['params'], 2, jax.random.key(0))
+  assert {(b, n) for b, kernels in lora.items() for n in kernels} == {
+    t[:2] for t in targets
+  }
+  for layer, name, _ in targets:
+    w = variables['params'][layer][name]['kernel']
+    ab = lora[layer][name]
+    assert ab['a'].shape == (w.shape[0], 2) and ab['b'].shape == (2, w.shape[1])
+  # B = 0: the merged model is the model.
+  merged = healing.merge_lora(variables['params'], lora, 8.0)
+  jax.tree.map(np.testing.assert_array_equal, merged, variables['params'])
+  for kind in ('tokens', 'series'):
+    arch, variables, _ = _net(kind)
+    assert models.get_family(arch.family).lora_targets is None
+    cfg = healing.HealConfig(mode='lora', steps=1, batch_size=2)
+    with pytest.raises(healing.HealingError, match=r"encoder family.*'full'"):
+      healing.heal(arch, variables, np.ones((2, T), np.int32), cfg)

@@ -3,7 +3,8 @@
 Skip == delete, exact and pure surgery (layers and MLP width), one compile
 for every skip mask, the scorer and the shared-prefix fanout against
 separate forwards, FLOPs and parameters against hand counts, XLA's count,
-dropout, and input checks. Float32 throughout.
+dropout, the layer's parameter tree (the encoder family's layer with a
+fused `qkv`), and input checks. Float32 throughout.
 """
 
 import functools
@@ -332,6 +333,21 @@ CONFIG_A = vit.vit(
 )
 
 
+def test_layers_keep_the_vit_parameter_tree():
+  """The encoder family's layer, with the ViT's fused `qkv`: checkpoints
+  of earlier ViTs (one `qkv` kernel per layer) still load."""
+  shapes = models.variable_shapes(_arch('cls'), IMAGE)['params']['layer00']
+  got = jax.tree.map(lambda leaf: tuple(leaf.shape), shapes)
+  assert got == {
+    'ln1': {'scale': (16,), 'bias': (16,)},
+    'qkv': {'kernel': (16, 48), 'bias': (48,)},
+    'out': {'kernel': (16, 16), 'bias': (16,)},
+    'ln2': {'scale': (16,), 'bias': (16,)},
+    'fc1': {'kernel': (16, 32), 'bias': (32,)},
+    'fc2': {'kernel': (32, 16), 'bias': (16,)},
+  }
+
+
 def test_macs_and_params_match_hand_counts():
   # Config A: N = (8/2)·(8/2) = 16 patches, T = 17 tokens (cls), D = 16,
   # p = 2, C = 1, M = 32, 3 layers, 10 classes.
@@ -540,11 +556,11 @@ def test_dropout_only_in_training():
   # on the same (captured) input.
   eval_stem = models.representations(plain, variables, x, ['stem'])['stem']
   _assert_differ(inter['stem'][0], eval_stem)
-  layer = vit.EncoderLayer(heads=2, mlp=32, dropout=0.3)
+  layer = vit.encoder_layer(heads=2, mlp=32, dropout=0.3)
   inputs = [inter['stem'][0], *(inter[n]['__call__'][0] for n in names[:-1])]
   for name, h in zip(names, inputs):
     evaluated = layer.apply(
-      {'params': variables['params'][name]}, h, train=False
+      {'params': variables['params'][name]}, h, None, train=False
     )
     _assert_differ(inter[name]['__call__'][0], evaluated)
   # Training without a 'dropout' RNG cannot silently run deterministic.

@@ -6,8 +6,8 @@ no torch) into an `Arch` of the `encoder` family (`input='tokens'`,
 `norm='post'`, exact GELU, masked mean pooling, no head) and its variables.
 `BertTokenizer` wraps the folder's `tokenizer.json` (the `tokenizers`
 library) to give padded id arrays whose padding the model masks (id 0).
-`sentence_embeddings` is what sentence-transformers computes for this
-model: mean over the real tokens of the last layer, then L2 normalisation.
+The sentence embeddings sentence-transformers computes for this model are
+`lpjax.models.encoder.sentence_embeddings`.
 
 Every tensor of the checkpoint is either mapped or named in `_IGNORED`
 (the pooler, which sentence embeddings do not use); a BertForX checkpoint's
@@ -281,19 +281,3 @@ class BertTokenizer:
     for row, ids in zip(out, encs):
       row[: len(ids)] = ids
     return out
-
-
-def sentence_embeddings(
-  model: Any, variables: Any, ids: jax.Array, *, skip: jax.Array | None = None
-) -> jax.Array:
-  """sentence-transformers' embeddings: masked mean pooling, L2-normalised.
-
-  Args:
-    model: an encoder module with `pool='mean'` and no head.
-    variables: its variables.
-    ids: token ids `[n, L]`, padded with the arch's `pad_id`.
-    skip: optional skip mask over the layers.
-  """
-  pooled = model.apply(variables, ids, train=False, skip=skip)
-  norm = jnp.linalg.norm(pooled, axis=-1, keepdims=True)
-  return pooled / jnp.maximum(norm, 1e-12)

@@ -38,10 +38,9 @@ from lpjax.methods.record import Hparam
 
 
 def _mean_nll(logits: jax.Array, ids: jax.Array) -> jax.Array:
-  """Mean next-token negative log-likelihood of `ids` `[b, T]`."""
-  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  picked = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
-  return -jnp.mean(picked)
+  """Mean next-token negative log-likelihood of `ids` `[b, T]` (the logits
+  of the model run on all of `ids`; the last position is ignored)."""
+  return jnp.mean(models.decoder.next_token_nll(logits, ids))
 
 
 def _removal_nll(model, variables, x) -> jax.Array:

@@ -38,7 +38,11 @@ look-up are not counted.
 Held-out evaluation: `perplexity` and `next_token_agreement` (`evaluate`
 for both in one pass) run a decoder on token windows `[n, T]`
 (`lpjax.data.text.windows`): every position but the last predicts the
-next token of its window.
+next token of its window. `next_token_nll` is that loss per position, the
+one healing and SLEB average too.
+
+LoRA healing (`lpjax.healing`) adapts the MLP kernels `gate`, `up` and
+`down` of every layer (`lora_targets`).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from lpjax.models import encoder as encoder_lib
 from lpjax.models import family as family_lib
 
 _DENSE_INIT = nn.initializers.normal(0.02)
+_MLP_KERNELS = ('gate', 'up', 'down')
 
 
 class RMSNorm(nn.Module):
@@ -150,11 +155,7 @@ class DecoderLayer(nn.Module):
     g = RMSNorm(self.eps, name='mlp_norm')(y)
     gated = nn.silu(dense(self.mlp, 'gate')(g)) * dense(self.mlp, 'up')(g)
     z = y + dense(d, 'down')(gated)
-    if skip is not None:
-      z = jnp.where(skip, x, z)
-    if passthrough:
-      z = jnp.concatenate([z, x[:passthrough]])
-    return z
+    return family_lib.unit_output(x, z, skip=skip, passthrough=passthrough)
 
 
 class Decoder(nn.Module):
@@ -329,6 +330,13 @@ def width_slices(arch, block, k):
   )
 
 
+def lora_targets(arch: arch_lib.Arch) -> tuple[tuple[str, str, str], ...]:
+  """Every layer's SwiGLU MLP kernels, `gate`, `up`, `down`, layer by layer."""
+  return tuple(
+    (b.name, name, 'kernel') for b in arch.blocks for name in _MLP_KERNELS
+  )
+
+
 def _from_config(config, num_classes, input_shape):
   del config, num_classes, input_shape
   raise ValueError(
@@ -350,6 +358,7 @@ DECODER = family_lib.Family(
   macs=macs,
   batchnorm=False,
   representations=('last',),
+  lora_targets=lora_targets,
 )
 
 
@@ -358,15 +367,34 @@ DECODER = family_lib.Family(
 ################################################################################
 
 
+def next_token_nll(logits: jax.Array, ids: jax.Array) -> jax.Array:
+  """Every position's next-token negative log-likelihood `[b, T − 1]`.
+
+  The one next-token loss of lpjax: held-out evaluation sums it per window,
+  healing (`lpjax.healing`) and SLEB (`lpjax.methods.llm`) average it.
+  Computed in float32 whatever the logits' dtype.
+
+  Args:
+    logits: `[b, T', vocab]`, `T' >= T − 1`; position `t` predicts
+      `ids[:, t + 1]`. Positions from `T − 1` on (the prediction after the
+      last token, where the model was run on all of `ids`) are ignored.
+    ids: token windows `[b, T]`.
+  """
+  target = ids[:, 1:]
+  logits = logits[:, : target.shape[1]].astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
+
+
 @functools.lru_cache(maxsize=8)
 def _compiled_nll(model: Any):
   @jax.jit
   def nll(variables, ids):
     logits = model.apply(variables, ids[:, :-1]).astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    target = ids[:, 1:]
-    picked = jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
-    return -jnp.sum(picked, axis=1), jnp.argmax(logits, axis=-1)
+    return (
+      jnp.sum(next_token_nll(logits, ids), axis=1),
+      jnp.argmax(logits, axis=-1),
+    )
 
   return nll
 

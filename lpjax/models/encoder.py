@@ -27,7 +27,11 @@ or before each branch (`norm='pre'`, with a final LayerNorm):
 sentence-transformers pooling of MiniLM) or the first token (`pool='cls'`).
 With `head=True` a Dense classifier gives the logits; with `head=False` (an
 embedding model) the logits *are* the pooled features and `num_classes`
-equals the width.
+equals the width. `sentence_embeddings` L2-normalises them, as
+sentence-transformers does.
+
+`EncoderLayer` is also the ViT's layer (`lpjax.models.vit`), there with a
+fused `qkv` projection.
 
 Every layer is a candidate (floor `min_blocks_per_stage`); skipping a layer
 returns its input, exactly the model without it, in both norm placements
@@ -49,7 +53,7 @@ look-ups, norms, softmax, GELU, biases and additions are not.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -109,7 +113,10 @@ def _streams(a: jax.Array | None, rows: int) -> jax.Array | None:
 
 
 class EncoderLayer(nn.Module):
-  """One encoder layer (post- or pre-LN).
+  """One transformer encoder layer (post- or pre-LN), also the ViT's.
+
+  Submodules: `ln1`, `ln2` (LayerNorms), `query`, `key`, `value` (or one
+  fused `qkv`), `out`, `fc1`, `fc2` (Dense layers with biases).
 
   Attributes:
     heads: attention heads.
@@ -119,6 +126,10 @@ class EncoderLayer(nn.Module):
     activation: `'gelu'` (exact, erf) or `'gelu_tanh'`.
     dropout: dropout rate (training only) on the attention branch's output,
       the MLP's hidden units and the MLP branch's output.
+    fused_qkv: one Dense `qkv` of width `3 D` gives queries, keys and values
+      (features ordered `(3, heads, D / heads)`; the ViT's layout) instead
+      of `query`, `key` and `value` (BERT's).
+    kernel_init: the Dense kernels' initialiser.
   """
 
   heads: int
@@ -127,6 +138,8 @@ class EncoderLayer(nn.Module):
   eps: float
   activation: str
   dropout: float
+  fused_qkv: bool = False
+  kernel_init: Callable[..., jax.Array] = _DENSE_INIT
 
   @nn.compact
   def __call__(
@@ -156,13 +169,17 @@ class EncoderLayer(nn.Module):
     ln2 = nn.LayerNorm(epsilon=self.eps, name='ln2')
 
     def dense(features, name):
-      return nn.Dense(features, kernel_init=_DENSE_INIT, name=name)
+      return nn.Dense(features, kernel_init=self.kernel_init, name=name)
 
     def attend(h):
-      q, k, v = (
-        dense(d, n)(h).reshape(rows, t, self.heads, dh)
-        for n in ('query', 'key', 'value')
-      )
+      if self.fused_qkv:
+        qkv = dense(3 * d, 'qkv')(h).reshape(rows, t, 3, self.heads, dh)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+      else:
+        q, k, v = (
+          dense(d, n)(h).reshape(rows, t, self.heads, dh)
+          for n in ('query', 'key', 'value')
+        )
       return dense(d, 'out')(attention(q, k, v, _streams(bias, rows)))
 
     def mlp(h):
@@ -175,11 +192,7 @@ class EncoderLayer(nn.Module):
     else:
       y = x + drop(attend(ln1(x)))
       z = y + drop(mlp(ln2(y)))
-    if skip is not None:
-      z = jnp.where(skip, x, z)
-    if passthrough:
-      z = jnp.concatenate([z, x[:passthrough]])
-    return z
+    return family_lib.unit_output(x, z, skip=skip, passthrough=passthrough)
 
 
 class Encoder(nn.Module):
@@ -288,6 +301,26 @@ def pool(h: jax.Array, valid: jax.Array | None, how: str) -> jax.Array:
     return jnp.mean(h, axis=1)
   w = valid.astype(h.dtype)[..., None]
   return jnp.sum(h * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1e-9)
+
+
+def sentence_embeddings(
+  model: Any, variables: Any, ids: jax.Array, *, skip: jax.Array | None = None
+) -> jax.Array:
+  """sentence-transformers' embeddings: masked mean pooling, L2-normalised.
+
+  Args:
+    model: an encoder module with `input='tokens'`, `pool='mean'` and no
+      head (its output is the mean over the real tokens).
+    variables: its variables.
+    ids: token ids `[n, L]`, padded with the arch's `pad_id`.
+    skip: optional skip mask over the layers.
+
+  Returns:
+    `[n, width]`: each pooled row divided by its norm (at least 1e-12).
+  """
+  pooled = model.apply(variables, ids, train=False, skip=skip)
+  norm = jnp.linalg.norm(pooled, axis=-1, keepdims=True)
+  return pooled / jnp.maximum(norm, 1e-12)
 
 
 def layer_name(index: int) -> str:

@@ -17,6 +17,9 @@ Every family's module follows one contract:
   (stream-major rows, see `lpjax.models.resnet.ResNet`);
 * unit submodules are named by their stable ids, so `capture_intermediates`
   finds each unit's output under its name;
+* a unit's call takes the keyword arguments `unit_route` gives it and ends
+  with `unit_output` (its input where skipped, the passthrough stream
+  appended under `fanout`);
 * it sows `stem` (the input to the first unit) and `pooled` (the features
   before the classifier) into the `intermediates` collection;
 * dropout, if any, draws from the `'dropout'` RNG stream when `train=True`.
@@ -72,6 +75,11 @@ class Family:
     representations: names of further features the module sows into
       `intermediates` beside `stem` and `pooled` (e.g. the decoder's
       `last`: the last token's hidden state).
+    lora_targets: optional `arch -> ((name, ..., 'kernel'), ...)`: the
+      paths in `params` of the 2-D `[in, out]` Dense kernels LoRA healing
+      adapts (`lpjax.healing`; e.g. the decoder's MLP `gate`, `up` and
+      `down` of every layer), in a fixed order that seeds the adapters
+      (`None`: the family has no LoRA healing).
   """
 
   name: str
@@ -91,6 +99,9 @@ class Family:
   ) = None
   num_filters: Callable[[arch_lib.Arch], int] | None = None
   representations: tuple[str, ...] = ()
+  lora_targets: Callable[[arch_lib.Arch], Sequence[tuple[str, ...]]] | None = (
+    None
+  )
 
 
 def unit_route(
@@ -115,6 +126,31 @@ def unit_route(
     if fanout:
       route['passthrough'] = batch
   return route
+
+
+def unit_output(
+  x: jax.Array,
+  y: jax.Array,
+  *,
+  skip: jax.Array | None = None,
+  passthrough: int = 0,
+) -> jax.Array:
+  """What a unit called with `unit_route`'s arguments returns.
+
+  Args:
+    x: the unit's input `[rows, ...]`.
+    y: the unit's output, computed from `x`.
+    skip: optional traced boolean scalar; true returns `x` unchanged,
+      exactly as if the unit were deleted.
+    passthrough: static; if positive, the first `passthrough` rows of `x`
+      (the unpruned stream's input) are appended after the output: the
+      stream without this unit in a `fanout` pass.
+  """
+  if skip is not None:
+    y = jnp.where(skip, x, y)
+  if passthrough:
+    y = jnp.concatenate([y, x[:passthrough]])
+  return y
 
 
 def check_call(

@@ -144,11 +144,7 @@ class BasicBlock(nn.Module):
     conv, norm = _layers(self.style, train)
     y = self._residual(x, conv, norm, _Inner(self, filter_masks))
     y = nn.relu(y + self._shortcut(x, conv, norm))
-    if skip is not None:
-      y = jnp.where(skip, x, y)
-    if passthrough:
-      y = jnp.concatenate([y, x[:passthrough]])
-    return y
+    return family_lib.unit_output(x, y, skip=skip, passthrough=passthrough)
 
   def _residual(self, x, conv, norm, inner):
     s = (self.stride, self.stride)

@@ -8,9 +8,11 @@ and learned position embeddings are added. Each encoder layer is pre-LN:
     z = y + Dropout(MLP(LayerNorm(y)))
 
 with multi-head softmax attention (`heads` heads of `width / heads`
-dimensions) and a GELU MLP of inner width `mlp`. A final LayerNorm, then the
-class token (or the mean over tokens, `pool='mean'`) is `pooled` and a
-Dense layer gives the logits.
+dimensions) and a GELU MLP of inner width `mlp`: the encoder family's
+`EncoderLayer` (`lpjax.models.encoder`) with the ViT's settings
+(`encoder_layer`: one fused `qkv` projection, tanh GELU, Xavier kernels).
+A final LayerNorm, then the class token (or the mean over tokens,
+`pool='mean'`) is `pooled` and a Dense layer gives the logits.
 
 Every encoder layer is a candidate (floor: `min_blocks_per_stage`, default
 1). Skipping a layer turns off both residual branches, so it returns its
@@ -49,60 +51,32 @@ POOLS = ('cls', 'mean')
 _DENSE_INIT = nn.initializers.xavier_uniform()
 
 
-class EncoderLayer(nn.Module):
-  """One pre-LN transformer encoder layer.
+def encoder_layer(
+  *, heads: int, mlp: int, dropout: float, name: str | None = None
+) -> encoder_lib.EncoderLayer:
+  """The ViT's layer: the encoder family's `EncoderLayer`, pre-LN.
 
-  Attributes:
+  One fused `qkv` projection, tanh-approximated GELU, LayerNorm epsilon
+  1e-6 and Xavier-uniform kernels; called as `layer(x, None, train=...,
+  skip=..., passthrough=...)` (no attention mask).
+
+  Args:
     heads: attention heads.
     mlp: inner width of the MLP.
     dropout: dropout rate after attention and in/after the MLP.
+    name: the submodule's name (the unit's stable id).
   """
-
-  heads: int
-  mlp: int
-  dropout: float
-
-  @nn.compact
-  def __call__(
-    self,
-    x: jax.Array,
-    *,
-    train: bool,
-    skip: jax.Array | None = None,
-    passthrough: int = 0,
-  ) -> jax.Array:
-    """The layer's output `[batch, tokens, width]`, or `x` where skipped.
-
-    Args:
-      x: tokens `[batch, tokens, width]`.
-      train: dropout on (draws from the `'dropout'` RNG stream).
-      skip: optional traced boolean scalar; true returns `x` unchanged.
-      passthrough: static; if positive, the first `passthrough` rows of `x`
-        are appended unchanged after the output rows (shared-prefix
-        evaluation, `fanout=True`).
-    """
-    b, t, d = x.shape
-    dh = d // self.heads
-    drop = nn.Dropout(self.dropout, deterministic=not train)
-
-    def dense(features, name):
-      return nn.Dense(features, kernel_init=_DENSE_INIT, name=name)
-
-    h = nn.LayerNorm(name='ln1')(x)
-    qkv = dense(3 * d, 'qkv')(h).reshape(b, t, 3, self.heads, dh)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    attended = encoder_lib.attention(q, k, v, None)
-    y = x + drop(dense(d, 'out')(attended))
-
-    h = nn.LayerNorm(name='ln2')(y)
-    h = drop(nn.gelu(dense(self.mlp, 'fc1')(h)))
-    z = y + drop(dense(d, 'fc2')(h))
-
-    if skip is not None:
-      z = jnp.where(skip, x, z)
-    if passthrough:
-      z = jnp.concatenate([z, x[:passthrough]])
-    return z
+  return encoder_lib.EncoderLayer(
+    heads=heads,
+    mlp=mlp,
+    norm='pre',
+    eps=1e-6,
+    activation='gelu_tanh',
+    dropout=dropout,
+    fused_qkv=True,
+    kernel_init=_DENSE_INIT,
+    name=name,
+  )
 
 
 class ViT(nn.Module):
@@ -162,12 +136,12 @@ class ViT(nn.Module):
       route = family_lib.unit_route(
         arch, block, train=train, skip=skip, fanout=fanout, batch=batch
       )
-      x = EncoderLayer(
+      x = encoder_layer(
         heads=o['heads'],
         mlp=block.widths[0],
         dropout=o['dropout'],
         name=block.name,
-      )(x, **route)
+      )(x, None, **route)
     x = nn.LayerNorm(name='norm')(x)
     pooled = x[:, 0] if o['pool'] == 'cls' else jnp.mean(x, axis=1)
     self.sow('intermediates', 'pooled', pooled)
@@ -287,16 +261,6 @@ def macs(arch: arch_lib.Arch, input_shape: Sequence[int]) -> int:
   return embed + layers + d * arch.num_classes
 
 
-def _width_slices(arch, block, k):
-  """The MLP width: `fc1`'s output units and `fc2`'s input rows."""
-  del arch, block, k
-  return (
-    (('fc1', 'kernel'), -1),
-    (('fc1', 'bias'), -1),
-    (('fc2', 'kernel'), 0),
-  )
-
-
 def _from_config(config, num_classes, input_shape):
   v = config.vit
   return vit(
@@ -319,7 +283,7 @@ VIT = family_lib.Family(
   input_dtype='float32',
   default_input_shape=lambda arch: tuple(arch.option('image_shape')),
   fanout=True,
-  width_slices=_width_slices,
+  width_slices=encoder_lib.width_slices,
   from_config=_from_config,
   check=_check,
   macs=macs,
