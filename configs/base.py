@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   # each process loads only its rows of every global batch.
   c.distributed = False
 
-  # --- Data (lpjax.input_pipeline) ---
+  # --- Data (lpjax.data) ---
   # digits | synthetic | basicmotions | japanesevowels (sensor series) |
   # cifar10 | cifar100 | imagenet2012
   c.dataset = 'cifar10'
@@ -72,6 +72,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.baseline.keras_json = ''  # architecture JSON (source=keras)
   c.baseline.keras_h5 = ''  # weights .h5 (source=keras)
   c.baseline.epochs = 200  # training epochs (source=train)
+  # epochs=0 with source=train prunes the randomly initialised network,
+  # whose accuracies and deltas mean nothing: refused unless this is True
+  # (e.g. to study criteria on untrained networks).
+  c.baseline.allow_untrained = False
 
   # --- Optimisation (lpjax.train), shared by baseline and fine-tuning ---
   c.train = ml_collections.ConfigDict()

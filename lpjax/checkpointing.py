@@ -11,23 +11,150 @@ Restoring is two-phase because the state's tree depends on the arch: read
 `arch` and `meta` first (`restore_meta`), build the abstract state of that
 arch, then `restore` the state into it. Saves are synchronous: a run killed
 at any moment leaves either the previous step or the new one, never a
-half-written checkpoint (a stale `*.orbax-checkpoint-tmp*` directory is
-cleaned up when the directory is opened again). No pickle anywhere.
+half-written checkpoint. Ctrl-C during a save takes effect once the step
+is complete. A temporary directory a
+killed run left (`*.orbax-checkpoint-tmp*`) is removed before the
+directory's next save (not on open: a reader, e.g. `python -m
+lpjax.evaluate` during a run, must not touch a save in progress). No
+pickle anywhere.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import sys
+import threading
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 from lpjax import arch as arch_lib
 from lpjax import errors, models
 
+# orbax writes a step (and each item of it) under this suffix, then renames.
+TMP_MARKER = '.orbax-checkpoint-tmp'
+
 
 class CheckpointError(errors.UserError, RuntimeError):
   """A checkpoint exists but cannot be read."""
+
+
+def remove_temporaries(directory: str | os.PathLike) -> list[str]:
+  """Removes the unfinished saves (`*.orbax-checkpoint-tmp*`) of `directory`.
+
+  Only process 0 removes (the directory is shared in a multi-host run).
+
+  Returns:
+    The paths removed.
+  """
+  directory = os.fspath(directory)
+  if jax.process_index() != 0 or not os.path.isdir(directory):
+    return []
+  removed = []
+  for name in sorted(os.listdir(directory)):
+    if TMP_MARKER in name:
+      path = os.path.join(directory, name)
+      if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+      else:
+        try:
+          os.remove(path)
+        except FileNotFoundError:
+          pass
+      removed.append(path)
+  return removed
+
+
+def _orbax_threads() -> set[threading.Thread]:
+  return {
+    t for t in threading.enumerate() if type(t).__module__.startswith('orbax.')
+  }
+
+
+def _join_orbax_threads(before: set[threading.Thread]) -> None:
+  """Waits for orbax's threads not in `before`, and those they start."""
+  while alive := [t for t in _orbax_threads() - before if t.is_alive()]:
+    for t in alive:
+      threading.Thread.join(t)  # not orbax's join, which re-raises
+
+
+class _HeldInterrupt:
+  """Holds Ctrl-C (SIGINT) back until the block ends, then raises it.
+
+  Only in the main thread, and only over Python's own handler (anything
+  else installed is left alone). Every Ctrl-C is held: one raised inside
+  orbax's save, between its threads and event loops, leaves them writing
+  into a folder no one finishes (and their errors on stderr).
+  """
+
+  def __enter__(self) -> _HeldInterrupt:
+    self.pressed = False
+    self._previous = None
+    if (
+      threading.current_thread() is threading.main_thread()
+      and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
+      self._previous = signal.signal(signal.SIGINT, self._hold)
+    return self
+
+  def _hold(self, signum, frame) -> None:
+    if not self.pressed:
+      logging.warning('Ctrl-C: stopping once this checkpoint is written.')
+    self.pressed = True
+
+  def __exit__(self, exc_type, *_) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+    if self.pressed and exc_type is None:
+      raise KeyboardInterrupt
+
+
+def _reason(e: BaseException) -> str:
+  """One short line for why orbax could not read: the first message of the
+  exception chain with substance, without TensorStore's spec (~60 lines)."""
+  x: BaseException | None = e
+  while x is not None:
+    text = str(x)
+    if 'TensorStore details' not in text:  # orbax's wrapper: only the spec
+      text = text.split(' [tensorstore_spec=')[0].strip()
+      text = ' '.join(text.splitlines()[0].split()) if text else ''
+      if text:
+        if len(text) > 300:
+          text = text[:300] + '...'
+        return f'{type(x).__name__}: {text}'
+    x = x.__cause__ or x.__context__
+  return type(e).__name__
+
+
+def _quiet_unfinished_reads() -> None:
+  """Drops Python's "Exception ignored in ..." reports of the other array
+  reads of a failed restore: orbax's read coroutines finalised at exit
+  (they repeat the error `CheckpointError` reports, with TensorStore's
+  whole spec), and TensorStore's callbacks into the event loop orbax has
+  closed meanwhile ("Event loop is closed")."""
+  previous = sys.unraisablehook
+  if getattr(previous, '_lpjax_quiet', False):
+    return
+
+  def hook(unraisable):
+    code = getattr(unraisable.object, 'cr_code', None)
+    if code is not None and '/orbax/' in code.co_filename:
+      return
+    e = unraisable.exc_value
+    if (
+      unraisable.object is None
+      and isinstance(e, RuntimeError)
+      and str(e) == 'Event loop is closed'
+    ):
+      return
+    previous(unraisable)
+
+  hook._lpjax_quiet = True
+  sys.unraisablehook = hook
 
 
 class Checkpoints:
@@ -40,6 +167,7 @@ class Checkpoints:
 
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2):
     self.directory = os.path.abspath(os.fspath(directory))
+    self._saved = False  # no save by this object yet
     self._manager = ocp.CheckpointManager(
       self.directory,
       item_names=('state', 'arch', 'meta'),
@@ -59,27 +187,49 @@ class Checkpoints:
     arch: arch_lib.Arch,
     meta: dict[str, Any] | None = None,
   ) -> None:
-    """Saves one step and waits until it is on disk."""
-    self._manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        arch=ocp.args.JsonSave(arch.to_dict()),
-        meta=ocp.args.JsonSave(meta or {}),
-      ),
-      force=True,
-    )
-    self._manager.wait_until_finished()
+    """Saves one step and waits until it is on disk.
+
+    The first save of this object removes unfinished saves a killed run
+    left. Ctrl-C during the save is held back until the step is complete,
+    then raised (`KeyboardInterrupt`): a re-run resumes from that step. A
+    `KeyboardInterrupt` that still reaches the save (raised by a handler
+    of the caller's) abandons the step: orbax's writer threads are let
+    finish, its temporary directory removed, and the interrupt re-raised.
+    The directory keeps only complete steps either way.
+    """
+    if not self._saved:
+      remove_temporaries(self.directory)
+      self._saved = True
+    before = _orbax_threads()
+    with _HeldInterrupt():
+      try:
+        self._manager.save(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            arch=ocp.args.JsonSave(arch.to_dict()),
+            meta=ocp.args.JsonSave(meta or {}),
+          ),
+          force=True,
+        )
+        self._manager.wait_until_finished()
+      except KeyboardInterrupt:
+        _join_orbax_threads(before)  # they write into the temporary folder
+        remove_temporaries(self.directory)
+        raise
 
   def _restore(self, step: int, **items: Any) -> Any:
+    _quiet_unfinished_reads()  # before: a failed read's echoes come soon
     try:
       return self._manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax raises many types; name the checkpoint.
+      path = os.path.join(self.directory, str(step))
       raise CheckpointError(
         f'Checkpoint step {step} in {self.directory} cannot be read '
-        f'({type(e).__name__}: {e}). It is corrupt or was written by an '
-        'incompatible version: delete that step directory to resume from '
-        'an earlier one, or start in a fresh --workdir.'
+        f'({_reason(e)}). It is damaged or was written by an incompatible '
+        f'version: delete {path} to resume from the step before it, or the '
+        f'folder {self.directory} to redo that stage, or start in a fresh '
+        '--workdir.'
       ) from e
 
   def restore_meta(

@@ -67,13 +67,16 @@ SOURCES = ('train', 'checkpoint', 'keras')
 
 # Integer fields and their least valid value.
 _COUNTS = {
+  'min_blocks_per_stage': 1,
   'train.batch_size': 1,
   'train.eval_batch_size': 1,
+  'train.warmup_epochs': 0,
   'baseline.epochs': 0,
   'prune.calibration_examples': 1,
   'prune.data_batch_size': 1,
   'prune.candidate_chunk': 0,
   'prune.finetune_epochs': 0,
+  'checkpoint_max_to_keep': 1,
 }
 
 
@@ -95,18 +98,33 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       '(lpjax.interop.gguf_llama), not trained by this pipeline.'
     )
   for field, least in _COUNTS.items():
-    group, key = field.split('.')
-    value = config[group][key]
+    value = config
+    for key in field.split('.'):
+      value = value[key]
     if not isinstance(value, int) or value < least:
-      raise ValueError(
+      raise errors.ConfigError(
         f'{field} must be an integer >= {least}; got {value!r}. '
         f'Set it with --config.{field}=N.'
       )
   every = config.get('checkpoint_every_epochs', 1)
   if not isinstance(every, int) or every < 1:
-    raise ValueError(
+    raise errors.ConfigError(
       f'checkpoint_every_epochs must be an integer >= 1; got {every!r}.'
     )
+  b = config.baseline
+  if b.source == 'train' and b.epochs == 0 and not b.get('allow_untrained'):
+    raise errors.ConfigError(
+      'baseline.epochs=0 with baseline.source=train would prune a randomly '
+      'initialised network (its accuracies and deltas mean nothing): train '
+      'it with --config.baseline.epochs=N, or set '
+      '--config.baseline.allow_untrained=True to do it anyway.'
+    )
+  train.check_batch_sizes(
+    {
+      'train.batch_size': config.train.batch_size,
+      'train.eval_batch_size': config.train.eval_batch_size,
+    }
+  )
   if config.train.weight_decay_mask not in train.DECAY_MASKS:
     raise ValueError(
       f'Unknown train.weight_decay_mask {config.train.weight_decay_mask!r}; '
@@ -204,6 +222,17 @@ def check_calibration(
       f'prune.calibration_examples={p.calibration_examples} is more than '
       f'the {available} examples of split {p.calibration_split!r}; use at '
       f'most {available}.'
+    )
+  # Scoring splits them into equal batches of a multiple of the devices.
+  n, devices = p.calibration_examples, jax.device_count()
+  if not any(
+    n % b == 0 for b in range(devices, min(p.data_batch_size, n) + 1, devices)
+  ):
+    raise errors.ConfigError(
+      f'prune.calibration_examples={n} cannot be scored in equal batches of '
+      f'at most prune.data_batch_size={p.data_batch_size} that split over '
+      f'the {devices} devices{train.device_count_source()}; use a multiple '
+      f'of {devices} for both.'
     )
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -51,6 +52,8 @@ from absl import logging
 from flax.training import train_state
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from lpjax import errors
 
 DATA_AXIS = 'data'
 SCHEDULES = ('step', 'cosine', 'constant')
@@ -443,6 +446,48 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return mesh
   ordered = sorted(mesh.devices.flat, key=lambda d: d.process_index)
   return Mesh(np.array(ordered), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def device_count_source() -> str:
+  """Where the device count comes from, for messages.
+
+  Returns:
+    `' (JAX_NUM_CPU_DEVICES=3)'` on a CPU host that sets it, else `''`.
+  """
+  env = os.environ.get('JAX_NUM_CPU_DEVICES')
+  if env and jax.default_backend() == 'cpu':
+    return f' (JAX_NUM_CPU_DEVICES={env})'
+  return ''
+
+
+def check_batch_sizes(sizes: Mapping[str, int]) -> None:
+  """Refuses batch sizes the data-parallel mesh cannot split, before work.
+
+  Args:
+    sizes: config field -> global batch size; each must be a multiple of
+      `jax.device_count()` (every process's rows split over its devices).
+
+  Raises:
+    errors.ConfigError: naming the first field that is not, and the fix.
+  """
+  devices = jax.device_count()
+  for field, size in sizes.items():
+    if size % devices:
+      fits = max(  # the most devices, up to now's, that fit every batch
+        d
+        for d in range(1, devices + 1)
+        if all(s % d == 0 for s in sizes.values())
+      )
+      other = (
+        f'set JAX_NUM_CPU_DEVICES={fits}'
+        if device_count_source()
+        else f'run on {fits} device(s)'
+      )
+      raise errors.ConfigError(
+        f'{field}={size} is not a multiple of the {devices} devices'
+        f'{device_count_source()} every batch is split over: use a multiple '
+        f'of {devices} (--config.{field}=N), or {other}.'
+      )
 
 
 def _check_process_layout(mesh: Mesh) -> None:

@@ -303,25 +303,8 @@ def test_calibration_problems_fail_first(tiny, tmp_path, overrides, match):
   assert not (tmp_path / 'w').exists()
 
 
-def test_user_errors_print_one_line_and_exit_2(tiny, tmp_path):
-  proc = subprocess.run(
-    [
-      sys.executable,
-      'main.py',
-      f'--config={tiny[0]}',
-      f'--workdir={tmp_path / "w"}',
-      '--config.prune.criterion=hrank',
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert proc.returncode == 2
-  assert 'Traceback' not in proc.stderr
-  last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: Unknown criterion 'hrank'; valid criteria:")
-  assert not (tmp_path / 'w').exists()
+# main.py's user errors as a user sees them (one line, status 2, before any
+# work), this one included: tests/test_user_errors.py.
 
 
 def test_resume_with_another_config_is_refused(tiny):

@@ -24,11 +24,19 @@ every model measures, on the first `examples` test images:
 It writes `evaluation.json` and rewrites `report.md`, which then shows the
 table and `robustness.png` (accuracy under attack against FLOPs
 reduction). Test data is only measured here; nothing is decided from it.
+
+Every argument (`check_arguments`: counts, budgets, corruption and test-set
+names with a "did you mean", severities, the frost photographs) and the
+workdir (its run, every stage's checkpoint folder) are checked before any
+model is loaded; a bad one is one `error:` line and exit status 2.
 """
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -47,10 +55,144 @@ from lpjax.evaluate import adversarial, energy, latency
 from lpjax.evaluate import corruptions as corruptions_lib
 
 EVALUATION_FILENAME = 'evaluation.json'
+# The CIFAR-10-C corruptions as TFDS names its `cifar10_corrupted` configs
+# (`<name>_<severity 1-5>`; `frosted_glass_blur` and `elastic` are the
+# paper's glass_blur and elastic_transform, the last four its extras).
+TFDS_CORRUPTIONS = (
+  'brightness',
+  'contrast',
+  'defocus_blur',
+  'elastic',
+  'fog',
+  'frost',
+  'frosted_glass_blur',
+  'gaussian_blur',
+  'gaussian_noise',
+  'impulse_noise',
+  'jpeg_compression',
+  'motion_blur',
+  'pixelate',
+  'saturate',
+  'shot_noise',
+  'snow',
+  'spatter',
+  'speckle_noise',
+  'zoom_blur',
+)
+# Every name `test_sets` accepts (`lpjax.data.load_test_set`).
+TEST_SETS = (
+  'cifar10_1',
+  'cifar10_1/v4',
+  'cifar10_1/v6',
+  *(
+    f'cifar10_corrupted/{c}_{v}'
+    for c in TFDS_CORRUPTIONS
+    for v in corruptions_lib.SEVERITIES
+  ),
+)
 
 
 class EvaluationError(errors.UserError, ValueError):
   """A workdir that cannot be evaluated, naming the problem and the fix."""
+
+
+def _did_you_mean(name: str, valid: Sequence[str]) -> str:
+  near = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+  return f' Did you mean {near[0]!r}?' if near else ''
+
+
+def check_arguments(
+  *,
+  eps: Sequence[float],
+  examples: int,
+  pgd_steps: int,
+  batch: int,
+  latency_batches: Sequence[int],
+  latency_runs: int,
+  corruptions: Sequence[str] | None,
+  severities: Sequence[int],
+  corruption_examples: int,
+  frost_dir: str | os.PathLike | None,
+  test_sets: Sequence[str],
+) -> tuple[str, ...]:
+  """Refuses any argument of `evaluate_run` that cannot work, before work.
+
+  Returns:
+    The corruptions to apply (`None`: all 15 with `frost_dir`, else the 14
+    without frost).
+
+  Raises:
+    EvaluationError: one line naming the argument (as its flag) and the fix.
+  """
+  counts = {
+    'examples': examples,
+    'pgd_steps': pgd_steps,
+    'batch': batch,
+    'latency_runs': latency_runs,
+    'corruption_examples': corruption_examples,
+  }
+  for name, value in counts.items():
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise EvaluationError(f'--{name} must be an integer >= 1; got {value!r}.')
+  if not latency_batches or any(
+    isinstance(b, bool) or not isinstance(b, int) or b < 1
+    for b in latency_batches
+  ):
+    raise EvaluationError(
+      '--latency_batches must be comma-separated batch sizes >= 1; got '
+      f'{list(latency_batches)}.'
+    )
+  if not eps or any(not 0 <= e < math.inf for e in eps):
+    raise EvaluationError(
+      '--eps must be comma-separated budgets >= 0 in pixel units (pixels in '
+      f'[0, 1], e.g. 0.0314 for 8/255); got {list(eps)}.'
+    )
+  if corruptions is None:
+    corruptions = tuple(
+      c for c in corruptions_lib.CORRUPTIONS if c != 'frost' or frost_dir
+    )
+  valid = corruptions_lib.CORRUPTIONS
+  for c in corruptions:
+    if c not in valid:
+      raise EvaluationError(
+        f'Unknown corruption {c!r} (--corruptions).{_did_you_mean(c, valid)} '
+        f'Valid: {", ".join(valid)}, or none.'
+      )
+  if corruptions:
+    bad = [v for v in severities if v not in corruptions_lib.SEVERITIES]
+    if bad or not severities:
+      raise EvaluationError(
+        '--severities must be comma-separated integers in 1..5; got '
+        f'{list(severities)}.'
+      )
+  if 'frost' in corruptions:
+    if not frost_dir:
+      raise EvaluationError(
+        "The frost corruption blends the authors' frost photographs: pass "
+        f'--frost_dir=<folder with {", ".join(corruptions_lib.FROST_FILES)}> '
+        '(hendrycks/robustness, ImageNet-C/create_c/), or leave frost out '
+        'of --corruptions.'
+      )
+    missing = [
+      f
+      for f in corruptions_lib.FROST_FILES
+      if not os.path.isfile(os.path.join(os.fspath(frost_dir), f))
+    ]
+    if missing:
+      raise EvaluationError(
+        f'--frost_dir={os.fspath(frost_dir)} lacks {", ".join(missing)}: '
+        "the authors' frost photographs (hendrycks/robustness, "
+        'ImageNet-C/create_c/).'
+      )
+  for t in test_sets:
+    if t not in TEST_SETS:
+      raise EvaluationError(
+        f'Unknown test set {t!r} (--test_sets).{_did_you_mean(t, TEST_SETS)} '
+        'Valid: cifar10_1 (or cifar10_1/v4, cifar10_1/v6), '
+        'cifar10_corrupted/<corruption>_<severity 1-5> with a corruption '
+        f'of {", ".join(TFDS_CORRUPTIONS)}.'
+      )
+  return tuple(corruptions)
 
 
 def stages(workdir: str | os.PathLike) -> list[tuple[str, dict[str, Any]]]:
@@ -141,17 +283,19 @@ def evaluate_run(
   Returns:
     The evaluation record (also written to `workdir/evaluation.json`).
   """
-  if min(examples, batch, pgd_steps, latency_runs, corruption_examples) < 1:
-    raise EvaluationError(
-      'examples, batch, pgd_steps, latency_runs and corruption_examples must '
-      'be >= 1.'
-    )
-  if not latency_batches or min(latency_batches) < 1:
-    raise EvaluationError(
-      f'latency_batches must be batch sizes >= 1; got {latency_batches}.'
-    )
-  if any(not e >= 0 for e in eps):
-    raise EvaluationError(f'eps must be >= 0 (pixel units); got {eps}.')
+  corruptions = check_arguments(
+    eps=eps,
+    examples=examples,
+    pgd_steps=pgd_steps,
+    batch=batch,
+    latency_batches=latency_batches,
+    latency_runs=latency_runs,
+    corruptions=corruptions,
+    severities=severities,
+    corruption_examples=corruption_examples,
+    frost_dir=frost_dir,
+    test_sets=test_sets,
+  )
   workdir = Path(workdir)
   entries = stages(workdir)
   results = report_lib.load_results(workdir / report_lib.RESULTS_FILENAME)
@@ -171,6 +315,13 @@ def evaluate_run(
       f'{config.dataset} is a sensor-series dataset: the attacks and their '
       'budgets are defined in pixel space, for image datasets.'
     )
+  for name, _ in entries:
+    if not (workdir / name).is_dir():
+      raise EvaluationError(
+        f'{workdir / name} is missing: the run records {name} but its '
+        'checkpoint is gone; re-run the same `python main.py` command to '
+        'restore it.'
+      )
   dataset = data.load(
     config.dataset,
     data_dir=config.data_dir or None,
@@ -183,10 +334,6 @@ def evaluate_run(
   )
   space = adversarial.PixelSpace.of_dataset(dataset)
   x, y = _test_arrays(dataset, examples)
-  if corruptions is None:
-    corruptions = tuple(
-      c for c in corruptions_lib.CORRUPTIONS if c != 'frost' or frost_dir
-    )
   x_c, y_c = x[:corruption_examples], y[:corruption_examples]
   shifted = {}
   for t in test_sets:
@@ -212,13 +359,7 @@ def evaluate_run(
   logits_fns = []
   base_macs = float(entries[0][1]['macs'])
   for name, rec in entries:
-    directory = workdir / name
-    if not directory.is_dir():
-      raise EvaluationError(
-        f'{directory} is missing: the run records {name} but its checkpoint '
-        'is gone; re-run the same `python main.py` command to restore it.'
-      )
-    arch, variables = load_model(directory)
+    arch, variables = load_model(workdir / name)
     model = models.build_model(arch)
     logits_fn = jax.jit(
       lambda v, model=model, variables=variables: model.apply(variables, v)
@@ -301,16 +442,43 @@ def evaluate_run(
       }
   path = workdir / EVALUATION_FILENAME
   tmp = path.with_suffix('.json.tmp')
-  tmp.write_text(json.dumps(record, indent=1))
-  os.replace(tmp, path)
+  try:
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+  except BaseException:  # Ctrl-C too: no half-written file left behind
+    tmp.unlink(missing_ok=True)
+    raise
   report_lib.write_report(workdir)
   return record
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  import argparse
+class _Parser(argparse.ArgumentParser):
+  """argparse whose errors are one line (no usage block), status 2."""
 
-  p = argparse.ArgumentParser(
+  def error(self, message: str):
+    print(
+      f'error: {message}. Run python -m lpjax.evaluate --help for the flags.',
+      file=sys.stderr,
+      flush=True,
+    )
+    sys.exit(2)
+
+
+def _numbers(text: str | None, flag: str, kind: type, default: list):
+  """Comma-separated numbers of a flag; `EvaluationError` naming it."""
+  if text is None:
+    return default
+  try:
+    return [kind(v) for v in text.split(',') if v.strip()]
+  except ValueError:
+    raise EvaluationError(
+      f'{flag} must be comma-separated {kind.__name__}s; got {text!r}.'
+    ) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """`python -m lpjax.evaluate`: 0 done, 2 a user error, 130 Ctrl-C."""
+  p = _Parser(
     prog='python -m lpjax.evaluate',
     description='Robustness, latency and energy of every model of a run.',
   )
@@ -348,33 +516,36 @@ def main(argv: Sequence[str] | None = None) -> int:
   elif args.corruptions == 'none':
     names = ()
   else:
-    names = tuple(c for c in args.corruptions.split(',') if c)
+    names = tuple(c.strip() for c in args.corruptions.split(',') if c.strip())
   logging.set_verbosity(logging.INFO)
   try:
     evaluate_run(
       args.workdir,
-      eps=(
-        [8 / 255]
-        if args.eps is None
-        else [float(e) for e in args.eps.split(',') if e]
-      ),
+      eps=_numbers(args.eps, '--eps', float, [8 / 255]),
       examples=args.examples,
       pgd_steps=args.pgd_steps,
       batch=args.batch,
-      latency_batches=[int(b) for b in args.latency_batches.split(',') if b],
+      latency_batches=_numbers(
+        args.latency_batches, '--latency_batches', int, []
+      ),
       latency_runs=args.latency_runs,
       seed=args.seed,
       corruptions=names,
-      severities=[int(v) for v in args.severities.split(',') if v],
+      severities=_numbers(args.severities, '--severities', int, []),
       corruption_examples=args.corruption_examples,
       frost_dir=args.frost_dir,
-      test_sets=[t for t in args.test_sets.split(',') if t],
+      test_sets=[t.strip() for t in args.test_sets.split(',') if t.strip()],
     )
   except errors.UserError as e:
     print(f'error: {" ".join(str(e).split())}', file=sys.stderr, flush=True)
     return 2
   except KeyboardInterrupt:
-    print('error: interrupted.', file=sys.stderr, flush=True)
+    print(
+      f'error: interrupted; {EVALUATION_FILENAME} was not written; re-run '
+      'the same command to evaluate again.',
+      file=sys.stderr,
+      flush=True,
+    )
     return 130
   print(f'evaluation.json and report.md are in {args.workdir}.')
   return 0
@@ -382,7 +553,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 __all__ = [
   'EVALUATION_FILENAME',
+  'TEST_SETS',
+  'TFDS_CORRUPTIONS',
   'EvaluationError',
+  'check_arguments',
   'evaluate_run',
   'load_model',
   'main',

@@ -31,6 +31,7 @@ FREE_FIELDS = (
   'manual_dir',
   'resume_despite_config_change',
   'distributed',  # Hosts, like devices, change only float summation order.
+  'baseline.allow_untrained',  # Only lets a run start; absent in older runs.
 )
 
 
@@ -44,9 +45,14 @@ def write_json(path: str, obj: Any) -> None:
   if jax.process_index() != 0:
     return
   tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(jsonable(obj), f, indent=1)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'w') as f:
+      json.dump(jsonable(obj), f, indent=1)
+    os.replace(tmp, path)
+  except BaseException:  # Ctrl-C too: no half-written file left behind
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def read_json(path: str) -> Any:
