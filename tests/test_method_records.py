@@ -13,7 +13,6 @@
 
 import dataclasses
 import importlib.util
-import subprocess
 import sys
 import time
 
@@ -21,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from commands import main_py
 
 from configs import base, minilm, smollm2_depth
 from lpjax import (
@@ -185,13 +185,7 @@ def test_a_misspelt_key_stops_main_before_training(
   )
   workdir = tmp_path / 'w'
   t0 = time.perf_counter()
-  proc = subprocess.run(
-    [sys.executable, 'main.py', f'--config={path}', f'--workdir={workdir}'],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  proc = main_py(f'--config={path}', f'--workdir={workdir}', timeout=300)
   assert proc.returncode == 2, proc.stderr[-2000:]
   last = proc.stderr.strip().splitlines()
   assert 'Traceback' not in proc.stderr

@@ -8,26 +8,13 @@ pruned and healed models, and a report with its figures.
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-PNG = b'\x89PNG\r\n\x1a\n'
+from commands import PNG, main_py
 
 
 def test_llm_smoke_command_leaves_a_report(tmp_path):
-  proc = subprocess.run(
-    [
-      sys.executable,
-      'main.py',
-      '--config=configs/smollm2_depth.py:smoke',
-      f'--workdir={tmp_path}',
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=900,
+  proc = main_py(
+    '--config=configs/smollm2_depth.py:smoke', f'--workdir={tmp_path}'
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '| layers removed |' in proc.stdout

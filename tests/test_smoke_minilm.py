@@ -7,27 +7,12 @@ printed, two layers removed with cosines to the unpruned embeddings in
 """
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-PNG = b'\x89PNG\r\n\x1a\n'
+from commands import PNG, main_py
 
 
 def test_minilm_smoke_command_leaves_a_report(tmp_path):
-  proc = subprocess.run(
-    [
-      sys.executable,
-      'main.py',
-      '--config=configs/minilm.py:smoke',
-      f'--workdir={tmp_path}',
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
+  proc = main_py('--config=configs/minilm.py:smoke', f'--workdir={tmp_path}')
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '| iteration | removed |' in proc.stdout
   res = json.loads((tmp_path / 'results.json').read_text())
