@@ -212,7 +212,10 @@ def metric_scores(ctx: Context) -> dict[str, dict[str, float]]:
     FloatingPointError: a non-finite representation or score, naming the
       candidates (`lpjax.scoring.checked_scores`).
   """
-  names, _ = metrics_and_weights(ctx.hparams)
+  # Called directly too (not only through the record): the declared
+  # defaults fill what the context leaves out.
+  hp = {**{k: h.default for k, h in HPARAMS.items()}, **ctx.hparams}
+  names, _ = metrics_and_weights(hp)
   for name in names:
     if name in NEEDS_LABELS and ctx.labels is None:
       raise ValueError(
@@ -242,7 +245,7 @@ def metric_scores(ctx: Context) -> dict[str, dict[str, float]]:
   x64 = jax.enable_x64(True) if dtype == 'float64' else contextlib.nullcontext()
   with x64:
     for name in names:
-      values = METRICS[name](ref, cands, labels, ctx.hparams)
+      values = METRICS[name](ref, cands, labels, hp)
       out[name] = scoring.checked_scores(units, np.asarray(values))
   return out
 
