@@ -103,3 +103,56 @@ def test_unit_gradient_norms_through_the_context_loss(net):
   for u in got:
     assert got[u] > 0
     assert got[u] == pytest.approx(want[u], rel=rel)
+
+
+def _log_softmax64(z):
+  z = np.asarray(z, np.float64)
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize('direction', ['forward', 'reverse'])
+def test_kl_direction_equals_the_float64_formula(direction):
+  """`kl` with `direction`: forward = KL(p || q) (CURL), reverse = KL(q || p)
+  (the Everything authors' code), p the unpruned model's distribution, q
+  the one without the unit; against log-softmax and KL in float64 of each
+  surgered model's logits."""
+  arch = resnet.resnet_cifar(blocks_per_stage=(3, 3, 3), width=4)
+  variables = models.init_variables(arch, 0, (8, 8, 3))
+  x = np.asarray(jax.random.normal(jax.random.key(3), (24, 8, 8, 3)))
+  ctx = methods.Context(
+    arch,
+    variables,
+    x,
+    np.zeros(24, np.int32),
+    hparams={'direction': direction},
+    data_batch_size=24,
+  )
+  got = methods.get_method('kl')(ctx).scores
+
+  def logits(a, v):
+    return np.asarray(models.build_model(a).apply(v, x))
+
+  full = logits(arch, variables)
+  logp = _log_softmax64(full)
+  want, other = {}, {}
+  for unit in arch.candidates:
+    logq = _log_softmax64(
+      logits(*surgery.apply(arch, variables, surgery.remove([unit])))
+    )
+    a, b = (logp, logq) if direction == 'forward' else (logq, logp)
+    want[unit] = float(np.mean(np.sum(np.exp(a) * (a - b), -1)))
+    other[unit] = float(np.mean(np.sum(np.exp(b) * (b - a), -1)))
+  # Logits off by tau in both programs move either KL by at most
+  # 2 tau |p - q|_1 <= 2 tau sqrt(2 KL) (first order; Pinsker holds in both
+  # directions), plus tau² and the float32 sum over the classes.
+  terms, depth = network_terms(variables['params'])
+  tau = f32_atol(terms, float(np.abs(full).max()), depth)
+
+  def atol(value):
+    return 2 * tau * np.sqrt(2 * value) + tau**2 + f32_atol(10)
+
+  for unit, value in want.items():
+    assert got[unit] == pytest.approx(value, abs=atol(value)), unit
+  # The other direction is another number: the test tells them apart.
+  assert any(abs(other[u] - want[u]) > 10 * atol(want[u]) for u in want)
