@@ -133,7 +133,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.prune.consensus.weights = ''
   # The Gaussian metrics' alternating Procrustes fit: iteration cap,
   # relative tolerance, start (samples | means | both: every start, both
-  # directions, symmetric by construction at 4x the cost; lpjax.similarity).
+  # directions, symmetric by construction at 2x the cost; lpjax.similarity).
   c.prune.consensus.gaussian_max_iter = 1000
   c.prune.consensus.gaussian_tol = 1e-8
   c.prune.consensus.gaussian_init = 'samples'

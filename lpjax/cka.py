@@ -40,17 +40,22 @@ derivation from Song et al.'s formula) is what the feature-space debiased
 path evaluates.
 
 Numerics: inputs are promoted to at least float32 (float64 stays float64 when
-`jax_enable_x64` is on). Columns are centered before any product, with the
-column mean taken of `x - x[0]` (a per-column shift that removes a large
-common offset exactly before summing) and a power of two that keeps the
-sums from overflowing; then each representation is divided by the power of
-two that brings its largest magnitude into `[1/2, 2)`. CKA is invariant to
-scaling, and powers of two are exact, so this changes no result; it keeps
-the fourth powers in `‖XᵀX‖²_F` from overflowing or underflowing at any
-scale, so multiplying an input by `1e-30` or `1e30` (float32) gives the same
-CKA. Minibatch CKA fixes each layer's power of two at its first batch.
-Matrix products use `Precision.HIGHEST` so accelerators do not silently drop
-to bf16/tf32.
+`jax_enable_x64` is on). Each representation is first multiplied by the
+power of two that brings its largest magnitude into `[1, 2)`, exactly, also
+for subnormal entries (from the bits: XLA's CPU backend reads subnormal
+operands as zero, see `_unit_scaled`). Columns are then centered before any
+product, with the column mean taken of `x - x[0]` (a per-column shift that
+removes a large common offset exactly before summing), and the result is
+divided by the power of two that brings its largest magnitude into
+`[1/2, 2)`. CKA is invariant to scaling, and powers of two are exact, so
+this changes no result; it keeps the fourth powers in `‖XᵀX‖²_F` from
+overflowing or underflowing at any scale, so multiplying an input by
+`1e30` or by anything down to `1e-37` (float32; any scale at which the
+input's spread, max minus min over the rows, is at least the smallest
+normal float, `1.2e-38`) gives the same CKA; below that the input has lost
+precision and the CKA is NaN (see the policy below). Minibatch CKA fixes
+each layer's power of two at its first batch. Matrix products use
+`Precision.HIGHEST` so accelerators do not silently drop to bf16/tf32.
 
 Shapes: inputs are `[n, ...]`, flattened to `[n, d]`; a 1-D input `[n]` is
 one feature, `[n, 1]` (candidates `[k, n]` likewise).
@@ -86,6 +91,12 @@ What cannot be computed (the policy, shared by every function):
   - for RBF, a bandwidth so large that the centered kernel is zero within
     rounding (`sigma_frac` of a few hundred: in float32 the CKA is NaN
     from about 300, within 1e-4 of the large-bandwidth limit at 100);
+  - an input that varies only below the smallest normal float (its spread,
+    the largest over the features of max minus min over the rows, is
+    nonzero but below `2^-126`, about `1.2e-38`, in float32; `2^-1022` in
+    float64): such values are subnormal, multiples of `2^-149`, so they
+    carry less than float32's precision relative to their variation and
+    no CKA of them is exact (`validate` names them);
   - NaN or inf anywhere in an input (propagates).
 
   Call `validate(x, y, debiased=..., kernel=...)` eagerly before computing
@@ -206,44 +217,6 @@ def _dot(a: Array, b: Array) -> Array:
   return jnp.matmul(a, b, precision=_PRECISION)
 
 
-def _shifted(x: Array) -> Array:
-  """`(x - x[0]) 2^-(k+2)` of `[n, d]`, `2^k >= n`: the start of centering.
-
-  Subtracting the first row removes a large common offset exactly before
-  any sum. The factor is a power of two, exact, and keeps the column sums
-  (at most `n max |x| 2^-(k+1)`) and the centered result (at most `max |x|
-  2^-k`) within the float range for any finite input; it flushes only
-  entries below `2^(k-124)` (float32: about `5e-38 n`) to zero, which
-  scale-free CKA would not see anyway next to the rest.
-  """
-  n = x.shape[0]
-  s = 2.0 ** -(max(0, math.ceil(math.log2(max(n, 1)))) + 2)
-  return s * x - s * x[:1]
-
-
-def _log2_spread(z: Array) -> Array:
-  """`floor(log2 r)` (int32), `r = max_j (max_i z_ij - min_i z_ij)`.
-
-  Ranges are shift invariant, so `r` is in `[max |c|, 2 max |c|]` for the
-  centered `c = z - mean(z)`. 0 if `r` is 0, subnormal or not finite (no
-  rescaling then: a constant input stays all zeros, NaN and inf
-  propagate). Per-column maxima and minima of `z`, which is formed anyway,
-  cost less on XLA's CPU backend than `max |c|` or a mean square.
-  """
-  return _log2_floor(jnp.max(jnp.max(z, axis=0) - jnp.min(z, axis=0)))
-
-
-def _center_and_spread(x: Array) -> tuple[Array, Array]:
-  """Centered `[n, d]` (scaled as in `_shifted`) and its `_log2_spread`."""
-  z = _shifted(x)
-  return z - jnp.mean(z, axis=0, keepdims=True), _log2_spread(z)
-
-
-def _center(x: Array) -> Array:
-  """The centered (scaled) `[n, d]` array of `_center_and_spread`."""
-  return _center_and_spread(x)[0]
-
-
 def _float_bits(dtype: jnp.dtype) -> tuple[jnp.dtype, int, int]:
   """(same-width integer dtype, mantissa bits, exponent bias) of a float."""
   if dtype == jnp.float64:
@@ -283,20 +256,124 @@ def _times_pow2(x: Array, e: Array) -> Array:
   return x * _pow2(half, x.dtype) * _pow2(e - half, x.dtype)
 
 
+def _unit_scaled(x: Array) -> tuple[Array, Array]:
+  """`(x 2^-e, e)`, `e = floor(log2 max |x|)` (int32), exact for every entry.
+
+  Afterwards `max |entry|` is in `[1, 2)`. XLA's CPU backend reads subnormal
+  operands as zero and flushes subnormal results (DAZ/FTZ), so any float
+  arithmetic on an input near float32's smallest normal (`2^-126`, about
+  `1.2e-38`) loses its subnormal entries. Both steps therefore start from
+  the bits, with integer operations, which flush nothing: the largest
+  magnitude is an integer maximum of the sign-cleared bits (they order
+  like the magnitudes), and a subnormal entry `± m 2^(1 - bias - mbits)` is
+  rebuilt as the float `m` times a power of two. Normal entries are
+  multiplied by `2^-e`, exact unless the result is below the normal range
+  (entries `2^-126` times smaller than the largest, which scale-free CKA
+  cannot see). `e = 0` (no rescaling) for an all-zero input and for one
+  with NaN or inf, which then propagate.
+  """
+  itype, mbits, bias = _float_bits(x.dtype)
+  width = jnp.iinfo(itype).bits
+  bits = jax.lax.bitcast_convert_type(x, itype)
+  mag = bits & jnp.iinfo(itype).max  # the sign bit cleared
+  field = mag >> mbits  # biased exponent; 0 for zero and subnormals
+  top = jnp.max(mag)
+  top_field = top >> mbits
+  # floor(log2) of the largest magnitude: from its exponent field if it is
+  # normal, from its bit length if it is subnormal.
+  sub_e = (width - 1 - jax.lax.clz(top)) + (1 - bias - mbits)
+  e = jnp.where(top_field == 0, sub_e, top_field - bias)
+  e = jnp.where((top == 0) | (top_field == 2 * bias + 1), 0, e)
+  e = e.astype(jnp.int32)
+  normal = _times_pow2(x, -e)
+  mant = (mag & ((1 << mbits) - 1)).astype(x.dtype)  # exact: < 2^mbits
+  sub = _times_pow2(mant, (1 - bias - mbits) - e)
+  sub = jnp.where(bits < 0, -sub, sub)
+  return jnp.where(field == 0, sub, normal), e
+
+
+@jax.jit
+def _shifted(x: Array) -> tuple[Array, Array]:
+  """`(x 2^-e - x[0] 2^-e, e)` of `[n, d]` (`_unit_scaled`): centering's start.
+
+  Subtracting the first row removes a large common offset exactly before
+  any sum. The scaled entries are below 2 in magnitude, so the differences
+  are below 4 and column sums below `4 n`: no overflow for any `n`.
+  Jitted: called eagerly (the reference side of `linear_cka_one_to_many`,
+  minibatch updates), its bit operations are one compile per shape, not
+  one per operation.
+  """
+  x1, e = _unit_scaled(x)
+  return x1 - x1[:1], e
+
+
+def _spread(z: Array) -> Array:
+  """`max_j (max_i z_ij - min_i z_ij)`, `[n, d]` -> scalar.
+
+  Ranges are shift invariant, so it is in `[max |c|, 2 max |c|]` for the
+  centered `c = z - mean(z)`. Per-column maxima and minima of `z`, which
+  is formed anyway, cost less on XLA's CPU backend than `max |c|` or a
+  mean square.
+  """
+  return jnp.max(jnp.max(z, axis=0) - jnp.min(z, axis=0))
+
+
+def _log2_spread(z: Array) -> tuple[Array, Array]:
+  """`floor(log2 r)` (int32) of `r = _spread(z)`, and whether `r > 0`.
+
+  The exponent is 0 if `r` is 0 or not finite: no rescaling, so a constant
+  input stays all zeros and NaN and inf propagate.
+  """
+  r = _spread(z)
+  return _log2_floor(r), r > 0
+
+
+def _center_and_spread(x: Array) -> tuple[Array, Array, Array, Array]:
+  """Centered `[n, d]` in units of `2^e0`, and the exponent of its spread.
+
+  Returns `(c, e, e0, varies)`: the true centered values are `c 2^e0`;
+  `e` is `_log2_spread` of `c` (in those units), so `e + e0` is the
+  exponent of the true spread; `varies` is false for a constant input.
+  """
+  z, e0 = _shifted(x)
+  e, varies = _log2_spread(z)
+  return z - jnp.mean(z, axis=0, keepdims=True), e, e0, varies
+
+
+def _lost_precision(e: Array, varies: Array, dtype: jnp.dtype) -> Array:
+  """A nonzero spread `2^e` below the normal range of `dtype` (`_standardize`).
+
+  Float32's smallest normal is `2^-126`; an input whose variation is below
+  it consists of multiples of the smallest subnormal `2^-149`, which is
+  more than `2^-23` of that variation: coarser than float32 rounding.
+  """
+  return varies & (e < 1 - _float_bits(dtype)[2])
+
+
+@jax.jit
 def _standardize(x: Array) -> Array:
   """Centers `[n, d]` columns; scales, exactly, to `max |entry|` in `[1/2, 2)`.
 
   CKA is invariant to scaling, so the rescaling changes no result; it keeps
   every later product in range whatever the input's scale or its offset:
   fourth powers such as `‖XᵀX‖²_F` neither overflow nor underflow. Powers
-  of two are exact. A constant input centers to all zeros and stays all
-  zeros. No more passes over the data than centering followed by a
-  mean-square rescaling.
+  of two are exact, and `_unit_scaled` keeps subnormal entries exactly.
+
+  An input whose spread (`_spread` of the input as given) is nonzero but
+  below the smallest normal float (float32: `2^-126`, about `1.2e-38`)
+  comes out NaN throughout (`_lost_precision`): its values carry less than
+  the dtype's precision, so no CKA of them is exact (policy: NaN, never a
+  wrong number). From that spread up, every entry is exact to `2^-24` of
+  the spread, as in any float32 data. A constant input centers to all
+  zeros and stays all zeros.
   """
-  c, e = _center_and_spread(x)
-  # `c` is below 2^127 in magnitude (`_center_and_spread`) and its spread
-  # is a normal float unless 0, so 2^-e is normal: one factor suffices.
-  return c * _pow2(-e, c.dtype)
+  c, e, e0, varies = _center_and_spread(x)
+  # `c` is below 4 in magnitude and its spread is a normal float unless 0
+  # (a difference of normal floats that would be subnormal is flushed to
+  # 0), so 2^-e is normal: one factor suffices.
+  out = c * _pow2(-e, c.dtype)
+  lost = _lost_precision(e + e0, varies, c.dtype)
+  return jnp.where(lost, jnp.asarray(jnp.nan, c.dtype), out)
 
 
 def _resolution(n: int, d: ArrayLike, dtype: jnp.dtype) -> Array:
@@ -798,7 +875,9 @@ def linear_cka(
   naming the shapes; a constant input gives NaN, and so, debiased, does an
   input whose unbiased self-HSIC is zero within rounding (e.g. all rows
   but one identical); NaN/inf inputs give NaN. Use `validate` for eager
-  errors. Invariant to scaling either input (any float32 scale).
+  errors. Invariant to scaling either input (any float32 scale at which
+  its spread is at least the smallest normal float; NaN below, see the
+  module docstring).
 
   Args:
     x: `[n, ...]`, flattened to `[n, dx]`.
@@ -1089,9 +1168,10 @@ class MinibatchCKAState(NamedTuple):
     hsic_yy: `[q]` sum over batches of unbiased `HSIC(L_j, L_j)`.
     num_batches: `[]` int32 number of batches seen.
     log2_scale_x: `[p]` int32: layer `i` of every batch, centered, is
-      divided by `2**log2_scale_x[i]` (times 4), set by the first batch in
-      which that layer's self-HSIC is not zero (until then its sums are all
-      zero).
+      divided by `2**log2_scale_x[i]`, the floor of log2 of its spread
+      (largest max minus min of a feature over the rows) in the first batch
+      in which that layer's self-HSIC is not zero (until then its sums are
+      all zero, and the exponent 0).
     log2_scale_y: `[q]` int32, likewise for the y layers.
   """
 
@@ -1146,9 +1226,11 @@ def minibatch_cka_update(
 
   Each layer is centered on the batch and divided by the power of two fixed
   in the state (`MinibatchCKAState.log2_scale_x`), so every batch of a
-  layer is in the same units and any overall scale of a layer, `1e-30` or
-  `1e30` in float32, gives the same CKA. Later batches should stay within
-  about `1e6` of the first one's scale (their fourth powers are summed).
+  layer is in the same units and any overall scale of a layer, from `1e30`
+  down to `1e-37` in float32, gives the same CKA (a layer whose spread at
+  its first batch is below the smallest normal float is NaN, as in
+  `linear_cka`). Later batches should stay within about `1e6` of the first
+  one's scale (their fourth powers are summed).
 
   Policy: shape errors raise `ValueError` (batch size `b < 4`, mismatched
   rows, wrong number of layers); non-finite values propagate NaN into the
@@ -1233,17 +1315,31 @@ def _scaled_batch(
   Returns:
     The `p` centered, scaled `[b, d_i]` arrays and the `[p]` exponents.
   """
-  zs = [_shifted(m.astype(dtype)) for m in mats]
+  shifted = [_shifted(m.astype(dtype)) for m in mats]
+  zs = [z for z, _ in shifted]
+  # Each batch is first scaled exactly by its own power of two (`_shifted`),
+  # `e0`; the layer's scale is in true units.
+  e0 = jnp.stack([e for _, e in shifted])
 
   def own_scales(zs):
-    own = jnp.stack([_log2_spread(z) for z in zs])
+    # A constant batch (no spread) sets nothing (0): it adds zeros.
+    own = [_log2_spread(z) for z in zs]
+    own = jnp.stack(
+      [jnp.where(v, e + e0[i], 0) for i, (e, v) in enumerate(own)]
+    )
     return jnp.where(sums == 0, own, log2_scale).astype(jnp.int32)
 
   e = jax.lax.cond(
     jnp.all(sums != 0), lambda zs: log2_scale.astype(jnp.int32), own_scales, zs
   )
+  # A layer measured at a spread below the normal range: NaN (`_standardize`).
+  lost = _lost_precision(e, True, dtype)
   out = [
-    _times_pow2(z - jnp.mean(z, axis=0, keepdims=True), -e[i])
+    jnp.where(
+      lost[i],
+      jnp.asarray(jnp.nan, dtype),
+      _times_pow2(z - jnp.mean(z, axis=0, keepdims=True), e0[i] - e[i]),
+    )
     for i, z in enumerate(zs)
   ]
   return out, e
@@ -1333,13 +1429,16 @@ def _diagnose(
     sigma_frac: RBF bandwidth fraction.
 
   Returns:
-    `non_finite` (count), `constant` and `degenerate` (self-HSIC zero within
-    rounding, which the CKA functions turn into NaN) flags.
+    `non_finite` (count), `constant`, `subnormal` (a spread below the
+    normal range, see `_standardize`) and `degenerate` (self-HSIC zero
+    within rounding, which the CKA functions turn into NaN) flags.
   """
   n, d = x.shape
+  c, e, e0, varies = _center_and_spread(x)
   out = {
     'non_finite': jnp.size(x) - jnp.count_nonzero(jnp.isfinite(x)),
-    'constant': jnp.all(_center(x) == 0),
+    'constant': jnp.all(c == 0),
+    'subnormal': _lost_precision(e + e0, varies, x.dtype),
   }
   if kernel == 'rbf':
     k = _rbf_kernel(x, sigma_frac)
@@ -1431,6 +1530,15 @@ def validate(
         'every feature), so CKA is 0/0 and undefined. Fix: exclude this '
         'representation (e.g. a dead ReLU layer or collapsed features) or '
         'use more varied examples.'
+      )
+    if found['subnormal']:
+      tiny = float(jnp.finfo(_float_dtype(a)).tiny)
+      raise ValueError(
+        f'{what} varies only below the smallest normal float ({tiny:.3g}): '
+        "its values are subnormal, with less than the dtype's precision, "
+        'so CKA is NaN rather than inexact. Fix: compute the '
+        'representation at a larger scale (CKA is scale invariant) or in '
+        'float64.'
       )
     if found['degenerate'] and kernel == 'linear':
       raise ValueError(

@@ -48,6 +48,7 @@ all pruning candidates with those.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -225,6 +226,13 @@ def _class_stats(z: Array, index: Array, num_classes: int):
   return means, _psd_sqrt(cov)
 
 
+# Stopping floor of the alternating fit, in units of the compute dtype's eps
+# times √(terms of the objective): the gain of one step is never compared
+# with less than its own rounding error (the probabilistic rounding bound
+# with margin 10, Higham & Mary 2019).
+_FIT_FLOOR_MARGIN = 10.0
+
+
 def _gaussian_fit(
   mx: Array,
   ax: Array,
@@ -248,11 +256,16 @@ def _gaussian_fit(
     The fitted objective divided by `C` (the squared distance).
   """
   wm, wc = alpha, 2.0 - alpha
-  num_classes = mx.shape[0]
+  num_classes, width = mx.shape
   # Σ_c tr Σ_c = Σ_c ‖A_c‖²_F: the scale the tolerance is relative to.
   scale = wm * (jnp.sum(mx * mx) + jnp.sum(my * my)) + wc * (
     jnp.sum(ax * ax) + jnp.sum(by * by)
   )
+  # The objective sums C d (d + 1) squares of terms of size ≲ √scale; its
+  # rounding is ≲ √(terms) eps scale, so a gain below that is noise.
+  eps = float(jnp.finfo(mx.dtype).eps)
+  floor = _FIT_FLOOR_MARGIN * math.sqrt(num_classes * width * (width + 1))
+  threshold = max(tol, floor * eps) * scale
 
   def u_step(t):
     # U_c maximises tr(U_cᵀ B_c T A_c): polar factor of B_c T A_c.
@@ -270,7 +283,7 @@ def _gaussian_fit(
 
   def cond(state):
     _, _, gain, k = state
-    return (k < max_iter) & (gain > tol * scale)
+    return (k < max_iter) & (gain > threshold)
 
   def body(state):
     t, best, _, k = state
@@ -284,32 +297,62 @@ def _gaussian_fit(
   return jnp.where(jnp.isfinite(scale), best, jnp.nan) / num_classes
 
 
+def _unit(a: Array) -> Array:
+  """`a / ‖a‖_F`, or 0 for a zero `a`."""
+  norm = jnp.sqrt(jnp.sum(a * a))
+  return jnp.where(norm > 0, a / jnp.where(norm > 0, norm, 1.0), 0.0)
+
+
+def _gaussian_starts(x, y, mx, my, init):
+  """The starting alignments `[s, d, d]` of `init` (see the public fn)."""
+  cross = _mm(y.T, x)  # the paired examples
+  starts = []
+  if init in ('samples', 'both'):
+    starts.append(_polar(cross))
+  if init in ('means', 'both'):
+    # The class means fix T on their span only (rank <= C - 1 after
+    # centring): the polar factor of a rank-deficient matrix is arbitrary
+    # on the rest, and which completion an SVD returns depends on rounding
+    # (so on the machine). A small multiple of the paired examples' cross
+    # product completes it deterministically: as τ -> 0 the polar factor
+    # tends to the means' alignment on their span and the examples' one on
+    # the rest. τ = √eps keeps it above the rounding of the means' product
+    # and changes their alignment by O(τ).
+    tau = math.sqrt(float(jnp.finfo(x.dtype).eps))
+    starts.append(_polar(_unit(_mm(my.T, mx)) + tau * _unit(cross)))
+  return starts
+
+
 GAUSSIAN_INITS = ('means', 'samples', 'both')
 
 
 @functools.partial(
   jax.jit,
-  static_argnames=('num_classes', 'alpha', 'max_iter', 'tol', 'init'),
+  static_argnames=(
+    'num_classes',
+    'alpha',
+    'max_iter',
+    'tol',
+    'init',
+    'work',
+  ),
 )
-def _gaussian_many(x, cands, index, *, num_classes, alpha, max_iter, tol, init):
+def _gaussian_many(
+  x, cands, index, *, num_classes, alpha, max_iter, tol, init, work
+):
   width = max(x.shape[-1], cands.shape[-1])
-  x = _centre(_pad(x, width))
+  x = _centre(_pad(x.astype(work), width))
   mx, ax = _class_stats(x, index, num_classes)
   fit = functools.partial(
     _gaussian_fit, alpha=alpha, max_iter=max_iter, tol=tol
   )
 
   def one(y):
-    y = _centre(_pad(y, width))
+    y = _centre(_pad(y.astype(work), width))
     my, by = _class_stats(y, index, num_classes)
-    sq = []
-    if init in ('means', 'both'):
-      sq.append(fit(mx, ax, my, by, _polar(_mm(my.T, mx))))
-    if init in ('samples', 'both'):
-      sq.append(fit(mx, ax, my, by, _polar(_mm(y.T, x))))
-    if init == 'both':  # the same objective fitted from y to x (T -> Tᵀ)
-      sq.append(fit(my, by, mx, ax, _polar(_mm(mx.T, my))))
-      sq.append(fit(my, by, mx, ax, _polar(_mm(x.T, y))))
+    sq = [
+      fit(mx, ax, my, by, t0) for t0 in _gaussian_starts(x, y, mx, my, init)
+    ]
     return jnp.sqrt(jnp.maximum(jnp.min(jnp.stack(sq)), 0.0))
 
   # One candidate at a time: each stops iterating when it converges.
@@ -317,7 +360,7 @@ def _gaussian_many(x, cands, index, *, num_classes, alpha, max_iter, tol, init):
 
 
 def _check_gaussian_args(
-  alpha: float, max_iter: int, tol: float, init: str
+  alpha: float, max_iter: int, tol: float, init: str, compute_dtype
 ) -> None:
   if init not in GAUSSIAN_INITS:
     raise ValueError(f'init must be one of {GAUSSIAN_INITS}; got {init!r}.')
@@ -327,6 +370,14 @@ def _check_gaussian_args(
     raise ValueError(f'max_iter must be >= 1; got {max_iter}.')
   if tol < 0:
     raise ValueError(f'tol must be >= 0; got {tol}.')
+  if compute_dtype is not None and np.dtype(compute_dtype) not in (
+    np.float32,
+    np.float64,
+  ):
+    raise ValueError(
+      f"compute_dtype must be 'float64', 'float32' or None; got "
+      f'{compute_dtype!r}.'
+    )
 
 
 def gaussian_stochastic_one_to_many(
@@ -338,6 +389,7 @@ def gaussian_stochastic_one_to_many(
   max_iter: int = 1000,
   tol: float = 1e-8,
   init: str = 'samples',
+  compute_dtype: str | None = 'float64',
 ) -> Array:
   """`gaussian_stochastic_distance(ref, c, labels)` for every candidate.
 
@@ -348,27 +400,36 @@ def gaussian_stochastic_one_to_many(
     ref: `[n, ...]`.
     candidates: `[k, n, ...]`.
     labels: `[n]` class labels, shared by all.
-    alpha, max_iter, tol, init: as for `gaussian_stochastic_distance`.
+    alpha, max_iter, tol, init, compute_dtype: as for
+      `gaussian_stochastic_distance`.
 
   Returns:
-    `[k]` distances.
+    `[k]` distances, in the inputs' dtype.
   """
   metric = 'gaussian_stochastic_distance'
-  _check_gaussian_args(alpha, max_iter, tol, init)
+  _check_gaussian_args(alpha, max_iter, tol, init, compute_dtype)
   x, c = _as_matrix(ref, 'ref'), _as_stack(candidates)
   n = _check_rows(metric, x.shape, c.shape[1:], 'candidates[i]')
   index, num_classes = _classes(labels, n, metric)
   dtype = _common_dtype(x, c)
-  return _gaussian_many(
-    x.astype(dtype),
-    c.astype(dtype),
-    jnp.asarray(index),
-    num_classes=num_classes,
-    alpha=float(alpha),
-    max_iter=int(max_iter),
-    tol=float(tol),
-    init=init,
-  )
+  work = dtype if compute_dtype is None else np.dtype(compute_dtype)
+  # Float64 on the float32 inputs without a global switch: the jitted
+  # function is traced (and cached) under x64, and casts inside, one
+  # candidate at a time.
+  x64 = jax.enable_x64(True) if work == np.float64 else contextlib.nullcontext()
+  with x64:
+    out = _gaussian_many(
+      x.astype(dtype),
+      c.astype(dtype),
+      jnp.asarray(index),
+      num_classes=num_classes,
+      alpha=float(alpha),
+      max_iter=int(max_iter),
+      tol=float(tol),
+      init=init,
+      work=work,
+    )
+    return out.astype(dtype)
 
 
 def gaussian_stochastic_distance(
@@ -380,6 +441,7 @@ def gaussian_stochastic_distance(
   max_iter: int = 1000,
   tol: float = 1e-8,
   init: str = 'samples',
+  compute_dtype: str | None = 'float64',
 ) -> Array:
   """Gaussian stochastic shape distance (Duong et al. 2023).
 
@@ -406,24 +468,48 @@ def gaussian_stochastic_distance(
   `α Σ_c μ'_cᵀ μ_c + (2 - α) Σ_c B_c U_c A_c` (the gradient of `g`; the
   objective never rises). It stops after `max_iter` objective evaluations or
   when one lowers the objective by at most `tol` times
-  `Σ_c [α (‖μ_c‖² + ‖μ'_c‖²) + (2 - α)(tr Σ_c + tr Σ'_c)]` (scale-free).
+  `Σ_c [α (‖μ_c‖² + ‖μ'_c‖²) + (2 - α)(tr Σ_c + tr Σ'_c)]` (scale-free),
+  with `tol` raised, if needed, to `10 √(C d (d + 1)) eps` of the compute
+  dtype: the objective sums `C d (d + 1)` squares, so a smaller gain is
+  within its rounding and stopping there would hinge on the last bit.
 
-  Maximising a convex function has local optima, so the start matters.
-  `init='means'` starts from the Procrustes alignment of the class means
-  (the reference implementation's start; exact for `α = 2`). With fewer
-  classes than features that alignment is arbitrary on the rest of the
-  space, and the fit stalls far from the minimum: 10 classes, 64 features,
-  `y = x` plus 2 % noise, `α = 0`: 49.5 after 81 steps from the means,
-  0.116 after 7 from the paired examples. `init='samples'` (the default)
-  starts from the Procrustes alignment of the paired examples,
-  `polar(yᵀx)` (exact when `y = xQ`). The alternating steps treat `x` and
-  `y` differently, so from one start `d(x, y)` and `d(y, x)` can stop at
-  different local optima (seen: 2.35 vs 2.17, 8 %). `'both'` fits from each
-  start in both directions (the swapped problem is the same objective with
-  `T → Tᵀ`; four fits) and keeps the lowest: symmetric by construction, at
-  four times the cost. The result is an upper bound on the exact distance,
-  equal to it in the tests (a global search for `d = 2`, known optima
-  otherwise).
+  Reproducibility. Maximising a convex function has local optima, and
+  which one a fit reaches is decided by the start and, near the boundary
+  between two basins, by rounding. By default (`compute_dtype='float64'`,
+  under `jax.enable_x64` whatever the global setting, so also for float32
+  inputs) the class statistics, their square roots and the fit run in
+  float64, from starts that are well-defined functions of the inputs, so
+  different machines (instruction sets, summation orders, BLAS/LAPACK
+  builds) reach the same optimum to far below float32 resolution; the
+  result is returned in the inputs' dtype. (In float32 a fit stopped
+  wherever a step's gain drowned in rounding, and the means start was
+  arbitrary, see below: from the same nominal starts one pair of inputs
+  reached 2.37 in float32 and 2.23 in a float64 oracle, and machines
+  differed.) `compute_dtype=None` computes in the inputs' dtype; pass it
+  where float64 is slow (TPUs).
+
+  Starts. `init='samples'` (the default) starts from the Procrustes
+  alignment of the paired examples, `polar(yᵀx)` (exact when `y = xQ`;
+  where `yᵀx` is rank deficient only the representations' null spaces are
+  left arbitrary, which no step sees). `init='means'` starts from the
+  Procrustes alignment of the class means (the reference implementation's
+  start; exact for `α = 2`). After centring the means span at most `C - 1`
+  dimensions, and on the rest of the space their alignment is arbitrary:
+  an SVD completes it as rounding goes, which made the reference start
+  machine-dependent. Here the means' cross product is completed by `√eps`
+  times the paired examples' one (both normalised): the limit is the
+  means' alignment on their span and the examples' on the rest. With
+  fewer classes than features the means start can stall far from the
+  minimum: 10 classes, 64 features, `y = x` plus 2 % noise, `α = 0`: 49.5
+  after 81 steps from the (arbitrarily completed) means, 0.116 after 7
+  from the paired examples. `'both'` fits from both starts and keeps the
+  lower, at twice the cost. The fit and both starts are equivariant under
+  swapping `x` and `y` (the swapped problem is the same objective with
+  `T → Tᵀ`, and each start transposes), so `d(x, y) = d(y, x)` for every
+  `init`, up to float64 rounding. The result is an upper bound on the
+  exact distance: a local optimum, equal to the global one in the tests
+  where that is known (`d = 2`), within float32 resolution of a float64
+  oracle's local optimum elsewhere.
 
   Singular covariances (`d > n_c`, dead features) need no regularisation:
   their square roots come from eigenvalues clipped at 0, `B²` is defined
@@ -434,8 +520,10 @@ def gaussian_stochastic_distance(
   either input (not to scaling: it is a distance between distributions in
   the representation's units) and satisfies the triangle inequality (a
   metric for every `α` in `(0, 2]`, a pseudo-metric for `α = 0`; Duong et
-  al. 2023, proposition 1), up to the local fit above (`init='both'`:
-  exactly symmetric).
+  al. 2023, proposition 1), up to the local fit above. It is Lipschitz in
+  the entries: moving every entry of `x` by at most `e` moves each local
+  optimum's value by at most `2 √(2 d) e` (the tests' tolerance,
+  `tests/tolerances.py: gaussian_shape_atol`).
 
   Labels are read on the host (they fix the number of classes, a static
   shape): to `jit` over `x` and `y`, close over the labels.
@@ -448,20 +536,31 @@ def gaussian_stochastic_distance(
     alpha: in `[0, 2]`; the consensus criterion uses 0, 1 and 2.
     max_iter: cap on objective evaluations of the alternating fit (>= 1),
       per start.
-    tol: relative stopping tolerance of the fit (>= 0).
+    tol: relative stopping tolerance of the fit (>= 0; raised to the
+      compute dtype's rounding floor, see above).
     init: `'means'`, `'samples'` or `'both'` (see above).
+    compute_dtype: `'float64'` (default), `'float32'`, or None for the
+      inputs' dtype: the dtype of the class statistics and the fit.
 
   Returns:
-    Scalar distance >= 0, in the units of the representation.
+    Scalar distance >= 0, in the units of the representation, in the
+    inputs' dtype.
 
   Raises:
     ValueError: missing labels, naming the metric; a class with fewer than
-      2 examples; shape problems; `alpha`, `max_iter`, `tol` or `init` out
-      of range.
+      2 examples; shape problems; `alpha`, `max_iter`, `tol`, `init` or
+      `compute_dtype` out of range.
   """
   y = _as_matrix(y, 'y')
   return gaussian_stochastic_one_to_many(
-    x, y[None], labels, alpha=alpha, max_iter=max_iter, tol=tol, init=init
+    x,
+    y[None],
+    labels,
+    alpha=alpha,
+    max_iter=max_iter,
+    tol=tol,
+    init=init,
+    compute_dtype=compute_dtype,
   )[0]
 
 

@@ -684,6 +684,73 @@ def test_scaling_either_input_by_powers_of_ten_changes_nothing(side, mode):
       cka.validate(xs, ys, debiased=deb, kernel=kernel)
 
 
+TINY_EXPONENTS = tuple(range(-30, -38, -1))  # 1e-30 .. 1e-37
+
+
+def _spread(a):
+  """The module's spread: the largest max minus min of a feature."""
+  return float(np.max(a.max(axis=0) - a.min(axis=0)))
+
+
+@pytest.mark.parametrize('side', ['x', 'y'])
+def test_tiny_scales_give_the_unit_scale_value_or_nan(side):
+  """x·10^k for k = -30 .. -37: the unit-scale CKA or NaN, never between.
+
+  Gaussian features (entries near 0), so from k = -35 on some scaled
+  entries are subnormal, which XLA's CPU backend reads as zero in any
+  float operation (the issue's example gave 0.085 for 0.487). Every
+  public CKA function, both estimators and forms, against the float64
+  oracle of the unscaled float32 data (`cka_atol`, as at unit scale: the
+  scaled inputs round to multiples of 2^-149, below 2^-24 of their spread
+  while that spread is a normal float). The documented behaviour is
+  stronger than "or NaN": exact wherever the spread is at least the
+  smallest normal float (all of these), NaN below it (k = -40).
+  """
+  n, nb = 200, 4
+  x, y = make_pair('gaussian', n, 12, 20, seed=21)
+  x, y = x.astype(np.float32), y.astype(np.float32)
+  expected = {}
+  for deb in (False, True):
+    lin, rbf = np_linear_cka(x, y, deb), np_rbf_cka(x, y, deb)
+    for form in ('auto', 'feature', 'gram'):
+      expected[f'linear_{form}_{deb}'] = lin
+    expected[f'rbf_{deb}'] = rbf
+    expected[f'one_to_many_{deb}'] = expected[f'matrix_{deb}'] = lin
+  mb = _np_minibatch_cka([x.reshape(nb, -1, 12)], [y.reshape(nb, -1, 20)])
+  expected['minibatch_matrix'] = expected['minibatch_update'] = mb[0, 0]
+  tol = cka_atol(n, 20)
+  tiny = float(np.finfo(np.float32).tiny)
+
+  def scaled(k):
+    s = np.float32(10.0**k)
+    return (x * s, y) if side == 'x' else (x, y * s)
+
+  for k in TINY_EXPONENTS:
+    xs, ys = scaled(k)
+    assert min(_spread(xs), _spread(ys)) >= tiny
+    got = jax.device_get(_jit_scale_bundle(xs, ys, nb))
+    for name, value in got.items():
+      close = abs(value - expected[name]) <= tol
+      assert np.isnan(value) or close, (k, name, value)
+      assert close, (k, name, value)  # exact: the spread is normal
+    cka.validate(xs, ys)
+  # Eagerly (op by op) too, where the subnormal entries start.
+  for k in (-35, -37):
+    xs, ys = scaled(k)
+    assert abs(cka.linear_cka(xs, ys) - expected['linear_auto_False']) <= tol
+    many = cka.linear_cka_one_to_many(xs, ys[None])[0]
+    assert abs(many - expected['one_to_many_False']) <= tol
+  # Below the normal range: NaN everywhere, and `validate` names it.
+  xs, ys = scaled(-40)
+  assert (
+    0 < max(_spread(xs), _spread(ys)) and min(_spread(xs), _spread(ys)) < tiny
+  )
+  got = jax.device_get(_jit_scale_bundle(xs, ys, nb))
+  assert all(np.isnan(v) for v in got.values()), got
+  with pytest.raises(ValueError, match='smallest normal float'):
+    cka.validate(xs, ys)
+
+
 # ---------------------------------------------------------------------------
 # 7. Bad inputs: the documented error or value.
 # ---------------------------------------------------------------------------

@@ -98,3 +98,33 @@ def cka_atol(n: int, d: int, net: tuple[int, int] | None = None) -> float:
   if net is not None:
     atol += 4 * f32_atol(net[0], 1.0, net[1])
   return atol
+
+
+def gaussian_shape_atol(width: int, err_x: float, err_y: float) -> float:
+  """Absolute tolerance of a Gaussian stochastic shape distance (any α).
+
+  For inputs `[n, width]` (the wider one's width) whose entries are off by
+  at most `err_x` and `err_y`. The bound is a triangle inequality, so it
+  holds at every alignment `T`, and the value of each local optimum of the
+  fit moves by at most it too:
+
+  * for a fixed `T` the objective's square root is a metric between the
+    two sets of class Gaussians (per class √(α ‖Δμ‖² + (2 − α) B²), then
+    the root mean square over classes), so it moves by at most the
+    distance at `T = I` between each input and its perturbed self;
+  * an entry error `e` moves a centred class mean by `2e` per feature,
+    `‖Δμ_c‖² ≤ 4 e² d`, and the class-centred rows `Z_c` by
+    `‖ΔZ_c‖_F ≤ e √(n_c d)`; the covariance root `Σ_c^½ = |Z_c| / √(n_c −
+    1)` then moves by `‖ΔΣ^½‖²_F ≤ 2 ‖ΔZ_c‖²_F / (n_c − 1) ≤ 4 e² d`
+    (`n_c ≥ 2`; Araki & Yamagami 1981: `‖|A| − |B|‖_F ≤ √2 ‖A − B‖_F`), and
+    `B²(Σ, Σ̃) ≤ ‖Σ^½ − Σ̃^½‖²_F`; with `α + (2 − α) = 2` the squared
+    distance is at most `8 e² d`.
+
+  Hence `|Δd| ≤ 2 √(2 d) (err_x + err_y)`: Lipschitz in the entries, with
+  no dependence on the conditioning of the covariances (their square
+  roots, taken of `ZᵀZ`, would amplify errors near 0; the bound does not
+  go through them).
+  """
+  if width < 1 or not (err_x >= 0 and err_y >= 0):
+    raise ValueError(f'width={width}, err_x={err_x}, err_y={err_y}')
+  return 2.0 * math.sqrt(2.0 * width) * (err_x + err_y)

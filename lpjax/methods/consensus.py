@@ -133,7 +133,7 @@ HPARAMS = {
   'gaussian_init': Hparam(
     'samples',
     "the Gaussian metrics' start: samples | means | both (every start, "
-    'both directions, symmetric; 4x the cost)',
+    'both directions, symmetric; 2x the cost)',
     choices=similarity.GAUSSIAN_INITS,
   ),
 }
