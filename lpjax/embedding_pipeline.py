@@ -13,20 +13,21 @@ unpruned model's sentence embeddings.
    both). `embedding.calibration_sentences` / `heldout_sentences` are drawn
    from each at random (`seed`), tokenised and padded to the longest
    (at most `embedding.max_length` tokens).
-3. Each iteration scores every remaining layer with the configured
-   criterion on the calibration sentences (`cka`: 1 − linear CKA between
-   the mean-pooled token states with and without the layer, in one compiled
-   call; `random`: a seeded draw), removes the lowest, and evaluates on the
-   held-out sentences: the mean cosine between each sentence's pruned and
-   unpruned embeddings (mean-pooled, L2-normalised, as sentence-transformers
-   computes them), and nearest-neighbour agreement (the fraction of held-out
-   sentences whose most similar other held-out sentence is the same under
-   both models). No fine-tuning: the pruned model is the edit of the
-   pretrained one, so it is rebuilt exactly from the recorded edits.
-4. `results.json` is rewritten after every iteration; a re-run resumes by
-   replaying the recorded edits. A re-run with a config that changes
-   results is refused (no override: the run takes minutes, and edits chosen
-   under another config would mix two runs in one record).
+3. Each iteration calls the configured method (`prune.criterion`: any
+   registered method whose needs this task meets, `PROVIDES`: no labels, no
+   loss; e.g. `cka`: 1 - linear CKA between the mean-pooled token states
+   with and without each layer, in one compiled call) on the calibration
+   sentences, applies its edit, and evaluates on the held-out sentences: the
+   mean cosine between each sentence's pruned and unpruned embeddings
+   (mean-pooled, L2-normalised, as sentence-transformers computes them),
+   and nearest-neighbour agreement (the fraction of held-out sentences
+   whose most similar other held-out sentence is the same under both
+   models). No fine-tuning: the pruned model is the edit of the pretrained
+   one, so it is rebuilt exactly from the recorded edits.
+4. `results.json` and `report.md` are rewritten after every iteration; a
+   re-run resumes by replaying the recorded edits. A re-run with a config
+   that changes results is refused unless
+   `--config.resume_despite_config_change=True` (`lpjax.run.record`).
 
 FLOPs are counted per sentence at `embedding.max_length` tokens.
 """

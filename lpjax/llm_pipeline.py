@@ -50,7 +50,9 @@ label-free too.
 and a re-run with the same config resumes: decisions are replayed from
 their recorded edits, evaluations kept, and healing continues from its
 last checkpoint (`workdir/heal/k<k>_<mode>`). A re-run whose config
-changes results is refused.
+changes results is refused unless
+`--config.resume_despite_config_change=True` (`lpjax.run.record`). Every
+save also rewrites `report.md` and its figures (`lpjax.report`).
 """
 
 from __future__ import annotations
