@@ -33,11 +33,11 @@ _WORKDIR = flags.DEFINE_string(
 )
 flags.mark_flags_as_required(['config', 'workdir'])
 
-# task -> (run, table of its results).
+# task -> its run (`report.table` prints the results of any of them).
 TASKS = {
-  'main': (pipeline.run, report.table),
-  'embedding': (embedding_pipeline.run, report.table),
-  'llm': (llm_pipeline.run, report.table),
+  'main': pipeline.run,
+  'embedding': embedding_pipeline.run,
+  'llm': llm_pipeline.run,
 }
 
 
@@ -81,7 +81,11 @@ def _config_error(argv: list[str], e: BaseException) -> str:
     name = chain[-1].args[0] if chain[-1].args else e
     return f'The config has no field {name!r} (a --config.* override).'
   if isinstance(e, flags.IllegalFlagValueError):
-    return str(e)
+    text = str(e)
+    if 'Traceback' in text:  # the config file raised: its last line says why
+      last = text.strip().splitlines()[-1]
+      return f'Cannot load the config {path}: {last}'
+    return text
   # A config file that fails to load: its own error.
   return f'Cannot load the config {path}: {chain[-1]!r}'
 
@@ -153,13 +157,12 @@ def main(argv):
         f'Unknown task {task!r}; valid: {sorted(TASKS)} (--config.task).'
       )
     initialize(config)  # Before any JAX computation.
-    run, table = TASKS[task]
-    results = run(config, workdir)
+    results = TASKS[task](config, workdir)
   except errors.UserError as e:
     fail(e)
   except KeyboardInterrupt:
     fail(f'interrupted; re-run the same command to resume from {workdir}.', 130)
-  print(table(results))
+  print(report.table(results))
   print(f'\nThe report (report.md), plots and results.json are in {workdir}.')
 
 

@@ -198,8 +198,9 @@ def test_kl_filter_scores_equal_a_loop_of_masked_forwards(tiny_net, direction):
   logits_err = f32_atol(fan_in, magnitude(ref), depth)
   atol = 4 * logits_err + f32_atol(ctx.arch.num_classes, magnitude(logp))
   np.testing.assert_allclose(got, want, rtol=0, atol=atol)
-  # The same filter ranks lowest.
-  assert np.argmin(got) == np.argmin(want)
+  # The filter ranked lowest is a lowest one up to the tolerance (a near
+  # tie may fall either way on another CPU).
+  assert want[np.argmin(got)] <= want.min() + 2 * atol
 
 
 def _log_softmax64(logits):

@@ -74,8 +74,13 @@ def test_resnet_scores_equal_the_float64_hand_computation():
 
   want, weight, top = _oracle(model, variables, loss64, arch.candidates)
   _check(decision.scores, want, weight, top, variables['params'])
-  lowest = min(arch.removable(), key=lambda u: want[u])
-  assert decision.edit.remove == (lowest,)
+  # The removed unit is a lowest one up to the tolerance (a near tie may
+  # fall either way on another CPU).
+  (removed,) = decision.edit.remove
+  lowest = min(want[u] for u in arch.removable())
+  terms, depth = network_terms(variables['params'])
+  tol = max(weight.values()) * f32_atol(terms, top, 2 * depth)
+  assert removed in arch.removable() and want[removed] <= lowest + 2 * tol
 
 
 def test_decoder_scores_equal_the_float64_hand_computation():
