@@ -23,7 +23,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lpjax import embedding_pipeline, errors, llm_pipeline, pipeline, report
+from lpjax import errors, report
+from lpjax import run as run_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Experiment config file (configs/*.py).', lock_config=True
@@ -32,13 +33,6 @@ _WORKDIR = flags.DEFINE_string(
   'workdir', None, 'Directory for checkpoints, results and the report.'
 )
 flags.mark_flags_as_required(['config', 'workdir'])
-
-# task -> its run (`report.table` prints the results of any of them).
-TASKS = {
-  'main': pipeline.run,
-  'embedding': embedding_pipeline.run,
-  'llm': llm_pipeline.run,
-}
 
 
 def fail(message: str, status: int = 2) -> None:
@@ -148,16 +142,12 @@ def main(argv):
   )
   config, workdir = _CONFIG.value, _WORKDIR.value
   try:
-    task = config.get('task', 'main')  # the config file is read here
+    config.get('task')  # the config file is read here
   except OSError as e:
     fail(_config_error(sys.argv, e))
   try:
-    if task not in TASKS:
-      raise errors.ConfigError(
-        f'Unknown task {task!r}; valid: {sorted(TASKS)} (--config.task).'
-      )
     initialize(config)  # Before any JAX computation.
-    results = TASKS[task](config, workdir)
+    results = run_lib.run(config, workdir)
   except errors.UserError as e:
     fail(e)
   except KeyboardInterrupt:

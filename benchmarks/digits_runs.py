@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import ml_collections
 
-from lpjax import pipeline
+from lpjax.run import classifier
 
 # The baseline's workdir records one config whatever the criteria are (a
 # workdir refuses to resume under a changed config); training ignores it.
@@ -30,12 +30,12 @@ def run_criteria(
   t0 = time.time()
   for seed in seeds:
     base_dir = os.path.join(out, f'seed{seed}', 'baseline')
-    pipeline.Pipeline(config(seed, BASELINE_CRITERION), base_dir).baseline()
+    classifier.Classifier(config(seed, BASELINE_CRITERION), base_dir).baseline()
     for crit in criteria:
       c = config(seed, crit)
       c.baseline.source = 'checkpoint'
       c.baseline.path = os.path.join(base_dir, 'baseline')
-      res = pipeline.run(c, os.path.join(out, f'seed{seed}', crit))
+      res = classifier.run(c, os.path.join(out, f'seed{seed}', crit))
       runs[crit].append(res)
       last = res['iterations'][-1]
       removed = [u for it in res['iterations'] for u in it['removed']]

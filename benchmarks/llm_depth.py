@@ -40,7 +40,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from lpjax import llm_pipeline  # noqa: E402
+from lpjax.run import language_model  # noqa: E402
 
 # name -> main.py overrides. Every run heals with LoRA at heal.at; the runs
 # in FULL_HEAL also with a full fine-tune. SLEB decides on 8 calibration
@@ -134,7 +134,7 @@ def table(results: dict[str, dict]) -> str:
     '|' + '---|' * len(head),
   ]
   for name, r in results.items():
-    cells = [name, f'{llm_pipeline.score_seconds(r, ks[-1]):.1f}']
+    cells = [name, f'{language_model.score_seconds(r, ks[-1]):.1f}']
     cells += [_ppl(r['pruned'][str(k)]['perplexity']) for k in ks]
     cells += [
       _ppl(r['healed'][key]['perplexity']) if key in r['healed'] else '—'
@@ -232,7 +232,7 @@ def paired(results: dict[str, dict], k: int, reference: str) -> str:
   from lpjax.models import decoder
 
   config = smollm2_depth.get_config()
-  lm = llm_pipeline.load(config)
+  lm = language_model.load(config)
   held = text.corpus_windows(
     lm.encode, 'heldout', config.llm.heldout_length, config.llm.heldout_windows
   )

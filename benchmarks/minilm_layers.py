@@ -23,10 +23,10 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import minilm
-from lpjax import embedding_pipeline as ep
 from lpjax import scoring, surgery, wheels
 from lpjax.data import text
 from lpjax.interop import safetensors_bert
+from lpjax.run import embedding as ep
 
 
 def main():

@@ -11,7 +11,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   """The defaults: the papers' CIFAR-10 ResNet-56 recipe (Pons et al. 2024)."""
   c = ml_collections.ConfigDict()
-  # main: train, prune and fine-tune a classifier (lpjax.pipeline);
+  # main: train, prune and fine-tune a classifier (lpjax.run.classifier);
   # embedding: prune a pretrained sentence encoder (configs/minilm.py);
   # llm: depth-prune a pretrained language model (configs/smollm2_depth.py).
   c.task = 'main'

@@ -6,7 +6,7 @@ scored on the mean-pooled sentence embeddings of 256 calibration sentences
 from the Python documentation (`lpjax.data.text`), the most removable one
 deleted, and the pruned model judged on 384 held-out sentences: mean cosine
 to the unpruned embeddings and nearest-neighbour agreement. No fine-tuning
-(`lpjax.embedding_pipeline`).
+(`lpjax.run.embedding`).
 
   python main.py --config=configs/minilm.py --workdir=/tmp/lpjax_minilm
 
@@ -25,7 +25,7 @@ from configs import base
 
 def get_config(variant: str = ''):
   c = base.get_config()
-  c.task = 'embedding'  # lpjax.embedding_pipeline
+  c.task = 'embedding'  # lpjax.run.embedding
   c.embedding = ml_collections.ConfigDict()
   c.embedding.model = 'minilm'
   c.embedding.calibration_sentences = 256
@@ -34,7 +34,7 @@ def get_config(variant: str = ''):
   c.embedding.data_batch_size = 128  # sentences per forward
   c.min_blocks_per_stage = 1  # may prune 6 -> 1 layer
   # Any method whose needs this task meets (it has no labels and no loss;
-  # lpjax.methods.available(lpjax.embedding_pipeline.PROVIDES)).
+  # lpjax.methods.available(lpjax.run.embedding.PROVIDES)).
   c.prune.criterion = 'cka'
   # Consensus with its label-free metrics (the Gaussian shape distances are
   # class-conditional).

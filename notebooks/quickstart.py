@@ -113,7 +113,8 @@ print('JAX', jax.__version__, 'on', jax.devices())
 import tempfile
 
 from configs import quickstart
-from lpjax import pipeline, report
+from lpjax import report
+from lpjax.run import classifier
 
 WORKDIR = os.environ.get('LPJAX_WORKDIR') or tempfile.mkdtemp(
   prefix='lpjax_quickstart_'
@@ -124,7 +125,7 @@ config.prune.finetune_epochs = 2
 config.prune.target_blocks = 2  # the quickstart goes on to the floor: 3
 config.prune.calibration_examples = 250
 config.prune.data_batch_size = 250
-results = pipeline.run(config, WORKDIR)
+results = classifier.run(config, WORKDIR)
 print('workdir:', WORKDIR)
 
 # %% [markdown]

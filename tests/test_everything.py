@@ -22,11 +22,11 @@ from lpjax import (
   flops,
   methods,
   models,
-  pipeline,
   surgery,
 )
 from lpjax.methods import filters
 from lpjax.models import resnet
+from lpjax.run import classifier, loop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -345,7 +345,7 @@ def run(tmp_path_factory, monkeypatch_module):
   cfg_path = root / 'config.py'
   cfg_path.write_text(TINY)
   workdir = root / 'clean'
-  p = pipeline.Pipeline(_load_config(cfg_path), str(workdir))
+  p = classifier.Classifier(_load_config(cfg_path), str(workdir))
   guarded = _GuardedTestSplit(p.dataset)
   p.dataset = guarded
   original = methods.METHODS['everything']
@@ -362,7 +362,7 @@ def run(tmp_path_factory, monkeypatch_module):
   monkeypatch_module.setitem(
     methods.METHODS, 'everything', dataclasses.replace(original, fn=method)
   )
-  results = p.run()
+  results = loop.run(p, p.workdir)
   return cfg_path, workdir, results, guarded, calls
 
 
@@ -416,7 +416,7 @@ def test_both_children_replay_from_the_records(run):
     assert sum(x.size for x in jax.tree.leaves(variables['params'])) == (
       cost.trainable_params
     )
-  arch, _ = pipeline.replay_edits(results, base_arch, base_vars, 1)
+  arch, _ = classifier.replay_edits(results, base_arch, base_vars, 1)
   assert arch == _restore(workdir / 'iter_001')[0]
   assert rec['widths'] == {b.name: list(b.widths) for b in arch.blocks}
 
@@ -454,8 +454,9 @@ def test_sigkill_during_the_second_probe_resumes_it(run, tmp_path):
     proc.kill()
     proc.wait()
   assert _steps(workdir / 'iter_001_filter')[-1] < 3  # killed mid-probe
-  # The iteration's stage has no checkpoint yet: its init (the method) ran.
-  assert not _steps(workdir / 'iter_001')
+  # The decision was being made: nothing of the iteration is recorded yet.
+  assert not (workdir / 'iter_001').exists()
+  assert not json.loads((workdir / 'results.json').read_text())['decisions']
   layer_files = {
     p: p.stat().st_mtime_ns for p in (workdir / 'iter_001_layer').rglob('*')
   }
@@ -505,7 +506,7 @@ def test_config_problems_fail_first(run, tmp_path, overrides, match):
       node = node[part]
     node[leaf] = value
   with pytest.raises(errors.ConfigError, match=match):
-    pipeline.Pipeline(c, str(tmp_path / 'w'))
+    classifier.Classifier(c, str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()
 
 

@@ -15,10 +15,11 @@ import pytest
 from test_pipeline import REPO, _load_config
 from tolerances import f32_atol
 
-from lpjax import embedding_pipeline, errors, models
+from lpjax import errors, models
 from lpjax.data import text
 from lpjax.errors import ConfigError
 from lpjax.models import decoder
+from lpjax.run import embedding as embedding_task
 
 
 def test_corpus_splits_are_disjoint_whole_topics():
@@ -87,10 +88,10 @@ def test_sentences_and_agreement():
   rng = np.random.default_rng(0)
   e = rng.normal(size=(6, 4))
   e /= np.linalg.norm(e, axis=1, keepdims=True)
-  same = embedding_pipeline.agreement(e, e)
+  same = embedding_task.agreement(e, e)
   assert same['nn_agreement'] == 1.0
   assert abs(same['cosine'] - 1.0) < 1e-12
-  flipped = embedding_pipeline.agreement(-e, e)
+  flipped = embedding_task.agreement(-e, e)
   assert abs(flipped['cosine'] + 1.0) < 1e-12
   # Nearest neighbours by an explicit loop, for two unrelated sets.
   p = rng.normal(size=(6, 4))
@@ -101,7 +102,7 @@ def test_sentences_and_agreement():
     return max(others, key=lambda j: float(np.dot(x[i], x[j])))
 
   want = np.mean([nearest(p, i) == nearest(e, i) for i in range(6)])
-  got = embedding_pipeline.agreement(p, e)
+  got = embedding_task.agreement(p, e)
   assert got['nn_agreement'] == want
   assert abs(got['cosine'] - np.mean(np.sum(p * e, 1))) < 1e-12
   assert abs(got['cosine_min'] - np.min(np.sum(p * e, 1))) < 1e-12
@@ -185,7 +186,7 @@ def _tiny_config(**overrides):
 
 def test_minilm_pipeline_runs_resumes_and_refuses_changes(tmp_path):
   c = _tiny_config()
-  res = embedding_pipeline.run(c, str(tmp_path))
+  res = embedding_task.run(c, str(tmp_path))
   its = res['iterations']
   assert [len(r['removed']) for r in its] == [1, 1]
   assert its[0]['blocks'] == 5 and its[1]['blocks'] == 4
@@ -204,7 +205,7 @@ def test_minilm_pipeline_runs_resumes_and_refuses_changes(tmp_path):
   def strip(rec):
     return {k: v for k, v in rec.items() if 'seconds' not in k}
 
-  again = embedding_pipeline.run(c, str(tmp_path))
+  again = embedding_task.run(c, str(tmp_path))
   assert [strip(r) for r in json.loads(json.dumps(again['iterations']))] == [
     strip(r) for r in saved['iterations']
   ]
@@ -212,22 +213,22 @@ def test_minilm_pipeline_runs_resumes_and_refuses_changes(tmp_path):
   # A record made on other text (another Python's pydoc topics) is refused.
   path.write_text(json.dumps({**saved, 'corpus': '3.0.0:0000'}))
   with pytest.raises(errors.ConfigError, match='other text'):
-    embedding_pipeline.run(c, str(tmp_path))
+    embedding_task.run(c, str(tmp_path))
   path.write_text(json.dumps(saved))
   with pytest.raises(errors.ConfigError, match='target_blocks'):
-    embedding_pipeline.run(
+    embedding_task.run(
       _tiny_config(**{'prune.target_blocks': 3}), str(tmp_path)
     )
   with pytest.raises(errors.ConfigError, match='floor'):
-    embedding_pipeline.run(
+    embedding_task.run(
       _tiny_config(**{'prune.target_blocks': 6}), str(tmp_path / 'z')
     )
   with pytest.raises(errors.ConfigError, match='loss'):
-    embedding_pipeline.run(
+    embedding_task.run(
       _tiny_config(**{'prune.criterion': 'sglp'}), str(tmp_path / 'x')
     )
   with pytest.raises(ConfigError, match='holds'):
-    embedding_pipeline.run(
+    embedding_task.run(
       _tiny_config(**{'embedding.heldout_sentences': 10**6}),
       str(tmp_path / 'y'),
     )

@@ -23,7 +23,6 @@ from configs import smollm2_depth
 from lpjax import (
   errors,
   healing,
-  llm_pipeline,
   methods,
   models,
   report,
@@ -32,6 +31,7 @@ from lpjax import (
 from lpjax.data import text
 from lpjax.methods import consensus
 from lpjax.models import decoder
+from lpjax.run import language_model, loop
 
 DEPTH = 5
 LENGTH = 16
@@ -62,7 +62,7 @@ def lm():
     vocab=256, width=16, depth=DEPTH, heads=2, kv_heads=1, mlp=24,
     seq_len=LENGTH, rope_theta=1e4,
   )  # fmt: skip
-  return llm_pipeline.LanguageModel(arch, _variables(arch), _encode, 'bytes')
+  return language_model.LanguageModel(arch, _variables(arch), _encode, 'bytes')
 
 
 def _config(**kw):
@@ -112,7 +112,7 @@ def _heldout(lm, c):
 
 def test_one_shot_removes_the_lowest_scores_and_evaluates_exactly(lm, tmp_path):
   c = _config(**{'prune.criterion': 'block_influence'})
-  res = llm_pipeline.run(c, str(tmp_path), lm=lm)
+  res = language_model.run(c, str(tmp_path), lm=lm)
   (decision,) = res['decisions']  # scored once, on the unpruned model
   scores = decision['scores']
   ranked = sorted(scores, key=lambda u: (scores[u], u))
@@ -145,7 +145,7 @@ def test_one_shot_removes_the_lowest_scores_and_evaluates_exactly(lm, tmp_path):
 
 def test_iterative_sleb_rescores_each_step_and_resumes(lm, tmp_path):
   c = _config(**{'prune.criterion': 'sleb', 'llm.schedule': 'iterative'})
-  res = llm_pipeline.run(c, str(tmp_path), lm=lm)
+  res = language_model.run(c, str(tmp_path), lm=lm)
   steps = res['decisions']
   assert [d['step'] for d in steps] == [1, 2]
   # Step 2 scores only the layers left after step 1.
@@ -160,7 +160,7 @@ def test_iterative_sleb_rescores_each_step_and_resumes(lm, tmp_path):
   ]
   # A re-run resumes: nothing is decided or evaluated again.
   before = (tmp_path / 'results.json').read_text()
-  again = llm_pipeline.run(c, str(tmp_path), lm=lm)
+  again = language_model.run(c, str(tmp_path), lm=lm)
   assert again['decisions'] == json.loads(before)['decisions']
   assert again['pruned'] == json.loads(before)['pruned']
   # Interrupted after step 1: the re-run replays it, decides step 2 again
@@ -174,18 +174,18 @@ def test_iterative_sleb_rescores_each_step_and_resumes(lm, tmp_path):
   def strip(recs):
     return [{k: v for k, v in r.items() if 'seconds' not in k} for r in recs]
 
-  again = json.loads(json.dumps(llm_pipeline.run(c, str(tmp_path), lm=lm)))
+  again = json.loads(json.dumps(language_model.run(c, str(tmp_path), lm=lm)))
   assert strip(again['decisions']) == strip(saved['decisions'])
   assert strip(again['pruned'].values()) == strip(saved['pruned'].values())
   path.write_text(before)
   # A record made on other text (another Python's pydoc topics) is refused.
   path.write_text(json.dumps({**json.loads(before), 'corpus': '3.0.0:0000'}))
   with pytest.raises(errors.ConfigError, match='other text'):
-    llm_pipeline.run(c, str(tmp_path), lm=lm)
+    language_model.run(c, str(tmp_path), lm=lm)
   path.write_text(before)
   # A config that changes results is refused.
   with pytest.raises(errors.ConfigError, match='different config'):
-    llm_pipeline.run(
+    language_model.run(
       _config(**{'prune.criterion': 'cka', 'llm.schedule': 'iterative'}),
       str(tmp_path),
       lm=lm,
@@ -194,7 +194,7 @@ def test_iterative_sleb_rescores_each_step_and_resumes(lm, tmp_path):
 
 def test_angular_block_and_sglp_decide_per_k(lm, tmp_path):
   c = _config(**{'prune.criterion': 'angular_block'})
-  res = llm_pipeline.run(c, str(tmp_path / 'ab'), lm=lm)
+  res = language_model.run(c, str(tmp_path / 'ab'), lm=lm)
   names = [b.name for b in lm.arch.blocks]
   for k in (1, 2):
     removed = res['pruned'][str(k)]['removed']
@@ -202,7 +202,7 @@ def test_angular_block_and_sglp_decide_per_k(lm, tmp_path):
     assert removed == names[start : start + k]  # contiguous block of k
   assert [d['k'] for d in res['decisions']] == [1, 2]
   c = _config(**{'prune.criterion': 'sglp'})
-  res = llm_pipeline.run(c, str(tmp_path / 'sglp'), lm=lm)
+  res = language_model.run(c, str(tmp_path / 'sglp'), lm=lm)
   assert [len(res['pruned'][k]['removed']) for k in ('1', '2')] == [1, 2]
   assert (
     res['decisions'][1]['diagnostics']['removed']
@@ -213,9 +213,9 @@ def test_angular_block_and_sglp_decide_per_k(lm, tmp_path):
 def test_lowest_respects_the_floor(lm):
   arch = dataclasses.replace(lm.arch, min_blocks_per_stage=DEPTH - 1)
   scores = {u: float(i) for i, u in enumerate(arch.candidates)}
-  assert llm_pipeline.lowest(arch, scores, 1) == ['layer00']
+  assert loop.lowest(arch, scores, 1) == ['layer00']
   with pytest.raises(errors.ConfigError, match='floor'):
-    llm_pipeline.lowest(arch, scores, 2)
+    loop.lowest(arch, scores, 2)
 
 
 @pytest.mark.parametrize(
@@ -243,25 +243,27 @@ def test_lowest_respects_the_floor(lm):
 )
 def test_bad_configs_are_refused_before_work(changes, message):
   with pytest.raises(errors.ConfigError, match=message):
-    llm_pipeline.check_config(_config(**changes))
+    language_model.check_config(_config(**changes))
 
 
 def test_remove_beyond_the_floor_is_refused(lm, tmp_path):
   with pytest.raises(errors.ConfigError, match='lets pruning'):
-    llm_pipeline.run(_config(**{'llm.remove': (DEPTH,)}), str(tmp_path), lm=lm)
+    language_model.run(
+      _config(**{'llm.remove': (DEPTH,)}), str(tmp_path), lm=lm
+    )
 
 
 def test_the_shipped_config_passes_the_checks():
   c = smollm2_depth.get_config()
-  llm_pipeline.check_config(c)
-  for criterion in methods.available(llm_pipeline.PROVIDES):
+  language_model.check_config(c)
+  for criterion in methods.available(language_model.PROVIDES):
     c.prune.criterion = criterion
-    llm_pipeline.check_config(c)
+    language_model.check_config(c)
   # The shipped consensus metrics are the label-free ones, so consensus
   # runs on a decoder too.
   assert set(consensus.LABEL_FREE) == set(c.prune.consensus.metrics.split(','))
   c.prune.criterion = 'consensus'
-  llm_pipeline.check_config(c)
+  language_model.check_config(c)
 
 
 # --- Healing -----------------------------------------------------------------
@@ -378,7 +380,7 @@ def test_pipeline_heals_the_pruned_model_on_calibration_text_only(
     }
   )
   seen = {'decide': [], 'heal': []}
-  real_heal, real_get = healing.heal, llm_pipeline.get_method
+  real_heal, real_get = healing.heal, language_model.get_method
 
   def spy_heal(arch, variables, windows, cfg, **kw):
     seen['heal'].append(np.asarray(windows))
@@ -393,9 +395,9 @@ def test_pipeline_heals_the_pruned_model_on_calibration_text_only(
 
     return dataclasses.replace(method, fn=wrapped)
 
-  monkeypatch.setattr(llm_pipeline.healing, 'heal', spy_heal)
-  monkeypatch.setattr(llm_pipeline, 'get_method', spy_get)
-  res = llm_pipeline.run(c, str(tmp_path), lm=lm)
+  monkeypatch.setattr(language_model.healing, 'heal', spy_heal)
+  monkeypatch.setattr(language_model, 'get_method', spy_get)
+  res = language_model.run(c, str(tmp_path), lm=lm)
   # Held-out windows never reach a decision or healing; calibration does.
   held = {tuple(r) for r in _heldout(lm, c)}
   _, every = text.calibration_windows(
@@ -422,7 +424,7 @@ def test_pipeline_heals_the_pruned_model_on_calibration_text_only(
       arch,
       variables,
       seen['heal'][0],
-      llm_pipeline.heal_config(c, key.split('/')[1]),
+      language_model.heal_config(c, key.split('/')[1]),
     )
     got = res['healed'][key]
     assert got['losses'] == rec['losses']
@@ -439,7 +441,7 @@ def test_other_criteria_remove_their_lowest_scores(lm, tmp_path):
     'cka_last': {'prune.criterion': 'cka', 'prune.representation': 'last'},
     'random': {'prune.criterion': 'random'},
   }.items():
-    res = llm_pipeline.run(_config(**changes), str(tmp_path / name), lm=lm)
+    res = language_model.run(_config(**changes), str(tmp_path / name), lm=lm)
     (decision,) = res['decisions']
     s = decision['scores']
     ranked = sorted(s, key=lambda u: (s[u], u))
@@ -463,4 +465,4 @@ def test_heal_config_errors():
 def test_config_group_is_required():
   c = ml_collections.ConfigDict({'task': 'llm'})
   with pytest.raises(errors.ConfigError, match='config group'):
-    llm_pipeline.check_config(c)
+    language_model.check_config(c)

@@ -23,16 +23,10 @@ import pytest
 from commands import main_py
 
 from configs import base, minilm, smollm2_depth
-from lpjax import (
-  embedding_pipeline,
-  errors,
-  llm_pipeline,
-  methods,
-  models,
-  pipeline,
-  surgery,
-)
+from lpjax import errors, methods, models, surgery
 from lpjax.models import decoder, encoder
+from lpjax.run import classifier, language_model, loop
+from lpjax.run import embedding as embedding_task
 
 REPO = __import__('pathlib').Path(__file__).resolve().parents[1]
 
@@ -98,20 +92,20 @@ def _config(task, path):
 def _check(task, config):
   """The task's own refusal of a config, before any work."""
   if task == 'classifier':
-    pipeline.check_config(config)
+    classifier.check_config(config)
   elif task == 'llm':
-    llm_pipeline.check_config(config)
+    language_model.check_config(config)
   else:
-    embedding_pipeline.check_config(config)
+    embedding_task.check_config(config)
 
 
 def _provides(task):
   return {
-    'classifier': pipeline.provides(
+    'classifier': classifier.provides(
       ml_collections.ConfigDict({'holdout': 0.25})
     ),
-    'llm': llm_pipeline.PROVIDES,
-    'embedding': embedding_pipeline.PROVIDES,
+    'llm': language_model.PROVIDES,
+    'embedding': embedding_task.PROVIDES,
   }[task]
 
 
@@ -204,16 +198,15 @@ def contexts(classifier_config_path, tmp_path_factory):
   out = {}
   # Classifier: the pipeline's own context (labels, loss, holdout, probes).
   config = _config('classifier', classifier_config_path)
-  p = pipeline.Pipeline(config, str(tmp_path_factory.mktemp('classifier')))
+  p = classifier.Classifier(config, str(tmp_path_factory.mktemp('classifier')))
   arch = p._new_arch()
   variables = models.init_variables(arch, 0, p.info.image_shape)
-  state = p._new_state(arch, variables, p._tx(0, 0.0))
 
-  def classifier(name):
+  def classifier_context(name):
     p.config.prune.criterion = name
-    return p.context(1, arch, state)
+    return loop.context(p, 1, arch, variables)
 
-  out['classifier'] = classifier
+  out['classifier'] = classifier_context
   # Language model: a tiny decoder through the LLM task's context.
   dec = decoder.decoder(
     vocab=64, width=16, depth=4, heads=2, kv_heads=1, mlp=24, seq_len=12
@@ -225,7 +218,12 @@ def contexts(classifier_config_path, tmp_path_factory):
   def llm(name):
     c = _config('llm', None)
     c.prune.criterion = name
-    return llm_pipeline._context(c, dec, dec_vars, ids, 1)
+    c.llm.remove, c.llm.heal.at = (1,), ()  # within the tiny decoder
+    task = language_model.Decoder(
+      c, language_model.LanguageModel(dec, dec_vars, None, 'tiny')
+    )
+    task.calibration = ids
+    return loop.context(task, 1, dec, dec_vars)
 
   out['llm'] = llm
   # Sentence encoder: a tiny BERT-like encoder through the embedding task's.
@@ -241,7 +239,9 @@ def contexts(classifier_config_path, tmp_path_factory):
     c = _config('embedding', None)
     c.prune.criterion = name
     c.embedding.data_batch_size = 8
-    return embedding_pipeline.context(c, enc, enc_vars, tokens, 1)
+    task = embedding_task.Embedding(c)
+    task.calibration = tokens
+    return loop.context(task, 1, enc, enc_vars)
 
   out['embedding'] = embedding
   return out

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from lpjax import checkpointing, data, errors, pipeline
+from lpjax import checkpointing, data, errors
+from lpjax.run import classifier
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,7 @@ def tiny(tmp_path_factory):
   cfg_path = root / 'tiny_config.py'
   cfg_path.write_text(TINY)
   workdir = root / 'uninterrupted'
-  results = pipeline.run(_load_config(cfg_path), str(workdir))
+  results = classifier.run(_load_config(cfg_path), str(workdir))
   return cfg_path, workdir, results
 
 
@@ -120,12 +121,12 @@ def test_replay_rebuilds_every_model_from_the_edits(tiny, tmp_path):
   # Without fine-tuning every checkpoint is the baseline plus the edits.
   workdir = tmp_path / 'no_finetune'
   c = _config(tiny[0], **{'prune.finetune_epochs': 0})
-  results = pipeline.run(c, str(workdir))
+  results = classifier.run(c, str(workdir))
   base_arch, base_vars = _restore(workdir / 'baseline')
   assert len(results['iterations']) == 2
   for k, rec in enumerate(results['iterations'], start=1):
     assert rec['edit'] == {'remove': rec['removed'], 'shrink': []}
-    arch, variables = pipeline.replay_edits(results, base_arch, base_vars, k)
+    arch, variables = classifier.replay_edits(results, base_arch, base_vars, k)
     saved_arch, saved = _restore(workdir / f'iter_{k:03d}')
     assert arch == saved_arch
     assert jax.tree.structure(variables) == jax.tree.structure(saved)
@@ -133,7 +134,7 @@ def test_replay_rebuilds_every_model_from_the_edits(tiny, tmp_path):
   # With fine-tuning (the tiny run), the architectures replay alike.
   _, clean_dir, clean_results = tiny
   base_arch, base_vars = _restore(clean_dir / 'baseline')
-  arch, _ = pipeline.replay_edits(clean_results, base_arch, base_vars, 2)
+  arch, _ = classifier.replay_edits(clean_results, base_arch, base_vars, 2)
   assert arch == _restore(clean_dir / 'iter_002')[0]
 
 
@@ -226,7 +227,7 @@ def test_sparse_checkpoints_resume_to_the_same_result(tiny, tmp_path, start):
   _, _, params_b = _final_params(workdir)
   jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
   with pytest.raises(ValueError, match='checkpoint_every_epochs'):
-    pipeline.check_config(_config(tiny[0], checkpoint_every_epochs=0))
+    classifier.check_config(_config(tiny[0], checkpoint_every_epochs=0))
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(tiny, tmp_path):
@@ -240,7 +241,7 @@ def test_corrupt_checkpoint_gives_a_clear_error(tiny, tmp_path):
     if f.is_file():
       f.write_bytes(b'\x00garbage')
   with pytest.raises(checkpointing.CheckpointError, match='iter_002'):
-    pipeline.run(_load_config(cfg_path), str(workdir))
+    classifier.run(_load_config(cfg_path), str(workdir))
 
 
 def _config(cfg_path, **overrides):
@@ -265,7 +266,7 @@ def _config(cfg_path, **overrides):
 )
 def test_unknown_names_list_the_valid_ones(tiny, tmp_path, key, value, match):
   with pytest.raises(KeyError, match=match):
-    pipeline.Pipeline(_config(tiny[0], **{key: value}), str(tmp_path / 'w'))
+    classifier.Classifier(_config(tiny[0], **{key: value}), str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()  # failed before any work
 
 
@@ -275,7 +276,7 @@ def test_unknown_names_list_the_valid_ones(tiny, tmp_path, key, value, match):
 )
 def test_target_beyond_the_floor_fails_first(tiny, tmp_path, key, value):
   with pytest.raises(ValueError, match='beyond the floor'):
-    pipeline.Pipeline(_config(tiny[0], **{key: value}), str(tmp_path / 'w'))
+    classifier.Classifier(_config(tiny[0], **{key: value}), str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()
 
 
@@ -285,7 +286,7 @@ def test_target_beyond_the_floor_fails_first(tiny, tmp_path, key, value):
 )
 def test_bad_counts_fail_first(tiny, tmp_path, key, value):
   with pytest.raises(ValueError, match=f'{key} must be an integer'):
-    pipeline.Pipeline(_config(tiny[0], **{key: value}), str(tmp_path / 'w'))
+    classifier.Classifier(_config(tiny[0], **{key: value}), str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()
 
 
@@ -299,7 +300,7 @@ def test_bad_counts_fail_first(tiny, tmp_path, key, value):
 )
 def test_calibration_problems_fail_first(tiny, tmp_path, overrides, match):
   with pytest.raises(ValueError, match=match):
-    pipeline.Pipeline(_config(tiny[0], **overrides), str(tmp_path / 'w'))
+    classifier.Classifier(_config(tiny[0], **overrides), str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()
 
 
@@ -308,11 +309,11 @@ def test_calibration_problems_fail_first(tiny, tmp_path, overrides, match):
 
 
 def test_resume_with_another_config_is_refused(tiny):
-  cfg_path, workdir, _ = tiny
+  cfg_path, workdir, clean = tiny
   before = sorted(p.name for p in workdir.iterdir())
   c = _config(cfg_path, **{'prune.criterion': 'random', 'seed': 3})
   with pytest.raises(errors.ConfigError) as e:
-    pipeline.Pipeline(c, str(workdir))
+    classifier.run(c, str(workdir))
   message = str(e.value)
   assert "prune.criterion: 'cka' -> 'random'" in message
   assert 'seed: 0 -> 3' in message
@@ -324,7 +325,7 @@ def test_resume_with_another_config_is_refused(tiny):
       assert ck.restore_meta()[1]['config']['prune']['criterion'] == 'cka'
   # Fields that cannot change results may differ.
   c = _config(cfg_path, **{'train.log_every_steps': 7})
-  pipeline.Pipeline(c, str(workdir))
+  assert classifier.run(c, str(workdir))['iterations'] == clean['iterations']
 
 
 def test_unprepared_dataset(tiny, tmp_path):
@@ -333,7 +334,7 @@ def test_unprepared_dataset(tiny, tmp_path):
   with pytest.raises(
     data.DatasetNotPreparedError, match='download_and_prepare'
   ):
-    pipeline.Pipeline(c, str(tmp_path / 'w'))
+    classifier.Classifier(c, str(tmp_path / 'w'))
   assert time.time() - t0 < 30
 
 
@@ -348,7 +349,7 @@ def test_resnet56_smoke_config_under_mock_data(tmp_path):
     sys.path.remove(str(REPO))
   c = resnet56.get_config('smoke')
   with tfds.testing.mock_data(num_examples=200):
-    results = pipeline.run(c, str(tmp_path / 'r56'))
+    results = classifier.run(c, str(tmp_path / 'r56'))
   assert results['baseline']['blocks_per_stage'] == [9, 9, 9]
   (it,) = results['iterations']
   assert len(it['scores']) == 24
@@ -367,20 +368,20 @@ def test_every_config_file_passes_the_checks(path):
   workable values (the checks a run makes before any work)."""
   c = _load_config(REPO / 'configs' / path)
   if c.task == 'embedding':
-    from lpjax import embedding_pipeline
+    from lpjax.run import embedding as embedding_task
 
-    embedding_pipeline.check_config(c)
+    embedding_task.check_config(c)
     return
   if c.task == 'llm':
-    from lpjax import llm_pipeline
+    from lpjax.run import language_model
 
-    llm_pipeline.check_config(c)
+    language_model.check_config(c)
     return
   if c.baseline.source == 'checkpoint' and not c.baseline.path:
     with pytest.raises(ValueError, match=r'baseline\.path'):
-      pipeline.check_config(c)  # the one value the user must give
+      classifier.check_config(c)  # the one value the user must give
     c.baseline.path = '/path/given/on/the/command/line'
-  pipeline.check_config(c)
+  classifier.check_config(c)
   assert c.to_json()  # plain data, no callables
 
 

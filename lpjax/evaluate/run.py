@@ -206,7 +206,7 @@ def stages(workdir: str | os.PathLike) -> list[tuple[str, dict[str, Any]]]:
   results = report_lib.load_results(path)
   if 'baseline' not in results or 'config' not in results:
     raise EvaluationError(
-      f'{path} is not a pruning run of lpjax.pipeline (no baseline/config).'
+      f'{path} is not a classifier pruning run of lpjax (no baseline/config).'
     )
   out = [('baseline', results['baseline'])]
   for k, rec in enumerate(results.get('iterations') or [], start=1):
@@ -303,7 +303,7 @@ def evaluate_run(
   if config.get('task', 'main') != 'main':
     raise EvaluationError(
       f'{workdir} is a task={config.task!r} run; the evaluation is for '
-      'classifier runs of lpjax.pipeline (task main).'
+      'classifier runs (task main).'
     )
   if test_sets and config.dataset != 'cifar10':
     raise EvaluationError(

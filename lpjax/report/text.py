@@ -42,7 +42,7 @@ def llm_table(results: Mapping[str, Any]) -> str:
   def healed(k):
     return '; '.join(
       f'{v["perplexity"]:.3f} ({key.split("/")[1]})'
-      for key, v in results['healed'].items()
+      for key, v in results.get('healed', {}).items()
       if key.split('/')[0] == k
     )
 

