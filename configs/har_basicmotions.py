@@ -20,6 +20,10 @@ lowest removed and the model fine-tuned, down to 2 layers.
   python main.py --config=configs/har_basicmotions.py:japanesevowels \\
     --workdir=/tmp/lpjax_jv
 
+Expected runtime on the project's 2-core CPU: 5.5 to 7.5 min per run (444,
+329 and 352 s for three seeds; `:japanesevowels` about 4 min), BENCHMARKS.md
+"Sensor transformer".
+
 `:japanesevowels` runs the same model on aeon's JapaneseVowels (12 LPC
 coefficients x 25 frames, 9 speakers, 270 / 370). Results over seeds are in
 BENCHMARKS.md ("Sensor transformer").

@@ -15,6 +15,9 @@ at most 48 tokens, two layers removed:
 
   python main.py --config=configs/minilm.py:smoke --workdir=/tmp/minilm_smoke
 
+Expected runtime on the project's 2-core CPU: about 5 min (4 min 54 s with
+another run sharing the cores; BENCHMARKS.md, "MiniLM"), plus the first
+fetch of the wheel; `:smoke` about 15 s after the fetch (its CI test).
 Results in BENCHMARKS.md ("MiniLM").
 """
 

@@ -19,6 +19,11 @@ removed, LoRA healing of the 2-layer removal for 4 steps:
 
   python main.py --config=configs/smollm2_depth.py:smoke --workdir=/tmp/llm_smoke
 
+Expected runtime on the project's 2-core CPU: about 13 min per criterion,
+most of it the four healings (about 2.5 min per LoRA model; all eleven
+criteria took 2 h 20 min, BENCHMARKS.md "SmolLM2 depth pruning"), plus the
+first fetch of the wheel; `:smoke` about 1 min 20 s (its CI test).
+
 Criteria: any method whose needs a decoder meets (`lpjax.methods.available(
 lpjax.run.language_model.PROVIDES)`): cka | sglp | consensus | taylor |
 block_influence | angular | angular_block | sleb | tail | l1 | random. `benchmarks/llm_depth.py` runs them
