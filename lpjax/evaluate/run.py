@@ -517,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = ()
   else:
     names = tuple(c.strip() for c in args.corruptions.split(',') if c.strip())
-  logging.set_verbosity(logging.INFO)
+  checkpointing.quiet_logging()
   try:
     evaluate_run(
       args.workdir,
