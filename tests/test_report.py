@@ -400,3 +400,41 @@ def test_no_published_points_for_other_runs_and_bad_tables(tmp_path):
   (bad / 'x.json').write_text('{"tables": [{"model": "resnet56"}]}')
   with pytest.raises(ValueError, match=r'x\.json'):
     report.paper_points('resnet56', 'cifar10', bad)
+
+
+def test_scores_plot_marks_the_units_the_floor_kept(tmp_path):
+  """`protected`: per iteration, the scored units of stages at the floor
+  in the model the iteration decided on."""
+
+  def widths(names):
+    return {n: [4] for n in names}
+
+  base = ['s1_b0', 's1_b1', 's2_b0', 's2_b1', 's2_b2']
+  results = {
+    'config': {'min_blocks_per_stage': 2},
+    'criterion': 'cka',
+    'baseline': {'blocks_per_stage': [2, 3], 'widths': widths(base)},
+    'iterations': [
+      # Stage 1 is at the floor from the start; stage 2 after iteration 1.
+      {
+        'scores': {n: 0.1 * i for i, n in enumerate(base)},
+        'removed': ['s2_b1'],
+        'blocks_per_stage': [2, 2],
+        'widths': widths(['s1_b0', 's1_b1', 's2_b0', 's2_b2']),
+      },
+      {
+        'scores': {'s1_b0': 0.0, 's1_b1': 0.1, 's2_b0': 0.2, 's2_b2': 0.3},
+        'removed': [],
+        'blocks_per_stage': [2, 2],
+        'widths': widths(['s1_b0', 's1_b1', 's2_b0', 's2_b2']),
+      },
+    ],
+  }
+  assert report.plots.protected(results) == [
+    ['s1_b0', 's1_b1'],
+    ['s1_b0', 's1_b1', 's2_b0', 's2_b2'],
+  ]
+  _assert_png(report.plot_scores(results, tmp_path / 'scores.png'))
+  # Without the floor or the widths recorded: nothing is marked.
+  del results['config']['min_blocks_per_stage']
+  assert report.plots.protected(results) == [[], []]

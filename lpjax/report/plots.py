@@ -191,7 +191,7 @@ def plot_pareto(
 
 def plot_robustness(evaluation: Mapping[str, Any], path: PathLike) -> Path:
   """Accuracy clean and under FGSM / PGD against FLOPs reduction."""
-  fig = _new_figure((6.4, 4.4))
+  fig = _new_figure((8.0, 4.4))
   ax = fig.add_subplot()
   models_ = evaluation['models']
   x = [m['flops_reduction'] for m in models_]
@@ -221,7 +221,8 @@ def plot_robustness(evaluation: Mapping[str, Any], path: PathLike) -> Path:
   ax.set_ylabel('Test accuracy (%)')
   ax.set_title('Robustness of the pruned models')
   ax.grid(True, alpha=0.3)
-  ax.legend(fontsize='small')
+  # Beside the axes, clear of every line.
+  ax.legend(fontsize='small', loc='center left', bbox_to_anchor=(1.01, 0.5))
   return _save(fig, path)
 
 
@@ -244,6 +245,34 @@ def _score_matrix(results: Mapping[str, Any]):
       matrix[i, column[str(name)]] = _float(score)
     removed.append([column[name] for name in _removed(it)])
   return matrix, blocks, removed
+
+
+def protected(results: Mapping[str, Any]) -> list[list[str]]:
+  """Per iteration, the scored units the floor kept: those of a stage that
+  had `min_blocks_per_stage` units or fewer when the iteration decided.
+
+  Read from the model before each iteration (the baseline's or the previous
+  iteration's `widths`, in network order, and `blocks_per_stage`); empty
+  where the results do not record them.
+  """
+  floor = (results.get('config') or {}).get('min_blocks_per_stage')
+  rows = [results.get('baseline') or {}, *_iterations(results)]
+  out = []
+  for parent, it in itertools.pairwise(rows):
+    names, counts = (
+      list(parent.get('widths') or ()),
+      parent.get('blocks_per_stage'),
+    )
+    kept: list[str] = []
+    if floor is not None and counts and sum(counts) == len(names):
+      start = 0
+      for count in counts:
+        if count <= floor:
+          kept += names[start : start + count]
+        start += count
+    scored = set(it.get('scores') or ())
+    out.append([u for u in kept if u in scored])
+  return out
 
 
 def _norm(values: np.ndarray, *, log: bool | None = None):
@@ -274,7 +303,10 @@ def plot_scores(
   Rows are iterations, columns every block scored (or removed) in any
   iteration, in network order. Cells of blocks not scored in an iteration
   (already removed, or never candidates) are blank. The block(s) removed in
-  each iteration are outlined in red and crossed.
+  each iteration are outlined in red and crossed; blocks the floor kept
+  (`protected`: their stage was at `min_blocks_per_stage`) are hatched, so
+  a lower score there is not a block the method passed over. A legend
+  below the axes says so.
 
   Args:
     results: a results dict (see `load_results`).
@@ -329,6 +361,30 @@ def plot_scores(
         Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor='red', lw=2)
       )
       ax.plot(j, i, marker='x', color='red', markersize=6, mew=1.5)
+  column = {name: j for j, name in enumerate(blocks)}
+  kept = protected(results)
+  for i, names in enumerate(kept):
+    for name in names:
+      ax.add_patch(
+        Rectangle(
+          (column[name] - 0.5, i - 0.5), 1, 1, fill=False, hatch='///',
+          edgecolor='0.35', lw=0,
+        )
+      )  # fmt: skip
+  handles = [
+    Rectangle((0, 0), 1, 1, fill=False, edgecolor='red', lw=2, label='removed')
+  ]
+  if any(kept):
+    floor = results['config']['min_blocks_per_stage']
+    handles.append(
+      Rectangle(
+        (0, 0), 1, 1, fill=False, hatch='///', edgecolor='0.35', lw=0,
+        label=f'kept by the floor ({floor} per stage)',
+      )
+    )  # fmt: skip
+  fig.legend(
+    handles=handles, loc='outside lower center', ncol=2, fontsize='x-small'
+  )
   iterations = [
     it.get('iteration', i + 1) for i, it in enumerate(_iterations(results))
   ]
