@@ -149,3 +149,18 @@ def test_lowest_follows_scores_then_network_order_within_the_floor():
   with pytest.raises(Exception, match='Only 4 units can be removed'):
     loop.lowest(arch, scores, 5)
   np.testing.assert_equal(len(loop.lowest(arch, scores, 0)), 0)
+
+
+def test_iterative_steps_short_of_every_k_are_decided_not_measured(
+  lm,  # noqa: F811
+  tmp_path,
+):
+  """`llm.remove=(2,)`, iterative: two steps decided, one model measured
+  (k = 2: both steps' layers removed, in order)."""
+  c = _llm_config(**{'llm.schedule': 'iterative', 'llm.remove': (2,)})
+  res = language_model.run(c, str(tmp_path), lm=lm)
+  assert [d['step'] for d in res['decisions']] == [1, 2]
+  assert list(res['pruned']) == ['2']
+  assert res['pruned']['2']['removed'] == [
+    u for d in res['decisions'] for u in d['removed']
+  ]

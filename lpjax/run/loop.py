@@ -360,8 +360,9 @@ def run(task: Task, workdir: str) -> dict[str, Any]:
       rec = task.evaluate(
         k, arch, variables, decision=decision, removed=removed
       )
-      _store(models, k, {**rec, **extra})
-      save()
+      if rec is not None:  # None: a step the task does not measure
+        _store(models, k, {**rec, **extra})
+        save()
     step = _send(steps, (arch, variables))
   task.finish(results, base, save)
   save()
