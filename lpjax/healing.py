@@ -28,12 +28,21 @@ saved every `checkpoint_every` steps and at the end (`lpjax.checkpointing`,
 atomic), and a call with the same directory continues from the latest
 step; the result equals the uninterrupted run's bitwise on the same
 machine.
+
+A healed model is kept compactly by what healing trained (`heal`'s
+`on_trained`): the LoRA adapters and their scale, or the full parameters,
+in one safetensors file (`save_trained`, `load_trained`); merging the
+adapters back (`merge_lora`, on JAX arrays as `heal` does) gives the
+healed parameters bitwise on the same machine.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -227,6 +236,7 @@ def heal(
   *,
   directory: str | None = None,
   progress: Callable[[int, float], None] | None = None,
+  on_trained: Callable[[Any], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
   """Fine-tunes a decoder on token windows; returns `(variables, record)`.
 
@@ -237,6 +247,11 @@ def heal(
     cfg: the settings.
     directory: where to checkpoint and resume from (`None`: no checkpoints).
     progress: called as `progress(step, loss)` after every step.
+    on_trained: called once, after the last step, with what was trained:
+      the LoRA adapters (`mode='lora'`; `{module path: {'a', 'b'}}`, to
+      merge with `merge_lora(params, adapters, cfg.alpha / cfg.rank)`) or
+      the healed params (`mode='full'`); e.g. to keep them
+      (`save_trained`). It changes nothing of the result.
 
   Returns:
     The healed variables (LoRA merged) and a record: `losses` (one per
@@ -322,6 +337,8 @@ def heal(
       )
   if ckpt is not None:
     ckpt.close()
+  if on_trained is not None:
+    on_trained(trainable)
   if cfg.mode == 'full':
     healed = trainable
   else:
@@ -335,3 +352,101 @@ def heal(
     'resumed_from': resumed_from,
   }
   return {**variables, 'params': healed}, record
+
+
+# The safetensors metadata key of `save_trained`'s description.
+TRAINED_KEY = 'lpjax.healing'
+
+
+def _flat(tree: Any, prefix: tuple[str, ...] = ()) -> dict[str, Any]:
+  if isinstance(tree, Mapping):
+    out: dict[str, Any] = {}
+    for name, sub in tree.items():
+      if '/' in str(name):
+        raise ValueError(f'Parameter name {name!r} contains "/".')
+      out.update(_flat(sub, (*prefix, str(name))))
+    return out
+  return {'/'.join(prefix): tree}
+
+
+def save_trained(
+  path: str | os.PathLike,
+  trained: Any,
+  *,
+  mode: str,
+  scale: float | None = None,
+  meta: Mapping[str, Any] | None = None,
+) -> str:
+  """Writes what healing trained as one safetensors file; its SHA-256.
+
+  Args:
+    path: the file (written under a temporary name, then renamed).
+    trained: `heal`'s `on_trained` value: LoRA adapters or full params.
+    mode: `'lora'` or `'full'`.
+    scale: the adapters' scale `alpha / rank` (`'lora'`).
+    meta: more JSON to describe the file (e.g. which model was healed).
+
+  Tensors are named by their path in the tree (`layer03/gate/a`,
+  `layer03/attn_norm/scale`); the metadata key `lpjax.healing` holds
+  `{'mode', 'scale', **meta}` as JSON (`scale` as Python's exact repr).
+  """
+  from safetensors.numpy import save_file
+
+  if mode not in MODES or (mode == 'lora') != (scale is not None):
+    raise ValueError(f'mode {mode!r} with scale {scale!r}.')
+  tensors = {
+    k: np.ascontiguousarray(jax.device_get(v))
+    for k, v in _flat(trained).items()
+  }
+  info = {**dict(meta or {}), 'mode': mode, 'scale': scale}
+  path = os.fspath(path)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f'{path}.{os.getpid()}.tmp'
+  try:
+    save_file(tensors, tmp, metadata={TRAINED_KEY: json.dumps(info)})
+    os.replace(tmp, path)
+  except BaseException:  # Ctrl-C too: no half-written file left behind
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return file_sha256(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+  """The SHA-256 of a file, hex."""
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def load_trained(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+  """`(trained, info)` of a `save_trained` file.
+
+  `trained` is the tree of JAX arrays (as `heal` trained them, so that
+  `merge_lora` computes what `heal` did); `info` the metadata (`mode`,
+  `scale`, ...).
+
+  Raises:
+    HealingError: the file is not a readable `save_trained` file.
+  """
+  from safetensors import SafetensorError, safe_open
+
+  try:
+    with safe_open(os.fspath(path), framework='numpy') as f:
+      info = json.loads((f.metadata() or {})[TRAINED_KEY])
+      flat = {k: f.get_tensor(k) for k in f.keys()}
+  except (OSError, KeyError, ValueError, SafetensorError) as e:
+    raise HealingError(
+      f'{path} is not a healed model lpjax saved ({type(e).__name__}: {e}); '
+      'it was damaged or replaced. Heal that model again.'
+    ) from None
+  tree: dict[str, Any] = {}
+  for key, value in flat.items():
+    *parents, leaf = key.split('/')
+    node = tree
+    for name in parents:
+      node = node.setdefault(name, {})
+    node[leaf] = jnp.asarray(value)
+  return tree, info

@@ -32,7 +32,10 @@ one schedule (`llm.schedule`):
    and evaluated again; `k = 0` heals the unpruned model, the control for
    how much of the gain is adaptation to the text's domain. Healing never
    feeds back into a pruning decision; its checkpoints are deleted once
-   its result is recorded unless `heal.keep_checkpoints`.
+   its result is recorded unless `heal.keep_checkpoints`, but each healed
+   model is kept as `heal/k<k>_<mode>.safetensors` (the LoRA factors and
+   their scale, or the full healed parameters: a few hundred MB for
+   SmolLM2), so `lpjax.load(workdir, 'k/mode')` rebuilds it.
 
 Criteria: every registered method whose needs this task meets (`PROVIDES`:
 a loss and a decoder; `lpjax.methods.available`). `cka` scores 1 − linear
@@ -405,7 +408,18 @@ class Decoder:
 
   def finish(self, results, base, save) -> None:
     """Heals a copy of the model of each `k` of `llm.heal.at` (0: the
-    unpruned one) with each mode of `llm.heal.modes`."""
+    unpruned one) with each mode of `llm.heal.modes`.
+
+    Each healed model is kept beside its record, by what healing trained
+    (`healing.save_trained`): `workdir/heal/k<k>_<mode>.safetensors` holds
+    the LoRA adapters and their scale (`'lora'`) or the healed parameters
+    of the pruned model (`'full'`); the record's `saved` names the file and
+    its SHA-256. `lpjax.load(workdir, 'k/mode')` rebuilds the model from it.
+    The file is written before the record, so a recorded healing always
+    has its file (a run killed in between heals again on resume).
+    """
+    import jax  # only process 0 writes the healed weights
+
     m = self.config.llm
     results.setdefault('healed', {})
     for k in heal_at(self.config):
@@ -429,6 +443,7 @@ class Decoder:
               loss,
             )
 
+        trained = {}
         healed, record = healing.heal(
           arch,
           variables,
@@ -436,9 +451,21 @@ class Decoder:
           cfg,
           directory=directory,
           progress=progress,
+          on_trained=lambda t, trained=trained: trained.update(value=t),
         )
         ev = self._held_out(arch, healed)
-        results['healed'][key] = {**ev, **record}
+        kept = None
+        if jax.process_index() == 0:  # the workdir is shared across hosts
+          name = f'heal/k{k}_{mode}.safetensors'
+          digest = healing.save_trained(
+            os.path.join(self.workdir, *name.split('/')),
+            trained['value'],
+            mode=mode,
+            scale=cfg.alpha / cfg.rank if mode == 'lora' else None,
+            meta={'k': k, 'removed': list(removed), 'steps': cfg.steps},
+          )
+          kept = {'file': name, 'sha256': digest}
+        results['healed'][key] = {**ev, **record, 'saved': kept}
         logging.info(
           'k=%d healed (%s, %d steps): held-out perplexity %.3f, '
           'agreement %.4f.',
