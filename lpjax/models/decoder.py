@@ -32,7 +32,8 @@ FLOPs (multiply-accumulates per sequence of `T` tokens, `macs`), width `D`,
   + T D V                                          logits (V: vocabulary)
 
 The attention products are counted in full (T², as computed; the causal
-mask discards about half). Norms, RoPE, softmax, SiLU and the embedding
+mask, and a sliding window, discard some of them). Bias additions are not
+multiply-accumulates. Norms, RoPE, softmax, SiLU and the embedding
 look-up are not counted.
 
 Held-out evaluation: `perplexity` and `next_token_agreement` (`evaluate`
@@ -48,7 +49,7 @@ LoRA healing (`lpjax.healing`) adapts the MLP kernels `gate`, `up` and
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -77,14 +78,82 @@ class RMSNorm(nn.Module):
     return (x32 * jax.lax.rsqrt(var + self.eps)).astype(x.dtype) * scale
 
 
-def rope(x: jax.Array, theta: float) -> jax.Array:
+ROPE_SCALINGS = ('linear', 'dynamic', 'llama3')
+# Arch options of RoPE scaling, absent without it: the type, its factor and
+# the type's own numbers (see `inverse_frequencies`).
+_ROPE_OPTIONS = (
+  'rope_scaling',
+  'rope_factor',
+  'rope_low_freq_factor',
+  'rope_high_freq_factor',
+  'rope_original_max_len',
+  'rope_max_len',
+)
+
+
+def inverse_frequencies(
+  dh: int, theta: float, scaling: Any = (), t: int = 0
+) -> np.ndarray:
+  """RoPE's `dh / 2` inverse frequencies (float64), scaled as transformers
+  defines each type (`modeling_rope_utils.py`, transformers 5.24.0).
+
+  Unscaled: `inv_i = theta^(-2i/dh)`. With `scaling` (pairs or a mapping of
+  the decoder's `rope_*` options, `f = rope_factor`):
+
+  * `linear` (`_compute_linear_scaling_rope_parameters`): `inv_i / f`;
+  * `dynamic` (NTK, `_compute_dynamic_ntk_parameters`): for an input of
+    `t` positions longer than `L = rope_max_len` (the checkpoint's
+    `max_position_embeddings`) the base becomes
+    `theta · (f t / L − (f − 1))^(dh / (dh − 2))`; for `t <= L` the
+    frequencies are unscaled. transformers recomputes them in the forward
+    from the longest position seen (`dynamic_rope_update`) and keeps the
+    larger frequencies cached across calls; this is its result for a fresh
+    model on one input of `t` positions;
+  * `llama3` (`_compute_llama3_parameters`): with `O =
+    rope_original_max_len`, `lo`, `hi` the low/high frequency factors and
+    wavelength `λ_i = 2π / inv_i`: unchanged where `λ_i < O / hi`, `inv_i
+    / f` where `λ_i > O / lo`, and in between `(1 − s) inv_i / f + s inv_i`
+    with `s = (O / λ_i − lo) / (hi − lo)`.
+
+  None of these types scales the cosines and sines (transformers'
+  `attention_factor` is 1 for them).
+  """
+  inv = 1.0 / (theta ** (np.arange(0, dh, 2, dtype=np.float64) / dh))
+  o = dict(scaling)
+  kind = o.get('rope_scaling')
+  if kind is None:
+    return inv
+  f = float(o['rope_factor'])
+  if kind == 'linear':
+    return inv / f
+  if kind == 'dynamic':
+    max_len = int(o['rope_max_len'])
+    if t <= max_len:
+      return inv
+    base = theta * ((f * t / max_len) - (f - 1)) ** (dh / (dh - 2))
+    return 1.0 / (base ** (np.arange(0, dh, 2, dtype=np.float64) / dh))
+  if kind == 'llama3':
+    lo = float(o['rope_low_freq_factor'])
+    hi = float(o['rope_high_freq_factor'])
+    old = float(o['rope_original_max_len'])
+    wavelen = 2 * np.pi / inv
+    scaled = np.where(wavelen > old / lo, inv / f, inv)
+    smooth = (old / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * scaled / f + smooth * scaled
+    medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+    return np.where(medium, smoothed, scaled)
+  raise ValueError(f'Unknown RoPE scaling {kind!r}; valid: {ROPE_SCALINGS}.')
+
+
+def rope(x: jax.Array, theta: float, scaling: Any = ()) -> jax.Array:
   """Rotary position embedding of `[b, t, h, dh]`, halves layout.
 
   Feature `i < dh/2` pairs with `i + dh/2`; the pair at position `p` turns
-  by the angle `p · theta^(-2i/dh)`.
+  by the angle `p · inv_i`, `inv_i = theta^(-2i/dh)` unless `scaling` (the
+  decoder's `rope_*` options) scales it (`inverse_frequencies`).
   """
   _, t, _, dh = x.shape
-  inv = 1.0 / (theta ** (np.arange(0, dh, 2, dtype=np.float64) / dh))
+  inv = inverse_frequencies(dh, theta, scaling, t)
   angles = np.arange(t, dtype=np.float64)[:, None] * inv[None]
   cos = jnp.asarray(np.cos(angles), x.dtype)[None, :, None]
   sin = jnp.asarray(np.sin(angles), x.dtype)[None, :, None]
@@ -92,9 +161,12 @@ def rope(x: jax.Array, theta: float) -> jax.Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def causal_bias(t: int, dtype: Any) -> jax.Array:
-  """`[1, 1, t, t]`: 0 where key <= query, the most negative number above."""
+def causal_bias(t: int, dtype: Any, window: int = 0) -> jax.Array:
+  """`[1, 1, t, t]`: 0 where key <= query (and, with a sliding `window`,
+  key > query − window), the most negative number elsewhere."""
   allowed = np.tril(np.ones((t, t), bool))
+  if window:
+    allowed &= np.triu(np.ones((t, t), bool), k=1 - window)
   return jnp.where(allowed, 0.0, jnp.finfo(dtype).min).astype(dtype)[None, None]
 
 
@@ -107,6 +179,10 @@ class DecoderLayer(nn.Module):
     mlp: SwiGLU inner width.
     eps: RMSNorm epsilon.
     theta: RoPE base.
+    rope_scaling: the decoder's `rope_*` scaling options as sorted pairs
+      (empty: unscaled; `inverse_frequencies`).
+    window: sliding attention window (0: every earlier key).
+    qkv_bias: biases on the query, key and value projections.
   """
 
   heads: int
@@ -114,6 +190,9 @@ class DecoderLayer(nn.Module):
   mlp: int
   eps: float
   theta: float
+  rope_scaling: tuple[tuple[str, Any], ...] = ()
+  window: int = 0
+  qkv_bias: bool = False
 
   @nn.compact
   def __call__(
@@ -137,19 +216,22 @@ class DecoderLayer(nn.Module):
     rows, t, d = x.shape
     dh = d // self.heads
 
-    def dense(features, name):
+    def dense(features, name, bias=False):
       return nn.Dense(
-        features, use_bias=False, kernel_init=_DENSE_INIT, name=name
+        features, use_bias=bias, kernel_init=_DENSE_INIT, name=name
       )
 
     h = RMSNorm(self.eps, name='attn_norm')(x)
-    q = dense(d, 'q')(h).reshape(rows, t, self.heads, dh)
-    k = dense(self.kv_heads * dh, 'k')(h).reshape(rows, t, self.kv_heads, dh)
-    v = dense(self.kv_heads * dh, 'v')(h).reshape(rows, t, self.kv_heads, dh)
-    q, k = rope(q, self.theta), rope(k, self.theta)
+    kv, qb = self.kv_heads * dh, self.qkv_bias
+    q = dense(d, 'q', qb)(h).reshape(rows, t, self.heads, dh)
+    k = dense(kv, 'k', qb)(h).reshape(rows, t, self.kv_heads, dh)
+    v = dense(kv, 'v', qb)(h).reshape(rows, t, self.kv_heads, dh)
+    q = rope(q, self.theta, self.rope_scaling)
+    k = rope(k, self.theta, self.rope_scaling)
     group = self.heads // self.kv_heads
     k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
-    attended = encoder_lib.attention(q, k, v, causal_bias(t, x.dtype))
+    bias = causal_bias(t, x.dtype, self.window)
+    attended = encoder_lib.attention(q, k, v, bias)
     y = x + dense(d, 'o')(attended)
 
     g = RMSNorm(self.eps, name='mlp_norm')(y)
@@ -196,6 +278,7 @@ class Decoder(nn.Module):
     )
     h = embed(x)
     self.sow('intermediates', 'stem', h)
+    scaling = tuple(sorted((k, o[k]) for k in _ROPE_OPTIONS if k in o))
     for block in arch.blocks:
       route = family_lib.unit_route(
         arch, block, train=train, skip=skip, fanout=fanout, batch=batch
@@ -206,6 +289,9 @@ class Decoder(nn.Module):
         mlp=block.widths[0],
         eps=o['eps'],
         theta=o['rope_theta'],
+        rope_scaling=scaling,
+        window=o.get('sliding_window', 0),
+        qkv_bias=o.get('qkv_bias', False),
         name=block.name,
       )(h, **route)
     h = RMSNorm(o['eps'], name='norm')(h)
@@ -236,6 +322,9 @@ def decoder(
   tied: bool = True,
   seq_len: int = 256,
   min_blocks_per_stage: int = 1,
+  rope_scaling: Mapping[str, Any] | None = None,
+  sliding_window: int | None = None,
+  qkv_bias: bool = False,
 ) -> arch_lib.Arch:
   """An unpruned decoder (defaults: SmolLM2-135M's shape).
 
@@ -251,7 +340,32 @@ def decoder(
     tied: logits from the token embedding matrix (no `lm_head`).
     seq_len: the default sequence length for FLOPs.
     min_blocks_per_stage: the fewest layers pruning may leave.
+    rope_scaling: `None` (unscaled RoPE) or `{'type': 'linear', 'factor':
+      f}`, `{'type': 'dynamic', 'factor': f, 'max_len': L}` (`L`: the
+      checkpoint's `max_position_embeddings`) or `{'type': 'llama3',
+      'factor': f, 'low_freq_factor': lo, 'high_freq_factor': hi,
+      'original_max_len': O}` (`inverse_frequencies`).
+    sliding_window: `None` (every earlier key) or `W >= 1`: each query
+      attends to itself and the `W − 1` keys before it.
+    qkv_bias: biases on the query, key and value projections.
   """
+  options = dict(
+    vocab=int(vocab),
+    width=int(width),
+    heads=int(heads),
+    kv_heads=int(kv_heads),
+    rope_theta=float(rope_theta),
+    eps=float(eps),
+    tied=bool(tied),
+    seq_len=int(seq_len),
+  )
+  # The relatives' options are stored only where they are not the default,
+  # so a plain LLaMA's Arch (its hash, its saved form) is what it was.
+  options.update(_rope_options(rope_scaling))
+  if sliding_window is not None:
+    options['sliding_window'] = int(sliding_window)
+  if qkv_bias:
+    options['qkv_bias'] = True
   arch = arch_lib.Arch(
     family='decoder',
     stages=(
@@ -264,20 +378,42 @@ def decoder(
       ),
     ),
     num_classes=int(vocab),
-    options=dict(
-      vocab=int(vocab),
-      width=int(width),
-      heads=int(heads),
-      kv_heads=int(kv_heads),
-      rope_theta=float(rope_theta),
-      eps=float(eps),
-      tied=bool(tied),
-      seq_len=int(seq_len),
-    ),
+    options=options,
     min_blocks_per_stage=min_blocks_per_stage,
   )
   _check(arch)
   return arch
+
+
+# RoPE scaling type -> its numbers beside `factor` (`decoder`'s keys).
+_ROPE_KEYS = {
+  'linear': (),
+  'dynamic': ('max_len',),
+  'llama3': ('low_freq_factor', 'high_freq_factor', 'original_max_len'),
+}
+
+
+def _rope_options(scaling: Mapping[str, Any] | None) -> dict[str, Any]:
+  """`decoder`'s `rope_scaling` argument as `rope_*` Arch options."""
+  if scaling is None:
+    return {}
+  scaling = dict(scaling)
+  kind = scaling.pop('type', None)
+  if kind not in _ROPE_KEYS:
+    raise ValueError(
+      f'rope_scaling type {kind!r} is not one of {ROPE_SCALINGS}.'
+    )
+  want = {'factor', *_ROPE_KEYS[kind]}
+  if set(scaling) != want:
+    raise ValueError(
+      f'rope_scaling of type {kind!r} takes exactly {sorted(want)}; got '
+      f'{sorted(scaling)}.'
+    )
+  out: dict[str, Any] = {'rope_scaling': kind}
+  for key, value in scaling.items():
+    is_int = key.endswith('max_len')
+    out[f'rope_{key}'] = int(value) if is_int else float(value)
+  return out
 
 
 def _check(arch: arch_lib.Arch) -> None:
@@ -304,6 +440,48 @@ def _check(arch: arch_lib.Arch) -> None:
     )
   if len(arch.stages) != 1 or any(len(b.widths) != 1 for b in arch.blocks):
     raise ValueError('A decoder has one stage of layers with one width (mlp).')
+  _check_relatives(o)
+
+
+def _check_relatives(o: Mapping[str, Any]) -> None:
+  """The RoPE scaling, sliding window and bias options, where present."""
+  window = o.get('sliding_window', 1)
+  if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+    raise ValueError(f'sliding_window must be an integer >= 1; got {window!r}.')
+  if not isinstance(o.get('qkv_bias', False), bool):
+    raise ValueError(f'qkv_bias must be a bool; got {o["qkv_bias"]!r}.')
+  rope = {k: o[k] for k in _ROPE_OPTIONS if k in o}
+  if not rope:
+    return
+  kind = rope.get('rope_scaling')
+  if kind not in _ROPE_KEYS:
+    raise ValueError(
+      f'rope_scaling {kind!r} is not one of {ROPE_SCALINGS} (options '
+      f'{sorted(rope)}).'
+    )
+  want = {'rope_scaling', 'rope_factor'}
+  want |= {f'rope_{k}' for k in _ROPE_KEYS[kind]}
+  if set(rope) != want:
+    raise ValueError(
+      f'RoPE scaling {kind!r} needs the options {sorted(want)}; got '
+      f'{sorted(rope)}.'
+    )
+  if not np.isfinite(rope['rope_factor']) or rope['rope_factor'] <= 0:
+    raise ValueError(
+      f'rope_factor must be a positive number; got {rope["rope_factor"]!r}.'
+    )
+  for key in ('rope_max_len', 'rope_original_max_len'):
+    if key in rope and rope[key] < 1:
+      raise ValueError(f'{key} must be >= 1; got {rope[key]!r}.')
+  if kind == 'dynamic' and o['width'] // o['heads'] <= 2:
+    raise ValueError('Dynamic RoPE scaling needs a head size above 2.')
+  if kind == 'llama3':
+    lo, hi = rope['rope_low_freq_factor'], rope['rope_high_freq_factor']
+    if not 0 < lo < hi:
+      raise ValueError(
+        'llama3 RoPE scaling needs 0 < rope_low_freq_factor < '
+        f'rope_high_freq_factor; got {lo!r} and {hi!r}.'
+      )
 
 
 def macs(arch: arch_lib.Arch, input_shape: Sequence[int]) -> int:
@@ -341,8 +519,8 @@ def _from_config(config, num_classes, input_shape):
   del config, num_classes, input_shape
   raise ValueError(
     'model=decoder: lpjax prunes pretrained decoders, built from their '
-    'weights (lpjax.interop.gguf_llama.load_gguf_llama), not trained from a '
-    'config.'
+    'weights (lpjax.interop.gguf_llama.load_gguf_llama, '
+    'lpjax.interop.hf_llama.load_hf_llama), not trained from a config.'
   )
 
 
