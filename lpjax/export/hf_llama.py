@@ -54,6 +54,7 @@ import numpy as np
 
 from lpjax import arch as arch_lib
 from lpjax.export import ExportError, output_folder, provenance_json
+from lpjax.interop import hf_llama as hf_layout
 
 # GGUF token types (llama.cpp's `llama_token_type`): 3 is a control token.
 _CONTROL = 3
@@ -171,8 +172,8 @@ def tokenizer_json(source: str | os.PathLike) -> dict[str, Any]:
 def _tensors(
   arch: arch_lib.Arch, variables: Mapping[str, Any]
 ) -> dict[str, np.ndarray]:
-  """transformers' name → float32 array, checked against `arch`."""
-  o = arch.options_dict()
+  """transformers' name → float32 array, checked against `arch`
+  (`lpjax.interop.hf_llama.tensor_layout`: names, paths, shapes)."""
   params = variables.get('params') if isinstance(variables, Mapping) else None
   if not isinstance(params, Mapping):
     raise ExportError(
@@ -180,8 +181,6 @@ def _tensors(
       f'got {type(variables).__name__} with keys '
       f'{sorted(variables) if isinstance(variables, Mapping) else "none"}.'
     )
-  d, vocab, mlp = o['width'], o['vocab'], arch.blocks[0].widths[0]
-  kv = o['kv_heads'] * (d // o['heads'])
   out: dict[str, np.ndarray] = {}
 
   def take(path, shape, name, transpose=False):
@@ -203,27 +202,9 @@ def _tensors(
       )
     out[name] = np.ascontiguousarray(value)
 
-  take(('tok_embed', 'embedding'), (vocab, d), 'model.embed_tokens.weight')
-  for i, block in enumerate(arch.blocks):
-    L, p = block.name, f'model.layers.{i}.'
-    take((L, 'attn_norm', 'scale'), (d,), p + 'input_layernorm.weight')
-    for ours, theirs, shape in (
-      ('q', 'self_attn.q_proj', (d, d)),
-      ('k', 'self_attn.k_proj', (kv, d)),
-      ('v', 'self_attn.v_proj', (kv, d)),
-      ('o', 'self_attn.o_proj', (d, d)),
-    ):
-      take((L, ours, 'kernel'), shape, f'{p}{theirs}.weight', transpose=True)
-    take((L, 'mlp_norm', 'scale'), (d,), p + 'post_attention_layernorm.weight')
-    for ours, shape in (
-      ('gate', (mlp, d)),
-      ('up', (mlp, d)),
-      ('down', (d, mlp)),
-    ):
-      take((L, ours, 'kernel'), shape, f'{p}mlp.{ours}_proj.weight', True)
-  take(('norm', 'scale'), (d,), 'model.norm.weight')
-  if not o['tied']:
-    take(('lm_head', 'kernel'), (vocab, d), 'lm_head.weight', transpose=True)
+  # The one statement of the key layout, shared with the importer.
+  for name, path, shape, transpose in hf_layout.tensor_layout(arch):
+    take(path, shape, name, transpose)
   return out
 
 
