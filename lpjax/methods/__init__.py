@@ -125,6 +125,13 @@ _RECORDS = (
     needs=frozenset({'decoder'}),
   ),
   MethodRecord(
+    'ppl',
+    from_scores(llm.ppl_scores),
+    'Kim et al. 2024 (Shortened LLaMA): calibration perplexity without each '
+    'layer',
+    needs=frozenset({'decoder'}),
+  ),
+  MethodRecord(
     'angular_block',
     llm.angular_block,
     'Gromov et al. 2024: the n consecutive layers of least last-token angle',

@@ -9,6 +9,15 @@
   the masked forward and its loss, inside the batched map over calibration
   windows (`lpjax.scoring.map_batches`), so memory holds one forward's
   logits at a time.
+* `ppl` (Kim et al. 2024, "Shortened LLaMA: Depth Pruning for Large
+  Language Models with Comparison of Retraining Methods", the PPL
+  criterion): score(layer) = the calibration perplexity, exp(mean
+  next-token negative log-likelihood over every calibration token), of the
+  model without that layer; lower = more removable. The paper scores every
+  block once on the unpruned model and removes the lowest-scoring ones in
+  one shot (the task's `one_shot` schedule). The same one compiled call as
+  `sleb` (calibration batches are of equal size, so the mean of batch
+  means is the mean over tokens); `exp` is taken in float64.
 * `angular_block` (Gromov et al. 2024, "The Unreasonable Ineffectiveness of
   the Deeper Layers"): for a block of `n` consecutive layers starting at
   `ℓ`, the angular distance `arccos(cos(h_ℓ, h_{ℓ+n})) / π` between the
@@ -56,6 +65,15 @@ def _removal_nll(model, variables, x) -> jax.Array:
 def sleb_scores(ctx: Context) -> dict[str, float]:
   """Calibration NLL without each layer (SLEB); lower = more removable."""
   return batch_mean_scores(ctx, _removal_nll)
+
+
+def ppl_scores(ctx: Context) -> dict[str, float]:
+  """Calibration perplexity without each layer (Shortened LLaMA's PPL
+  criterion); lower = more removable."""
+  nll = batch_mean_scores(ctx, _removal_nll)
+  return scoring.checked_scores(
+    list(nll), np.exp(np.asarray(list(nll.values()), np.float64))
+  )
 
 
 def _last_token_states(model, variables, x) -> dict[str, jax.Array]:
