@@ -25,7 +25,7 @@ criteria took 2 h 20 min, BENCHMARKS.md "SmolLM2 depth pruning"), plus the
 first fetch of the wheel; `:smoke` about 1 min 20 s (its CI test).
 
 Criteria: any method whose needs a decoder meets (`lpjax.methods.available(
-lpjax.run.language_model.PROVIDES)`): cka | sglp | consensus | taylor |
+lpjax.run.language_model.PROVIDES)`): cka | sglp | consensus | taylor | ppl |
 block_influence | angular | angular_block | sleb | tail | l1 | random. `benchmarks/llm_depth.py` runs them
 all and writes the comparison (BENCHMARKS.md, "SmolLM2 depth pruning").
 """
@@ -40,6 +40,8 @@ def get_config(variant: str = ''):
   c.task = 'llm'  # lpjax.run.language_model
   c.min_blocks_per_stage = 1
   c.llm = ml_collections.ConfigDict()
+  # A registered model, or a Hugging Face checkpoint folder (LLaMA, Mistral,
+  # Qwen2).
   c.llm.model = 'smollm2'
   c.llm.calibration_windows = 32  # windows the criterion scores on
   c.llm.calibration_length = 128  # tokens per calibration/healing window

@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -569,3 +570,44 @@ def test_smollm2_exported_folder_reads_back_as_the_gguf_model(tmp_path):
   np.testing.assert_allclose(got, want, rtol=0, atol=_atol(arch, want))
   template = gguf_llama._reader(source).fields['tokenizer.chat_template']
   assert tok.chat_template == template.contents()
+
+
+def test_a_language_model_run_on_a_checkpoint_folder(tmp_path):
+  """`llm.model` = a folder: the run prunes it, records its digest,
+  `lpjax.load` rebuilds the pruned model from it, and the GGUF/HF writers
+  (which need a GGUF source) refuse it in one line."""
+  import lpjax
+  from configs import smollm2_depth
+  from lpjax import export
+  from lpjax.run import language_model
+
+  folder = str(FIX / 'llama')
+  c = smollm2_depth.get_config()
+  c.llm.model = folder
+  c.llm.calibration_windows, c.llm.calibration_length = 4, T
+  c.llm.heldout_windows, c.llm.heldout_length = 2, T
+  c.llm.data_batch_size = 2
+  c.llm.remove, c.llm.heal.at = (1,), ()
+  c.prune.criterion = 'block_influence'
+  res = language_model.run(c, str(tmp_path / 'w'))
+  assert res['model'] == folder
+  assert res['model_sha256'] == hf_llama.digest(folder)
+  (gone,) = res['pruned']['1']['removed']
+  m = lpjax.load(str(tmp_path / 'w'), 1)
+  arch, variables = hf_llama.load_hf_llama(folder, seq_len=T)
+  want_arch, want = surgery.apply(arch, variables, surgery.remove([gone]))
+  assert m.arch.blocks == want_arch.blocks
+  chex.assert_trees_all_equal(m.variables, want)
+  assert m.provenance['source']['sha256'] == res['model_sha256']
+  with pytest.raises(export.ExportError, match='Hugging Face checkpoint'):
+    export.export(str(tmp_path / 'w'), 1, 'gguf', str(tmp_path / 'out.gguf'))
+  # A folder whose config the importer refuses is refused before any work.
+  bad = tmp_path / 'bad'
+  shutil.copytree(folder, bad)
+  cfg = json.loads((bad / 'config.json').read_text())
+  cfg['mlp_bias'] = True
+  (bad / 'config.json').write_text(json.dumps(cfg))
+  c.llm.model = str(bad)
+  with pytest.raises(errors.UserError, match='mlp_bias'):
+    language_model.run(c, str(tmp_path / 'w2'))
+  assert not (tmp_path / 'w2').exists()

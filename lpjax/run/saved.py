@@ -241,6 +241,8 @@ def source_path(run: Run) -> pathlib.Path | None:
     from lpjax.run import language_model
 
     name = _llm_name(run)
+    if language_model.is_folder(name):
+      return pathlib.Path(name)
     if name not in language_model.MODELS:
       return None
     wheel, filename = language_model.MODELS[name]
@@ -518,6 +520,22 @@ def _language_model(run: Run, step: Step, source):
   if source is not None:
     arch, variables = _supplied(run, source)
     src: dict[str, Any] = {'model': name, 'supplied': True}
+  elif language_model.is_folder(name):
+    from lpjax.interop import hf_llama
+
+    arch, variables = hf_llama.load_hf_llama(
+      name,
+      seq_len=c['llm']['heldout_length'],
+      min_blocks_per_stage=c['min_blocks_per_stage'],
+    )
+    digest = hf_llama.digest(name)
+    if run.results.get('model_sha256', digest) != digest:
+      raise SavedModelError(
+        f'The checkpoint folder {name} changed since the run in '
+        f'{run.workdir} read it (SHA-256 {run.results["model_sha256"]}, now '
+        f'{digest}); restore it, or pass source=(arch, variables).'
+      )
+    src = {'model': name, 'folder': name, 'sha256': digest}
   elif name not in language_model.MODELS:
     raise _in_memory(run, name, language_model.MODELS)
   else:
