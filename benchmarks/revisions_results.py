@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -139,20 +140,29 @@ def _leaves(tree, path=''):
     yield path, tree
 
 
+def _top(key: str) -> str:
+  return re.split(r'[.\[]', key, maxsplit=1)[0]
+
+
 def compare(a: dict, b: dict) -> dict:
-  """Identical?, max |Δ| over floats, and the keys that differ."""
+  """Over the values both sides record: identical?, max |Δ| over floats,
+  the keys that differ; and the (top-level) keys only one side records
+  (fields a revision added or dropped)."""
   la, lb = dict(_leaves(a)), dict(_leaves(b))
-  differ = sorted(k for k in set(la) | set(lb) if la.get(k) != lb.get(k))
+  shared = set(la) & set(lb)
+  differ = sorted(k for k in shared if la[k] != lb[k])
   deltas = [
     abs(la[k] - lb[k])
     for k in differ
-    if isinstance(la.get(k), float) and isinstance(lb.get(k), float)
+    if isinstance(la[k], float) and isinstance(lb[k], float)
   ]
   return {
     'identical': not differ,
-    'values': len(la),
+    'values': len(shared),
     'max_abs_delta': max(deltas, default=0.0),
     'differ': differ[:20],
+    'only_before': sorted({_top(k) for k in set(la) - shared}),
+    'only_after': sorted({_top(k) for k in set(lb) - shared}),
   }
 
 
@@ -177,13 +187,16 @@ def main(argv):
     f'Revisions {_BEFORE.value} (before) and {after} (after): results of '
     'each probe compared value by value (timings and config excluded).',
     '',
-    '| probe | values | identical | max abs Δ (floats) | differing keys |',
-    '|---|---:|---|---:|---|',
+    '| probe | values on both sides | identical | max abs Δ (floats) | '
+    'differing keys | fields only before | fields only after |',
+    '|---|---:|---|---:|---|---|---|',
   ]
   for name, c in rows:
     lines.append(
       f'| {name} | {c["values"]} | {"yes" if c["identical"] else "no"} | '
-      f'{c["max_abs_delta"]:.3g} | {", ".join(c["differ"]) or "—"} |'
+      f'{c["max_abs_delta"]:.3g} | {", ".join(c["differ"]) or "—"} | '
+      f'{", ".join(c["only_before"]) or "—"} | '
+      f'{", ".join(c["only_after"]) or "—"} |'
     )
   text = '\n'.join(lines)
   (out / 'revisions.md').write_text(text + '\n')
