@@ -26,7 +26,7 @@ import time
 import jax
 import numpy as np
 
-from lpjax import flops, models, train
+from lpjax import flops, models, sharding, train
 from lpjax.evaluate import latency
 
 
@@ -81,7 +81,7 @@ def main(argv=None):
       f'{ratio:.2f}× | {s / ratio:.2f} |'
     )
   # Train-step throughput of the unpruned model.
-  mesh = train.make_mesh()
+  mesh = sharding.make_mesh()
   model = models.build_model(full)
   tx = train.make_optimizer(learning_rate=0.1, total_steps=1000)
   state = train.create_train_state(
@@ -95,8 +95,8 @@ def main(argv=None):
   }
   # Placed as `lpjax.train.fit` places them, then two untimed steps (the
   # compile, and one more with the step's own output state).
-  state = train.replicate(state, mesh)
-  batch = train.shard_batch(batch, mesh)
+  state = sharding.replicate(state, mesh)
+  batch = sharding.shard_batch(batch, mesh)
   for _ in range(2):
     state, m = step(state, batch)
     jax.block_until_ready(m)

@@ -15,8 +15,9 @@ tree for the latter), and dropout draws from a `'dropout'` RNG derived from
 Steps are module-level pure functions (`loss_fn`, `train_step`,
 `eval_step`). They are jitted once per (mesh, loss settings) by
 `jit_train_step` / `jit_eval_step`
-with explicit shardings: the state is replicated over a one-axis `'data'`
-mesh of every device and the batch is split along its first axis. Under
+with explicit shardings (`lpjax.sharding`): the state is replicated over a
+one-axis `'data'` mesh of every device and the batch is split along its
+first axis. Under
 `jax.jit` this is plain data parallelism: gradients and BatchNorm batch
 statistics are computed over the global batch, so results match a single
 device up to float reduction order.
@@ -24,21 +25,16 @@ device up to float reduction order.
 `fit` runs epochs of a dataset's `train_batches`, and `evaluate` aggregates
 exact sums over padded, masked eval batches.
 
-Several processes (multi-host, after `jax.distributed.initialize()`): the
-mesh spans every process's devices, process i's devices holding the i-th
-contiguous block of the `'data'` axis, and every host batch is
-process-local: each process passes only its rows [i * B / P, (i + 1) * B / P)
-of the global batch (what `lpjax.data.Dataset` yields), and
-`shard_batch` assembles the global array from them. The state is replicated
-on every device and the step's metrics are global, so every process sees the
-same numbers.
+Several processes (multi-host): every host batch is process-local (what
+`lpjax.data.Dataset` yields; `lpjax.sharding` assembles the global array),
+the state is replicated on every device and the step's metrics are global,
+so every process sees the same numbers.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -50,12 +46,16 @@ import numpy as np
 import optax
 from absl import logging
 from flax.training import train_state
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lpjax import errors
+from lpjax.sharding import (
+  DATA_AXIS,
+  make_mesh,
+  replicate,
+  shard_batch,
+)
 
-DATA_AXIS = 'data'
 SCHEDULES = ('step', 'cosine', 'constant')
 
 Batch = Mapping[str, Any]
@@ -422,142 +422,6 @@ def eval_step(state: TrainState, batch: Batch) -> Metrics:
     'loss_sum': jnp.sum(loss * mask),
     'count': jnp.sum(mask),
   }
-
-
-# --- Sharding -----------------------------------------------------------------
-
-
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A one-axis `'data'` mesh over `devices` (default: `jax.devices()`).
-
-  With several processes, the devices are ordered by process (stably, so
-  each process keeps `jax.make_mesh`'s order of its own): process i holds
-  the i-th contiguous block of the axis, the rows
-  `lpjax.data.process_rows` gives it.
-  """
-  devices = list(jax.devices() if devices is None else devices)
-  mesh = jax.make_mesh(
-    (len(devices),),
-    (DATA_AXIS,),
-    axis_types=(AxisType.Auto,),
-    devices=devices,
-  )
-  if jax.process_count() == 1:
-    return mesh
-  ordered = sorted(mesh.devices.flat, key=lambda d: d.process_index)
-  return Mesh(np.array(ordered), (DATA_AXIS,), axis_types=(AxisType.Auto,))
-
-
-def device_count_source() -> str:
-  """Where the device count comes from, for messages.
-
-  Returns:
-    `' (JAX_NUM_CPU_DEVICES=3)'` on a CPU host that sets it, else `''`.
-  """
-  env = os.environ.get('JAX_NUM_CPU_DEVICES')
-  if env and jax.default_backend() == 'cpu':
-    return f' (JAX_NUM_CPU_DEVICES={env})'
-  return ''
-
-
-def check_batch_sizes(sizes: Mapping[str, int]) -> None:
-  """Refuses batch sizes the data-parallel mesh cannot split, before work.
-
-  Args:
-    sizes: config field -> global batch size; each must be a multiple of
-      `jax.device_count()` (every process's rows split over its devices).
-
-  Raises:
-    errors.ConfigError: naming the first field that is not, and the fix.
-  """
-  devices = jax.device_count()
-  for field, size in sizes.items():
-    if size % devices:
-      fits = max(  # the most devices, up to now's, that fit every batch
-        d
-        for d in range(1, devices + 1)
-        if all(s % d == 0 for s in sizes.values())
-      )
-      other = (
-        f'set JAX_NUM_CPU_DEVICES={fits}'
-        if device_count_source()
-        else f'run on {fits} device(s)'
-      )
-      raise errors.ConfigError(
-        f'{field}={size} is not a multiple of the {devices} devices'
-        f'{device_count_source()} every batch is split over: use a multiple '
-        f'of {devices} (--config.{field}=N), or {other}.'
-      )
-
-
-def _check_process_layout(mesh: Mesh) -> None:
-  """Raises unless process i holds the i-th contiguous block of `mesh`."""
-  processes = [d.process_index for d in mesh.devices.flat]
-  count = jax.process_count()
-  per_process = len(processes) // count
-  expected = [i // per_process for i in range(per_process * count)]
-  if processes != expected:
-    raise ValueError(
-      f'With {count} processes, the data-parallel mesh must hold every '
-      "process's devices, process i's as the i-th contiguous block of "
-      f"the {DATA_AXIS!r} axis (as make_mesh() orders them); this mesh's "
-      f'devices belong to processes {processes}.'
-    )
-
-
-def shard_batch(batch: Batch, mesh: Mesh) -> dict[str, jax.Array]:
-  """Places this process's rows of a batch on `mesh`, split along the rows.
-
-  With one process, `batch` is the whole batch. With P processes, each
-  process passes its own rows [i * B / P, (i + 1) * B / P) of the global
-  batch of B (what `lpjax.data.Dataset` yields) and gets the
-  global batch of B rows, assembled from every process's rows without
-  copying data between processes.
-
-  Args:
-    batch: arrays with a common leading dimension: this process's rows.
-    mesh: a mesh from `make_mesh`.
-
-  Returns:
-    The global batch as `jax.Array`s sharded `P('data')`.
-
-  Raises:
-    ValueError: if the rows are not a multiple of this process's devices
-      in the mesh, or (several processes) the mesh does not give each
-      process one contiguous block.
-  """
-  sharding = NamedSharding(mesh, P(DATA_AXIS))
-  count = jax.process_count()
-  if count > 1:
-    _check_process_layout(mesh)
-  per_process = mesh.size // count
-  out = {}
-  for key, value in batch.items():
-    shape = np.shape(value)
-    n = shape[0]
-    if n % per_process:
-      raise ValueError(
-        f'Batch size {n} (batch[{key!r}]) is not divisible by the '
-        f'{per_process} devices of the data-parallel mesh; use a batch size '
-        f'that is a multiple of {per_process}.'
-      )
-    out[key] = jax.make_array_from_process_local_data(
-      sharding, value, (n * count, *shape[1:])
-    )
-  return out
-
-
-def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Places `tree` on every device of `mesh` (sharding `P()`).
-
-  Args:
-    tree: a pytree of arrays, e.g. a `TrainState`.
-    mesh: a mesh from `make_mesh`.
-
-  Returns:
-    The replicated tree.
-  """
-  return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
 @functools.cache

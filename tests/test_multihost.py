@@ -33,7 +33,7 @@ from flax import traverse_util
 from jax.sharding import Mesh
 from tolerances import f32_atol, network_terms
 
-from lpjax import data, models, scoring, train
+from lpjax import data, models, scoring, sharding, train
 
 PROCESSES = 2
 DEVICES = 8
@@ -165,7 +165,7 @@ def _worker(out_path: str) -> None:
   model = models.build_model(arch)
   tx = train.make_optimizer(learning_rate=0.1, total_steps=100)
   state = train.create_train_state(model, _variables(arch), tx)
-  mesh = train.make_mesh()
+  mesh = sharding.make_mesh()
   epochs = []
   state = train.fit(
     state,
@@ -200,7 +200,7 @@ def _worker(out_path: str) -> None:
     jax.device_get({'params': state.params, 'batch_stats': state.batch_stats}),
     sep='/',
   )
-  sample = train.shard_batch(
+  sample = sharding.shard_batch(
     next(dataset.train_batches(batch_size=BATCH, epoch=0, seed=0)), mesh
   )
   report = {
@@ -243,7 +243,7 @@ def _worker(out_path: str) -> None:
         lambda: next(dataset.train_batches(batch_size=15, epoch=0, seed=0))
       ),
       'interleaved_mesh': _error(
-        lambda: train.shard_batch(
+        lambda: sharding.shard_batch(
           {'x': np.zeros((4, 1), np.float32)},
           Mesh(np.array(_interleaved(jax.devices())), ('data',)),
         )

@@ -235,15 +235,15 @@ def test_sharded_scoring_matches_single_device(tmp_path):
     """
       import json, sys
       import jax, numpy as np
-      from lpjax import models, scoring, train
+      from lpjax import models, scoring, sharding
       from lpjax.models import resnet
       arch = resnet.resnet_cifar(blocks_per_stage=(3, 3, 3), width=4)
       v = models.init_variables(arch, 0, (8, 8, 3))
       x = np.random.default_rng(0).normal(size=(64, 8, 8, 3)).astype('f4')
-      mesh = train.make_mesh()
+      mesh = sharding.make_mesh()
       sharded = scoring.score_candidates(arch, v, x, mesh=mesh)
       one = scoring.score_candidates(
-          arch, v, x, mesh=train.make_mesh(jax.devices()[:1]))
+          arch, v, x, mesh=sharding.make_mesh(jax.devices()[:1]))
       print(json.dumps([mesh.size, list(sharded.values()),
                         list(one.values())]))
       """

@@ -21,7 +21,7 @@ import pytest
 from flax import traverse_util
 from tolerances import f32_atol, magnitude, network_terms
 
-from lpjax import models, train
+from lpjax import models, sharding, train
 from lpjax.models import resnet, vit
 
 IMAGE_SHAPE = (8, 8, 3)
@@ -135,7 +135,7 @@ def test_learns_separable_problem(setup):
   # The jitted step is cached per (weight decay, mesh) and shared with other
   # tests in this process: count the compiles this run adds.
   step_fn = train.jit_train_step(
-    weight_decay=WEIGHT_DECAY, mesh=train.make_mesh()
+    weight_decay=WEIGHT_DECAY, mesh=sharding.make_mesh()
   )
   compiles_before = step_fn._cache_size()
   state = train.fit(
@@ -366,16 +366,16 @@ def _multi_device_check():
   report = {}
   results = {}
   for name, mesh in [
-    ('many', train.make_mesh()),
-    ('one', train.make_mesh(jax.devices()[:1])),
+    ('many', sharding.make_mesh()),
+    ('one', sharding.make_mesh(jax.devices()[:1])),
   ]:
     step = train.jit_train_step(weight_decay=WEIGHT_DECAY, mesh=mesh)
-    state = train.replicate(
+    state = sharding.replicate(
       train.create_train_state(model, variables, tx), mesh
     )
     metrics = []
     for b in batches:
-      sharded = train.shard_batch(b, mesh)
+      sharded = sharding.shard_batch(b, mesh)
       state, m = step(state, sharded)
       metrics.append(m)
     report[f'{name}_batch_devices'] = len(sharded['image'].sharding.device_set)
@@ -396,8 +396,8 @@ def _multi_device_check():
   )
   report['eval'] = [many[2], one[2]]
   try:
-    train.shard_batch(
-      {'image': images[:12], 'label': labels[:12]}, train.make_mesh()
+    sharding.shard_batch(
+      {'image': images[:12], 'label': labels[:12]}, sharding.make_mesh()
     )
   except ValueError as e:
     report['indivisible_error'] = str(e)
@@ -467,14 +467,14 @@ def test_vit_trains_without_batchnorm_and_with_dropout():
   images, labels = _synthetic(2 * BATCH, seed=3)
   tx = train.make_optimizer(learning_rate=0.05, total_steps=4)
   state = train.create_train_state(models.build_model(arch), variables, tx)
-  mesh = train.make_mesh()
+  mesh = sharding.make_mesh()
   step = train.jit_train_step(
     weight_decay=WEIGHT_DECAY, mesh=mesh, decay='kernels', dropout_seed=7
   )
-  batch = train.shard_batch(
+  batch = sharding.shard_batch(
     {'image': images[:BATCH], 'label': labels[:BATCH]}, mesh
   )
-  state = train.replicate(state, mesh)
+  state = sharding.replicate(state, mesh)
   new, metrics = step(state, batch)
   assert np.isfinite(float(metrics['loss'])) and int(new.step) == 1
   assert new.batch_stats == {}

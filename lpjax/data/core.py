@@ -26,7 +26,7 @@ Several processes (multi-host, `jax.distributed`): `batch_size` is the global
 batch, and each of P processes reads, decodes and yields only its rows of
 every global batch, rows [i * B / P, (i + 1) * B / P) for process i (by
 default `jax.process_index()` of `jax.process_count()`), as
-`lpjax.train.shard_batch` expects; B must be divisible by P. The rows and
+`lpjax.sharding.shard_batch` expects; B must be divisible by P. The rows and
 their augmentation are exactly those of the one-process batch, and every
 process yields the same number of batches. `calibration` is not split: every
 process gets the whole (small, seed-determined) sample.
@@ -117,7 +117,7 @@ def process_rows(
   """This process's rows `[lo, hi)` of every global batch of `batch_size`.
 
   Process i of P holds rows [i * B / P, (i + 1) * B / P), the block of the
-  `'data'` mesh axis that `lpjax.train.make_mesh` gives its devices.
+  `'data'` mesh axis that `lpjax.sharding.make_mesh` gives its devices.
 
   Args:
     batch_size: the global batch size B.

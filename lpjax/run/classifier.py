@@ -56,6 +56,7 @@ from lpjax import (
   methods,
   models,
   scoring,
+  sharding,
   surgery,
   train,
 )
@@ -121,7 +122,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       'it with --config.baseline.epochs=N, or set '
       '--config.baseline.allow_untrained=True to do it anyway.'
     )
-  train.check_batch_sizes(
+  sharding.check_batch_sizes(
     {
       'train.batch_size': config.train.batch_size,
       'train.eval_batch_size': config.train.eval_batch_size,
@@ -233,7 +234,7 @@ def check_calibration(
     raise errors.ConfigError(
       f'prune.calibration_examples={n} cannot be scored in equal batches of '
       f'at most prune.data_batch_size={p.data_batch_size} that split over '
-      f'the {devices} devices{train.device_count_source()}; use a multiple '
+      f'the {devices} devices{sharding.device_count_source()}; use a multiple '
       f'of {devices} for both.'
     )
 
@@ -361,7 +362,7 @@ class Classifier:
       raise errors.ConfigError(message) from e
     self.workdir = os.path.abspath(self.workdir)
     self.provides = provides(self.config)
-    self.mesh = train.make_mesh()
+    self.mesh = sharding.make_mesh()
     self.steps_per_epoch = self.dataset.steps_per_epoch(
       self.config.train.batch_size
     )
