@@ -404,6 +404,9 @@ def save_trained(
   tmp = f'{path}.{os.getpid()}.tmp'
   try:
     save_file(tensors, tmp, metadata={TRAINED_KEY: json.dumps(info)})
+    umask = os.umask(0)  # readable as any new file (the library writes 0600)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
   except BaseException:  # Ctrl-C too: no half-written file left behind
     if os.path.exists(tmp):

@@ -24,6 +24,7 @@ against independent oracles written here:
 """
 
 import json
+import os
 import pydoc_data.topics
 
 import gguf
@@ -411,6 +412,12 @@ def test_provenance_is_in_the_safetensors_metadata(folder):
     meta = f.metadata()
   assert meta['format'] == 'pt'
   assert json.loads(meta['lpjax.provenance']) == PROVENANCE
+  # Readable as any new file (this process's umask), not owner-only.
+  umask = os.umask(0)
+  os.umask(umask)
+  for f in folder.rglob('*'):
+    if f.is_file():
+      assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
 
 
 def test_refusals_come_before_any_writing(tmp_path, pruned, source, tiny):

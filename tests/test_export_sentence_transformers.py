@@ -414,6 +414,12 @@ def test_provenance_is_in_the_safetensors_metadata(exported):
     meta = f.metadata()
   assert meta['format'] == 'pt'
   assert json.loads(meta['lpjax.provenance']) == PROVENANCE
+  # Readable as any new file (this process's umask), not owner-only.
+  umask = os.umask(0)
+  os.umask(umask)
+  for f in exported.rglob('*'):
+    if f.is_file():
+      assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
 
 
 def _refused(match, arch, variables, src, out):

@@ -76,6 +76,20 @@ def output_file(out: str | os.PathLike) -> pathlib.Path:
   return path
 
 
+def save_safetensors(
+  tensors: Mapping[str, Any], path: str | os.PathLike, metadata: Mapping
+) -> pathlib.Path:
+  """`safetensors.numpy.save_file`, then the file made readable as any new
+  file is (the library writes it owner-only, mode 0600)."""
+  from safetensors.numpy import save_file
+
+  save_file(dict(tensors), os.fspath(path), metadata=dict(metadata))
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(path, 0o666 & ~umask)
+  return pathlib.Path(path)
+
+
 def provenance_json(provenance: Mapping[str, Any] | None) -> str:
   """The provenance as compact, key-sorted JSON (`'{}'` if none)."""
   return json.dumps(dict(provenance or {}), sort_keys=True, default=str)
@@ -276,4 +290,5 @@ __all__ = [
   'output_file',
   'output_folder',
   'provenance_json',
+  'save_safetensors',
 ]

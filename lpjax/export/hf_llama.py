@@ -53,7 +53,12 @@ from typing import Any
 import numpy as np
 
 from lpjax import arch as arch_lib
-from lpjax.export import ExportError, output_folder, provenance_json
+from lpjax.export import (
+  ExportError,
+  output_folder,
+  provenance_json,
+  save_safetensors,
+)
 from lpjax.interop import hf_llama as hf_layout
 
 # GGUF token types (llama.cpp's `llama_token_type`): 3 is a control token.
@@ -118,12 +123,10 @@ def write(
     if k in config
   }
 
-  from safetensors.numpy import save_file
-
   folder = output_folder(out)
-  save_file(
+  save_safetensors(
     tensors,
-    str(folder / 'model.safetensors'),
+    folder / 'model.safetensors',
     metadata={
       'format': 'pt',
       'lpjax.provenance': provenance_json(provenance),

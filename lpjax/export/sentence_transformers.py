@@ -57,7 +57,12 @@ from typing import Any
 import numpy as np
 
 from lpjax import arch as arch_lib
-from lpjax.export import ExportError, output_folder, provenance_json
+from lpjax.export import (
+  ExportError,
+  output_folder,
+  provenance_json,
+  save_safetensors,
+)
 from lpjax.interop import safetensors_bert
 
 TOKENIZER_FILES = (
@@ -133,11 +138,9 @@ def write(
 
   tensors = dict(copied)
   tensors.update(_tensors(arch, params))
-  from safetensors.numpy import save_file
-
-  save_file(
+  save_safetensors(
     tensors,
-    str(path / 'model.safetensors'),
+    path / 'model.safetensors',
     metadata={
       'format': 'pt',
       'lpjax.provenance': provenance_json(provenance),
