@@ -198,3 +198,38 @@ def test_energy_is_never_an_estimate_without_a_counter():
     assert r['joules_per_call'] > 0 and r['runs'] >= 2
   else:
     assert r['reason']
+
+
+def test_latency_times_the_compile_apart_from_the_runs():
+  """`measure` times the first call (trace and compile) as `compile_s` and
+  only later calls as runs. Tracing here sleeps 0.5 s (a compile made
+  slow, deterministically: it runs on the first call only) and every run
+  sleeps 20 ms in a host callback (work that `block_until_ready` waits
+  for). With one run and no warm-up, a first call counted among the runs
+  would make the median ≥ 500 ms; a compile timed elsewhere would leave
+  `compile_s` < 0.5 s."""
+  import time
+
+  traces = []
+
+  def host(v):
+    time.sleep(0.02)
+    return v + 1
+
+  def fn(v):
+    traces.append(1)
+    time.sleep(0.5)
+    out = jax.ShapeDtypeStruct(v.shape, v.dtype)
+    return jax.pure_callback(host, out, v)
+
+  f = jax.jit(fn)
+  x = jnp.ones(3)
+  r = latency.measure(f, x, runs=1, warmup=0)
+  assert len(traces) == 1
+  assert r['compile_s'] >= 0.5, r
+  assert 20 <= r['min_ms'] <= r['median_ms'] < 500, r
+  # Compiled already: no trace, so the first call is a run's length.
+  again = latency.measure(f, x, runs=3, warmup=1)
+  assert len(traces) == 1
+  assert 0.02 <= again['compile_s'] < 0.5, again
+  assert 20 <= again['median_ms'] < 500, again
