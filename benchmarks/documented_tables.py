@@ -35,7 +35,8 @@ _OUT = flags.DEFINE_string('out', '/tmp/documented', 'Output folder.')
 # quickstart: seeds 0, 1, 2 on one 2-core machine (README, first version:
 #   99.72 -> 99.72 / 99.44 / 98.05; 99.16 -> 98.61 / 99.44 / 97.77;
 #   98.05 -> 98.05 / 98.05 / 98.61) and seed 0 on a 2-core AMD EPYC with
-#   AVX-512 (2026-12-06: 99.44 -> 99.72 / 99.44 / 99.16).
+#   AVX-512 (2026-12-06: 99.44 -> 99.72 / 99.44 / 99.16; pinned to one of
+#   its cores, `taskset -c 1`: 99.72 -> 100.00 / 99.44 / 99.16).
 # vit_digits: seed 0 on two 2-core machines (96.66 -> 97.49 / 96.94 /
 #   96.38 and 96.94 -> 96.66 / 97.21 / 96.10).
 RANGES = {
