@@ -8,7 +8,8 @@ fine-tunes, down to the floor of two blocks per stage.
 
 Expected on a 2-core CPU: 1.5 to 3.5 min (more with other jobs running);
 test accuracy 98.05-99.72 % unpruned and 97.77-99.16 % after removing three
-blocks (34.93 % fewer FLOPs): the spread over seeds 0-2 and two machines
+blocks (34.93 % fewer FLOPs): the spread over seeds 0-2, two machines and
+one- or two-core runs
 (README "Quickstart"; `benchmarks/documented_tables.py` checks a run against
 it).
 """
