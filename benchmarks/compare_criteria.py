@@ -21,16 +21,25 @@ block removed per iteration with a short fine-tune, down to the floor), for
 every criterion: test accuracy vs FLOPs reduction (mean and 95 % Student-t
 interval over seeds), accuracy right after each removal (before
 fine-tuning), scoring seconds per step, one accuracy-vs-FLOPs plot with every
-criterion, and the paired per-seed differences of consensus, cka and random
-with their 95 % intervals. Resumable: re-running the same command skips
-finished runs.
+criterion, and the paired per-seed differences of the pairs in `PAIRS` that
+were run (cka - random, consensus - random, consensus - cka, l1 - random,
+l1 - cka, block_influence - random) at each number of removed blocks and
+averaged over them, with Student-t intervals Holm-Bonferroni-corrected over
+that whole family; "separated" only where the corrected interval excludes
+0. Resumable: re-running the same command skips finished runs (each run
+has its own workdir, `--out/seed{s}/{criterion}`); run it on fewer
+`--seeds` to analyse the seeds finished so far. To train, run one seed per
+process (`--seeds=S --noanalyse`, e.g. one process per core under
+`taskset`), then the command below to analyse.
 
-  python benchmarks/compare_criteria.py --part=digits --seeds=0,1,2,3,4,5,6,7,8,9 \
-      --criteria=cka,consensus,kl,block_influence,angular,l1,random \
-      --finetune_epochs=5 --out=/tmp/lpjax_compare_digits
+  taskset -c 1 python benchmarks/compare_criteria.py --part=digits \
+      --seeds=0,1,2,3,4,5,6,7,8,9 --criteria=cka,consensus,random,l1 \
+      --finetune_epochs=5 --out=/tmp/lpjax_compare_digits10
 
 Results go to `--out` (`summary.json`, `section.md`, plots) and stdout.
 """
+
+from __future__ import annotations
 
 import itertools
 import json
@@ -48,7 +57,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import digits_runs
 from scipy import stats
 
-from lpjax import methods, models, report, scoring
+from lpjax import errors, methods, models, report, scoring
 from lpjax.interop import keras_h5
 from lpjax.methods import consensus
 
@@ -79,6 +88,12 @@ _CRITERIA = flags.DEFINE_list(
 _MODEL = flags.DEFINE_string('model', 'resnet32', 'CIFAR ResNet (digits).')
 _BASELINE_EPOCHS = flags.DEFINE_integer('baseline_epochs', 30, 'Epochs.')
 _FINETUNE_EPOCHS = flags.DEFINE_integer('finetune_epochs', 5, 'Epochs.')
+_ANALYSE = flags.DEFINE_bool(
+  'analyse',
+  True,
+  'digits: write the tables after the runs; --noanalyse only runs (e.g. one '
+  'seed per process: a long process exhausts the memory LLVM maps).',
+)
 
 OTHER_CRITERIA = ('kl', 'block_influence', 'angular', 'l1', 'random')
 
@@ -306,6 +321,19 @@ def resnet56(out):
 # Part (a): pruning digits with every criterion.
 # ---------------------------------------------------------------------------
 
+# The paired comparisons reported, `a - b` in percentage points; a pair is
+# kept when both of its criteria were run.
+PAIRS = (
+  ('cka', 'random'),
+  ('consensus', 'random'),
+  ('consensus', 'cka'),
+  ('l1', 'random'),
+  ('l1', 'cka'),
+  ('block_influence', 'random'),
+)
+ALPHA = 0.05  # familywise error rate of the paired comparisons
+MIN_SEEDS = 10  # fewer: the section says it is incomplete
+
 
 def _config(seed, criterion):
   return digits_runs.pruning_config(
@@ -317,13 +345,17 @@ def _config(seed, criterion):
   )
 
 
+def _half_width(sd, n, level=0.95):
+  """Half-width of the two-sided Student-t interval of a mean at `level`."""
+  return float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n))
+
+
 def _ci95(values):
   """Mean and half-width of the 95 % Student-t interval of the mean."""
   v = np.asarray(values, np.float64)
   if len(v) < 2:
     return float(v.mean()), float('nan')
-  half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-  return float(v.mean()), float(half)
+  return float(v.mean()), _half_width(v.std(ddof=1), len(v))
 
 
 def _mean_ci(values):
@@ -332,12 +364,181 @@ def _mean_ci(values):
   return f'{mean:.2f} ± {half:.2f}'
 
 
+def paired_test(diffs):
+  """`(mean, sd, p)` of per-seed differences: p is the two-sided p-value of
+  the one-sample Student-t test of mean 0 (paired t test). Differences that
+  are all equal have sd 0: p is 1 when they are all 0, else 0."""
+  d = np.asarray(diffs, np.float64)
+  mean, sd = float(d.mean()), float(d.std(ddof=1))
+  if sd == 0.0:
+    return mean, 0.0, 1.0 if mean == 0.0 else 0.0
+  t = mean / (sd / np.sqrt(len(d)))
+  return mean, sd, float(2.0 * stats.t.sf(abs(t), len(d) - 1))
+
+
+def holm(pvalues, alpha=ALPHA):
+  """Holm-Bonferroni over a family: `(adjusted p, rejected, levels)`.
+
+  With the m p-values sorted ascending, the hypothesis of rank j (from 1)
+  is rejected when every rank i <= j has p_(i) <= alpha / (m - i + 1); its
+  adjusted p-value is max over i <= j of min(1, (m - i + 1) p_(i)) (Holm
+  1979). `levels[h]` is the per-comparison error level of hypothesis h's
+  interval: alpha / (m - j + 1) up to the first rank k not rejected, and
+  alpha / (m - k + 1) from k on, so that the interval at confidence
+  1 - level excludes 0 exactly when Holm rejects.
+  """
+  p = np.asarray(pvalues, np.float64)
+  m = len(p)
+  adjusted, levels = np.empty(m), np.empty(m)
+  running, stop = 0.0, None
+  for j, h in enumerate(np.argsort(p, kind='stable')):  # rank j + 1
+    running = max(running, min(1.0, (m - j) * p[h]))
+    adjusted[h] = running
+    if stop is None and p[h] > alpha / (m - j):
+      stop = j
+    levels[h] = alpha / (m - (j if stop is None else stop))
+  return adjusted, adjusted <= alpha, levels
+
+
+def _where(ks):
+  """`[1, 2, 3, 5, 'mean']` -> 'after 1–3, 5 removed blocks and on the mean
+  over all removals'."""
+  nums = [k for k in ks if isinstance(k, int)]
+  parts, i = [], 0
+  while i < len(nums):
+    j = i
+    while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+      j += 1
+    parts.append(
+      str(nums[i])
+      if i == j
+      else f'{nums[i]}{"–" if j > i + 1 else ", "}{nums[j]}'
+    )
+    i = j + 1
+  text = ''
+  if nums:
+    text = f'after {", ".join(parts)} removed block'
+    text += '' if nums == [1] else 's'
+  if 'mean' in ks:
+    text += (' and ' if text else '') + 'on the mean over all removals'
+  return text
+
+
+def _cpu_model():
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def _digits_machine():
+  cpus = sorted(os.sched_getaffinity(0))
+  return (
+    f'{_cpu_model()} ({os.cpu_count()} CPUs, this process pinned to '
+    f'{len(cpus)}: {cpus}), jax {jax.__version__} on '
+    f'{jax.default_backend()}, float32; '
+    f'{time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; load average '
+    f'{os.getloadavg()[0]:.2f}'
+  )
+
+
+def compare_pairs(acc, criteria, num, n_seeds, alpha=ALPHA):
+  """Paired differences of every pair in `PAIRS` present in `criteria`, at
+  each number of removed blocks 1..num and averaged over them ('mean'),
+  Holm-corrected over that whole family. `acc(crit, i)` gives the per-seed
+  accuracies after i removals. Returns `(pairs, rows)`; each row is a dict
+  (pair, removed, per-seed differences in pp, mean, p, adjusted p,
+  separated, the corrected interval, the uncorrected 95 % interval)."""
+  pairs = [(a, b) for a, b in PAIRS if a in criteria and b in criteria]
+  rows = []
+  for a, b in pairs:
+    per_removed = [
+      100.0 * (np.asarray(acc(a, i)) - np.asarray(acc(b, i)))
+      for i in range(1, num + 1)
+    ]
+    for k, d in [*enumerate(per_removed, 1), ('mean', np.mean(per_removed, 0))]:
+      mean, sd, p = paired_test(d)
+      rows.append(
+        {
+          'pair': f'{a} − {b}',
+          'removed': k,
+          'diffs_pp': [float(x) for x in d],
+          'mean': mean,
+          'sd': sd,
+          'p': p,
+          'half95': _half_width(sd, n_seeds),
+        }
+      )
+  adjusted, rejected, levels = holm([r['p'] for r in rows], alpha)
+  for r, q, rej, lev in zip(rows, adjusted, rejected, levels):
+    half = _half_width(r['sd'], n_seeds, 1.0 - lev)
+    r.update(
+      p_holm=float(q),
+      separated=bool(rej),
+      level=float(lev),
+      interval=(r['mean'] - half, r['mean'] + half),
+    )
+  return pairs, rows
+
+
+def _pair_cell(r):
+  lo, hi = r['interval']
+  verdict = '**separated**' if r['separated'] else 'noise'
+  return f'{r["mean"]:+.2f} [{lo:+.2f}, {hi:+.2f}] {verdict}'
+
+
+def _pair_prose(pairs, rows):
+  """One line per pair naming where its corrected interval excludes 0."""
+
+  def stat(r):
+    lo, hi = r['interval']
+    return f'{r["mean"]:+.2f} pp [{lo:+.2f}, {hi:+.2f}]'
+
+  lines = []
+  for a, b in pairs:
+    mine = [r for r in rows if r['pair'] == f'{a} − {b}']
+    sep = [r for r in mine if r['separated']]
+    noise = [r['removed'] for r in mine if not r['separated']]
+    if not sep:
+      lines.append(
+        f'* **{a} − {b}: noise everywhere.** No corrected interval '
+        'excludes 0, after any number of removed blocks nor on the mean '
+        f'over all removals ({stat(mine[-1])}).'
+      )
+      continue
+    parts = []
+    for name, sign in ((a, 1), (b, -1)):
+      where = [r for r in sep if sign * r['mean'] > 0]
+      if where:
+        parts.append(
+          f'{name} higher {_where([r["removed"] for r in where])} ('
+          + '; '.join(f'{r["removed"]}: {stat(r)}' for r in where)
+          + ')'
+        )
+    tail = f'; noise {_where(noise)}' if noise else ''
+    lines.append(
+      f'* **{a} − {b}: separated**: ' + '; '.join(parts) + tail + '.'
+    )
+  return '\n'.join(lines)
+
+
 def digits(out):
   logging.set_verbosity(logging.WARNING)
   criteria = _CRITERIA.value
   seeds = [int(s) for s in _SEEDS.value]
+  if _ANALYSE.value and len(seeds) < 2:
+    raise errors.UserError(
+      f'--seeds={",".join(_SEEDS.value)}: paired intervals need at least two '
+      'seeds; pass two or more.'
+    )
   t0 = time.time()
   runs = digits_runs.run_criteria(out, seeds, criteria, _config)
+  if not _ANALYSE.value:
+    return
   report.plot_accuracy_vs_flops(
     runs,
     os.path.join(out, 'accuracy_vs_flops.png'),
@@ -380,6 +581,12 @@ def digits(out):
     k: [it['seconds_scoring'] for r in runs[k] for it in r['iterations']]
     for k in criteria
   }
+  finetune = {
+    k: [
+      it.get('seconds_finetune', 0.0) for r in runs[k] for it in r['iterations']
+    ]
+    for k in criteria
+  }
   overview = _table(
     [
       'criterion',
@@ -399,52 +606,23 @@ def digits(out):
       for k in criteria
     ],
   )
-  # Paired differences (same baseline per seed): mean and 95 % interval over
-  # seeds of the per-seed difference, averaged over iterations 1..num and at
-  # the floor; "separated" when the interval excludes 0.
-  pairs = [
-    (a, b)
-    for a, b in (
-      ('consensus', 'cka'),
-      ('cka', 'random'),
-      ('consensus', 'random'),
-    )
-    if a in criteria and b in criteria
-  ]
-  pair_rows = []
-  for a, b in pairs:
-    per_seed = np.asarray(
-      [
-        np.mean([acc(a, i)[s] - acc(b, i)[s] for i in range(1, num + 1)])
-        for s in range(len(seeds))
-      ]
-    )
-    final = np.asarray(acc(a, num)) - np.asarray(acc(b, num))
-
-    def cell(v):
-      mean, half = _ci95(100 * v)
-      verdict = 'separated' if abs(mean) > half else 'noise'
-      return f'{mean:+.2f} ± {half:.2f} ({verdict})'
-
-    pair_rows.append(
-      [
-        f'{a} − {b}',
-        cell(per_seed),
-        cell(final),
-        ', '.join(f'{100 * v:+.2f}' for v in per_seed),
-      ]
-    )
+  pairs, rows = compare_pairs(acc, criteria, num, len(seeds))
+  m = len(rows)
+  cell = {(r['pair'], r['removed']): r for r in rows}
   paired = _table(
+    ['removed', 'FLOPs ↓ %', *(f'{a} − {b}' for a, b in pairs)],
     [
-      'pair',
-      'mean over iterations (pp, 95 %)',
-      'at the floor (pp, 95 %)',
-      'per seed, mean over iterations',
+      [
+        k,
+        f'{flops[k]:.2f}' if isinstance(k, int) else '',
+        *(_pair_cell(cell[f'{a} − {b}', k]) for a, b in pairs),
+      ]
+      for k in [*range(1, num + 1), 'mean']
     ],
-    pair_rows,
   )
   summary = {
-    'machine': _machine(),
+    'machine': _digits_machine(),
+    'argv': sys.argv,
     'seeds': seeds,
     'criteria': criteria,
     'flops_reduction': flops,
@@ -454,19 +632,43 @@ def digits(out):
       for k in criteria
     },
     'seconds_scoring': seconds,
-    'seconds_total': time.time() - t0,
+    'seconds_finetune': finetune,
+    'seconds_baseline': [
+      r['baseline'].get('seconds') for r in runs[criteria[0]]
+    ],
+    'seconds_this_invocation': time.time() - t0,
+    'paired': {'alpha': ALPHA, 'family_size': m, 'rows': rows},
   }
   with open(os.path.join(out, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=1)
+  n = len(seeds)
   text = '\n\n'.join(
     [
-      f'{len(seeds)} seeds; {_machine()} at the end; '
+      f'{n} seeds ({", ".join(map(str, seeds))}); {_digits_machine()}; '
       f'{time.time() - t0:.0f} s in this invocation.',
-      'Test accuracy after fine-tuning, % (mean ± 95 % interval over seeds):'
-      '\n\n' + after,
-      'Right after each removal, before fine-tuning, %:\n\n' + before,
+      'Test accuracy after fine-tuning, % (mean ± half-width of the 95 % '
+      f'Student-t interval over the {n} seeds, t({n - 1}) = '
+      f'{stats.t.ppf(0.975, n - 1):.2f}; per cell, uncorrected):\n\n' + after,
+      'Right after each removal, before fine-tuning, % (same intervals):'
+      '\n\n' + before,
       'Per criterion:\n\n' + overview,
-      'Paired differences (same baseline per seed):\n\n' + paired,
+      f'Paired differences, a − b in pp (same baseline per seed; mean over '
+      f'the {n} seeds of the per-seed difference). Family: {len(pairs)} '
+      f'pairs × ({num} numbers of removed blocks + the mean over them) = '
+      f'{m} comparisons, Holm–Bonferroni at familywise {100 * ALPHA:g} %: '
+      'each cell is the mean and its Holm-corrected Student-t interval (the '
+      "interval at the Holm step's level, which excludes 0 exactly when "
+      'Holm rejects), "separated" where it excludes 0, "noise" elsewhere:'
+      '\n\n' + paired,
+      'What the corrected intervals separate'
+      + (
+        ''
+        if n >= MIN_SEEDS
+        else f' (INCOMPLETE: {n} seeds, fewer than the {MIN_SEEDS} this '
+        'study needs; no claim rests on these lines)'
+      )
+      + ':\n\n'
+      + _pair_prose(pairs, rows),
     ]
   )
   with open(os.path.join(out, 'section.md'), 'w') as f:

@@ -2,10 +2,14 @@
 criterion from that baseline's checkpoint, each in its own resumable
 workdir (`out/seed{s}/{criterion}`)."""
 
+from __future__ import annotations
+
+import gc
 import os
 import time
 from collections.abc import Callable, Sequence
 
+import jax
 import ml_collections
 
 from lpjax.run import classifier
@@ -30,13 +34,19 @@ def run_criteria(
   t0 = time.time()
   for seed in seeds:
     base_dir = os.path.join(out, f'seed{seed}', 'baseline')
-    classifier.Classifier(config(seed, BASELINE_CRITERION), base_dir).baseline()
+    classifier.Classifier(config(seed, BASELINE_CRITERION), base_dir).load()
     for crit in criteria:
       c = config(seed, crit)
       c.baseline.source = 'checkpoint'
       c.baseline.path = os.path.join(base_dir, 'baseline')
       res = classifier.run(c, os.path.join(out, f'seed{seed}', crit))
       runs[crit].append(res)
+      # Every run compiles for its own shrinking architectures; dropping
+      # them keeps a many-run process from exhausting the memory LLVM maps
+      # for compiled code ("LLVM compilation error: Cannot allocate
+      # memory", then a segfault, after ~40 runs in one process).
+      jax.clear_caches()
+      gc.collect()
       last = res['iterations'][-1]
       removed = [u for it in res['iterations'] for u in it['removed']]
       print(
