@@ -51,7 +51,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lpjax import arch as arch_lib
-from lpjax import cka, models
+from lpjax import cka, models, sharding
 
 # (reference [n, ...], candidates [k, n, ...]) -> similarity [k].
 SimilarityFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -61,8 +61,13 @@ def _representations_fn(
   arch: arch_lib.Arch,
   representation: str,
   candidate_chunk: int | None,
+  mesh: Mesh | None = None,
 ):
-  """Un-jitted (variables, xs) -> [1 + K, n, ...], composed below."""
+  """Un-jitted (variables, xs) -> [1 + K, n, ...], composed below.
+
+  With a mesh, each device runs the pass on its own rows of every batch
+  (`shard_map`): the streams a fanout pass appends never cross devices.
+  """
   if candidate_chunk is not None and candidate_chunk < 1:
     raise ValueError(
       f'candidate_chunk must be None (shared-prefix pass) or a positive '
@@ -94,6 +99,14 @@ def _representations_fn(
       lambda m: one(variables, x, m), masks, batch_size=candidate_chunk
     )
 
+  if mesh is not None:
+    batch = jax.shard_map(
+      batch,
+      mesh=mesh,
+      in_specs=(PartitionSpec(), PartitionSpec(sharding.DATA_AXIS)),
+      out_specs=PartitionSpec(None, sharding.DATA_AXIS),
+    )
+
   def run(variables, xs):
     # xs: [num_batches, batch, ...] -> [num_batches, 1 + K, batch, ...]
     out = jax.lax.map(lambda x: batch(variables, x), xs)
@@ -104,13 +117,17 @@ def _representations_fn(
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_representations(arch, representation, candidate_chunk):
-  return jax.jit(_representations_fn(arch, representation, candidate_chunk))
+def _compiled_representations(arch, representation, candidate_chunk, mesh=None):
+  return jax.jit(
+    _representations_fn(arch, representation, candidate_chunk, mesh)
+  )
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_scores(arch, representation, candidate_chunk, similarity):
-  reps_fn = _representations_fn(arch, representation, candidate_chunk)
+def _compiled_scores(
+  arch, representation, candidate_chunk, similarity, mesh=None
+):
+  reps_fn = _representations_fn(arch, representation, candidate_chunk, mesh)
 
   @jax.jit
   def run(variables, xs):
@@ -155,16 +172,25 @@ def candidate_representations(
       pass (least work; families without one: every masked forward at
       once). An int: masked forwards, that many at a time (bounds memory at
       about twice the work).
-    mesh: optional device mesh with a `'data'` axis; images are sharded
-      along their batch dimension.
+    mesh: device mesh with a `'data'` axis; each device runs the pass on
+      its share of every batch. Default: `lpjax.sharding.auto_mesh` (every
+      CPU core where lpjax chose the device count, else one device).
 
   Returns:
     `[1 + len(arch.candidates), n, ...]`: row 0 is the unpruned model.
   """
-  fn = _compiled_representations(arch, representation, candidate_chunk)
+  mesh = _mesh(images, data_batch_size, mesh)
+  fn = _compiled_representations(arch, representation, candidate_chunk, mesh)
   return fn(
     *_prepare(arch, variables, images, representation, data_batch_size, mesh)
   )
+
+
+def _mesh(images, data_batch_size: int, mesh: Mesh | None) -> Mesh | None:
+  """`mesh`, or the default one for `images` (`sharding.auto_mesh`)."""
+  if mesh is not None:
+    return mesh
+  return sharding.auto_mesh(int(np.shape(images)[0]), data_batch_size)
 
 
 def _prepare(arch, variables, images, representation, data_batch_size, mesh):
@@ -249,13 +275,16 @@ def score_candidates(
       f'Unknown similarity_dtype {similarity_dtype!r}; valid: '
       f'{SIMILARITY_DTYPES}.'
     )
+  mesh = _mesh(images, data_batch_size, mesh)
   inputs = _prepare(
     arch, variables, images, representation, data_batch_size, mesh
   )
   if similarity_dtype == 'float32':
-    fn = _compiled_scores(arch, representation, candidate_chunk, similarity)
+    fn = _compiled_scores(
+      arch, representation, candidate_chunk, similarity, mesh
+    )
     return checked_scores(arch.candidates, fn(*inputs))
-  reps = _compiled_representations(arch, representation, candidate_chunk)(
+  reps = _compiled_representations(arch, representation, candidate_chunk, mesh)(
     *inputs
   )
   reps = np.asarray(reps, np.float64)

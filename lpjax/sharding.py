@@ -9,6 +9,19 @@ process-local: each process passes only its rows [i * B / P, (i + 1) * B /
 P) of the global batch, and `shard_batch` assembles the global array from
 them. `check_batch_sizes` refuses batch sizes the devices cannot split
 before any work.
+
+Every core by default: on a CPU host JAX makes one device of all the cores
+and XLA:CPU runs many operations (most convolution weight gradients, the
+fused element-wise work) on one thread. `use_every_core`, called when
+`lpjax` is imported, gives JAX one CPU device per usable core instead, and
+the data-parallel code spreads each batch over them: training over
+`data_devices` (the most devices that split every batch size when the count
+is this default, so no batch size is refused because of it), scoring over
+`auto_mesh`. It does nothing where the count was chosen already
+(`JAX_NUM_CPU_DEVICES`, `--xla_force_host_platform_device_count` in
+`XLA_FLAGS`, `jax.config.update('jax_num_cpu_devices', n)`) or JAX's
+backends were started before `lpjax` was imported; `JAX_NUM_CPU_DEVICES=1`
+turns it off.
 """
 
 from __future__ import annotations
@@ -25,6 +38,9 @@ from jax.sharding import PartitionSpec as P
 from lpjax import errors
 
 DATA_AXIS = 'data'
+
+# The CPU device count `use_every_core` set, or None where it set nothing.
+_DEFAULT_CPU_DEVICES: int | None = None
 
 Batch = Mapping[str, Any]
 
@@ -48,6 +64,90 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return mesh
   ordered = sorted(mesh.devices.flat, key=lambda d: d.process_index)
   return Mesh(np.array(ordered), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def usable_cores() -> int:
+  """The cores this process may run on (its CPU affinity), at least 1."""
+  try:
+    return max(1, len(os.sched_getaffinity(0)))
+  except AttributeError:  # no affinity on this OS
+    return max(1, os.cpu_count() or 1)
+
+
+def use_every_core() -> int | None:
+  """One JAX CPU device per usable core, unless the count is chosen already.
+
+  Must run before JAX's backends start (`lpjax` calls it on import). Leaves
+  everything as it is where `JAX_NUM_CPU_DEVICES` is set (1 turns this
+  off), `XLA_FLAGS` forces a host device count, the program set
+  `jax_num_cpu_devices`, or a JAX computation already ran.
+
+  Returns:
+    The device count set, or None where it set nothing.
+  """
+  global _DEFAULT_CPU_DEVICES
+  flags = os.environ.get('XLA_FLAGS', '')
+  if (
+    os.environ.get('JAX_NUM_CPU_DEVICES')
+    or 'xla_force_host_platform_device_count' in flags
+    or jax.config.jax_num_cpu_devices != -1
+  ):
+    return None
+  cores = usable_cores()
+  if cores < 2:
+    return None
+  try:
+    jax.config.update('jax_num_cpu_devices', cores)
+  except RuntimeError:  # the backends started before lpjax was imported
+    return None
+  _DEFAULT_CPU_DEVICES = cores
+  return cores
+
+
+def defaulted() -> bool:
+  """Whether the devices are `use_every_core`'s CPU devices."""
+  return (
+    _DEFAULT_CPU_DEVICES is not None
+    and jax.default_backend() == 'cpu'
+    and jax.process_count() == 1
+  )
+
+
+def data_devices(sizes: Mapping[str, int]) -> list[jax.Device]:
+  """The devices a data-parallel run splits its batches over.
+
+  Every device, after `check_batch_sizes`; where the count is
+  `use_every_core`'s default, the most of them that split every size in
+  `sizes` (so a batch size the user chose is never refused because of the
+  default).
+  """
+  devices = jax.devices()
+  if not defaulted():
+    check_batch_sizes(sizes)
+    return devices
+  fits = max(
+    d
+    for d in range(1, len(devices) + 1)
+    if all(s % d == 0 for s in sizes.values())
+  )
+  return devices[:fits]
+
+
+def auto_mesh(n: int, batch_size: int) -> Mesh | None:
+  """The mesh a library call uses when it is given none.
+
+  Where the devices are `use_every_core`'s default: a mesh over the most
+  of them (2 or more) that split some batch of at most `batch_size` rows
+  dividing `n` evenly; otherwise (one device, accelerators, several
+  processes, or no such split) None: one device, as JAX does by default.
+  """
+  if not defaulted():
+    return None
+  devices = jax.devices()
+  for d in range(len(devices), 1, -1):
+    if any(n % b == 0 for b in range(d, min(batch_size, n) + 1, d)):
+      return make_mesh(devices[:d])
+  return None
 
 
 def device_count_source() -> str:

@@ -34,6 +34,7 @@ so every process sees the same numbers.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,6 +50,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lpjax import sharding
 from lpjax.sharding import (
   DATA_AXIS,
   make_mesh,
@@ -476,7 +478,8 @@ def evaluate(
       padded rows carry `mask` 0. With several processes, each passes its
       rows of every global batch (as `eval_batches` yields them), every
       process the same number of batches.
-    mesh: the data-parallel mesh (default: `make_mesh()`).
+    mesh: the data-parallel mesh (default: `make_mesh` over
+      `lpjax.sharding.data_devices` for the batch size).
 
   Returns:
     `{'accuracy': float, 'loss': float, 'count': int}` over the real examples
@@ -485,8 +488,16 @@ def evaluate(
   Raises:
     ValueError: if there are no (unmasked) examples.
   """
-  mesh = make_mesh() if mesh is None else mesh
+  batches = iter(batches)
+  first = next(batches, None)
+  if mesh is None:
+    rows = (
+      {} if first is None else {'eval batch': len(next(iter(first.values())))}
+    )
+    mesh = make_mesh(sharding.data_devices(rows))
   step = jit_eval_step(mesh=mesh)
+  if first is not None:
+    batches = itertools.chain([first], batches)
   state = replicate(state, mesh)
   sums = [step(state, shard_batch(batch, mesh)) for batch in batches]
   correct = loss_sum = count = 0.0
@@ -539,7 +550,8 @@ def fit(
     seed: data-order and dropout seed.
     weight_decay: L2 coefficient.
     start_epoch: the first epoch to run.
-    mesh: the data-parallel mesh (default: `make_mesh()`).
+    mesh: the data-parallel mesh (default: `make_mesh` over
+      `lpjax.sharding.data_devices` for `batch_size`).
     on_epoch_end: called as `on_epoch_end(state, epoch, metrics)` after each
       epoch, e.g. to checkpoint.
     log_every_steps: log progress every this many steps (None or 0: only
@@ -559,7 +571,8 @@ def fit(
     ValueError: if an epoch yields no batches, `batch_size` is not divisible
       by the process count, or a batch has other than `batch_size / P` rows.
   """
-  mesh = make_mesh() if mesh is None else mesh
+  if mesh is None:
+    mesh = make_mesh(sharding.data_devices({'batch_size': batch_size}))
   processes = jax.process_count()
   if batch_size % processes:
     raise ValueError(

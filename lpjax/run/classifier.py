@@ -122,12 +122,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       'it with --config.baseline.epochs=N, or set '
       '--config.baseline.allow_untrained=True to do it anyway.'
     )
-  sharding.check_batch_sizes(
-    {
-      'train.batch_size': config.train.batch_size,
-      'train.eval_batch_size': config.train.eval_batch_size,
-    }
-  )
+  sharding.data_devices(batch_sizes(config))  # refuses what cannot split
   if config.train.weight_decay_mask not in train.DECAY_MASKS:
     raise ValueError(
       f'Unknown train.weight_decay_mask {config.train.weight_decay_mask!r}; '
@@ -156,6 +151,22 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     )
   if config.baseline.source == 'checkpoint' and not config.baseline.path:
     raise ValueError('baseline.source=checkpoint needs baseline.path.')
+
+
+def batch_sizes(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """The batch sizes training and evaluation split over the devices."""
+  return {
+    'train.batch_size': config.train.batch_size,
+    'train.eval_batch_size': config.train.eval_batch_size,
+  }
+
+
+def _splits(n: int, batch_size: int, devices: int) -> bool:
+  """Whether `n` examples form equal batches of at most `batch_size` that
+  `devices` devices split."""
+  return any(
+    n % b == 0 for b in range(devices, min(batch_size, n) + 1, devices)
+  )
 
 
 def provides(config: ml_collections.ConfigDict, arch=None) -> frozenset[str]:
@@ -226,11 +237,10 @@ def check_calibration(
       f'the {available} examples of split {p.calibration_split!r}; use at '
       f'most {available}.'
     )
-  # Scoring splits them into equal batches of a multiple of the devices.
+  # Scoring splits them into equal batches of a multiple of the devices
+  # (with lpjax's default devices, over fewer of them where it must).
   n, devices = p.calibration_examples, jax.device_count()
-  if not any(
-    n % b == 0 for b in range(devices, min(p.data_batch_size, n) + 1, devices)
-  ):
+  if not sharding.defaulted() and not _splits(n, p.data_batch_size, devices):
     raise errors.ConfigError(
       f'prune.calibration_examples={n} cannot be scored in equal batches of '
       f'at most prune.data_batch_size={p.data_batch_size} that split over '
@@ -362,7 +372,15 @@ class Classifier:
       raise errors.ConfigError(message) from e
     self.workdir = os.path.abspath(self.workdir)
     self.provides = provides(self.config)
-    self.mesh = sharding.make_mesh()
+    self.mesh = sharding.make_mesh(
+      sharding.data_devices(batch_sizes(self.config))
+    )
+    p = self.config.prune
+    self.scoring_mesh = (
+      self.mesh
+      if _splits(p.calibration_examples, p.data_batch_size, self.mesh.size)
+      else sharding.auto_mesh(p.calibration_examples, p.data_batch_size)
+    )
     self.steps_per_epoch = self.dataset.steps_per_epoch(
       self.config.train.batch_size
     )
@@ -657,7 +675,7 @@ class Classifier:
         model.apply, variables.get('batch_stats', {})
       ),
       'data_batch_size': self.config.prune.data_batch_size,
-      'mesh': self.mesh,
+      'mesh': self.scoring_mesh,
       'finetune': functools.partial(self._probe, k),
       'holdout': self._holdout if self.config.holdout > 0 else None,
     }
