@@ -48,6 +48,14 @@ def get_config(variant: str = ''):
   c.llm.heldout_windows = 16  # evaluation only
   c.llm.heldout_length = 256
   c.llm.data_batch_size = 8  # windows per forward
+  # The dtype the weights are held and the model run in: 'float32', or
+  # 'bfloat16' for accelerators (half the weights' and activations' memory;
+  # RMSNorm, the attention softmax, the logits and every loss still
+  # accumulate in float32). Anything else is refused before any work. On a
+  # CPU bfloat16 is slower and only approximates the float32 results; a
+  # full fine-tune then updates bfloat16 weights (prefer heal.modes=lora:
+  # its adapters stay float32).
+  c.llm.compute_dtype = 'float32'
   # one_shot: every k decided on the unpruned model; iterative: one layer
   # per step, re-scored (SLEB's greedy loop for criterion=sleb).
   c.llm.schedule = 'one_shot'

@@ -16,10 +16,10 @@ brief fine-tune on text (Gromov et al. 2024 use QLoRA; Kim et al. 2024,
 
 The objective is the mean next-token negative log-likelihood of token
 windows `[n, T]` (every position but the last predicts the next;
-`lpjax.models.decoder.next_token_nll`). Step `s` draws its `batch_size`
-windows from `windows` with the seed `(seed, s)`, without replacement
-within a step, so a run that resumes from step `s` sees exactly the
-batches a clean run would. The optimizer is AdamW
+`lpjax.models.decoder.next_token_stats`, a chunk of positions' logits at a
+time). Step `s` draws its `batch_size` windows from `windows` with the
+seed `(seed, s)`, without replacement within a step, so a run that resumes
+from step `s` sees exactly the batches a clean run would. The optimizer is AdamW
 (weight decay 0 by default) with linear warmup over the first tenth of the
 steps and cosine decay to zero, and global-norm gradient clipping at 1.
 
@@ -112,9 +112,13 @@ class HealConfig:
 
 
 def next_token_nll(model, params, ids: jax.Array) -> jax.Array:
-  """Mean next-token negative log-likelihood of windows `ids` `[b, T]`."""
-  logits = model.apply({'params': params}, ids[:, :-1])
-  return jnp.mean(decoder_lib.next_token_nll(logits, ids))
+  """Mean next-token negative log-likelihood of windows `ids` `[b, T]`.
+
+  Computed a chunk of positions at a time (`decoder.next_token_stats`):
+  neither the forward nor the gradient holds every position's logits.
+  """
+  nll, _ = decoder_lib.next_token_stats(model, {'params': params}, ids)
+  return jnp.mean(nll)
 
 
 def lora_targets(arch: arch_lib.Arch) -> tuple[tuple[str, ...], ...]:

@@ -2,7 +2,7 @@
 
 `load_gguf_llama(path)` reads a GGUF file (llama.cpp's format) with the
 `gguf` package's reader and NumPy dequantisers (no llama.cpp, no torch) into
-an `Arch` of the `decoder` family and float32 variables. Quantised tensors
+an `Arch` of the `decoder` family and float32 (or bfloat16) variables. Quantised tensors
 (Q4_0, Q4_1, Q8_0, K-quants, ...) are dequantised exactly as the format
 defines; the model then runs in float32, so it equals the dequantised model
 any other float32 runtime would run, not llama.cpp's quantised kernels.
@@ -30,6 +30,7 @@ import numpy as np
 
 from lpjax import arch as arch_lib
 from lpjax import errors
+from lpjax.interop import hf_llama
 from lpjax.models import decoder as decoder_lib
 
 
@@ -88,16 +89,23 @@ def load_gguf_llama(
   *,
   seq_len: int = 256,
   min_blocks_per_stage: int = 1,
+  dtype: str = 'float32',
 ) -> tuple[arch_lib.Arch, dict[str, Any]]:
   """A LLaMA GGUF file as `(arch, variables)` of the decoder family.
+
+  Each tensor becomes a JAX array as soon as it is dequantised, so the
+  weights are held once (plus one tensor's NumPy copy), not as a NumPy and
+  a JAX copy of the whole model.
 
   Args:
     path: the `.gguf` file.
     seq_len: the sequence length FLOPs are counted at by default.
     min_blocks_per_stage: the fewest layers pruning may leave.
+    dtype: `'float32'` or `'bfloat16'` (the dequantised values rounded to
+      bfloat16, half the memory).
 
   Returns:
-    The unpruned `Arch` (`layer00` ... ) and float32 `{'params': ...}`.
+    The unpruned `Arch` (`layer00` ... ) and `{'params': ...}` in `dtype`.
 
   Raises:
     FileNotFoundError: no such file.
@@ -106,6 +114,9 @@ def load_gguf_llama(
   """
   import gguf
 
+  if dtype not in ('float32', 'bfloat16'):
+    raise ValueError(f"dtype must be 'float32' or 'bfloat16'; got {dtype!r}.")
+  target = np.dtype(jnp.dtype(dtype))
   path = pathlib.Path(path)
   r = _reader(path)
   arch_name = _field(r, path, 'general.architecture')
@@ -219,8 +230,14 @@ def load_gguf_llama(
     node = params
     for key in dst[:-1]:
       node = node.setdefault(key, {})
-    node[dst[-1]] = value
-  return arch, {'params': jax.tree.map(jnp.asarray, params)}
+    # Copied once into an aligned host buffer in `dtype`, which the CPU
+    # backend adopts without another copy (`hf_llama._aligned_empty`).
+    held = hf_llama._aligned_empty(value.shape, target)
+    np.copyto(held, value, casting='unsafe')  # bfloat16: round to nearest
+    del value
+    node[dst[-1]] = jax.device_put(held)
+    del held
+  return arch, {'params': params}
 
 
 class GGUFTokenizer:

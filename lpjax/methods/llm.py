@@ -8,7 +8,8 @@
   evaluated in one compiled call: a `lax.map` over one-hot skip masks of
   the masked forward and its loss, inside the batched map over calibration
   windows (`lpjax.scoring.map_batches`), so memory holds one forward's
-  logits at a time.
+  activations at a time and its logits a chunk of positions at a time
+  (`lpjax.models.decoder.next_token_stats`).
 * `ppl` (Kim et al. 2024, "Shortened LLaMA: Depth Pruning for Large
   Language Models with Comparison of Retraining Methods", the PPL
   criterion): score(layer) = the calibration perplexity, exp(mean
@@ -46,18 +47,14 @@ from lpjax.methods.context import Context, Decision, batch_mean_scores
 from lpjax.methods.record import Hparam
 
 
-def _mean_nll(logits: jax.Array, ids: jax.Array) -> jax.Array:
-  """Mean next-token negative log-likelihood of `ids` `[b, T]` (the logits
-  of the model run on all of `ids`; the last position is ignored)."""
-  return jnp.mean(models.decoder.next_token_nll(logits, ids))
-
-
 def _removal_nll(model, variables, x) -> jax.Array:
-  """`[K]` mean NLL of batch `x` with each candidate skipped."""
+  """`[K]` mean NLL of batch `x` with each candidate skipped; the logits a
+  chunk of positions at a time (`decoder.next_token_stats`)."""
   k = len(model.arch.candidates)
 
   def one(mask):
-    return _mean_nll(model.apply(variables, x, skip=mask), x)
+    nll, _ = models.decoder.next_token_stats(model, variables, x, skip=mask)
+    return jnp.mean(nll)
 
   return jax.lax.map(one, jnp.eye(k, dtype=bool))
 

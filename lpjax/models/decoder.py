@@ -39,8 +39,11 @@ look-up are not counted.
 Held-out evaluation: `perplexity` and `next_token_agreement` (`evaluate`
 for both in one pass) run a decoder on token windows `[n, T]`
 (`lpjax.data.text.windows`): every position but the last predicts the
-next token of its window. `next_token_nll` is that loss per position, the
-one healing and SLEB average too.
+next token of its window. `next_token_nll` is that loss per position from
+given logits; `next_token_stats` computes it (and the argmax) from the
+final hidden states (`Decoder(..., head=False)`) `LOGIT_CHUNK` positions
+at a time (`token_stats`), so evaluation, healing and SLEB never hold the
+`[windows, T, vocab]` logits.
 
 LoRA healing (`lpjax.healing`) adapts the MLP kernels `gate`, `up` and
 `down` of every layer (`lora_targets`).
@@ -231,13 +234,32 @@ class DecoderLayer(nn.Module):
     group = self.heads // self.kv_heads
     k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
     bias = causal_bias(t, x.dtype, self.window)
-    attended = encoder_lib.attention(q, k, v, bias)
+    if x.dtype == jnp.float32:
+      attended = encoder_lib.attention(q, k, v, bias)
+    else:
+      attended = _attention_f32_softmax(q, k, v, bias)
     y = x + dense(d, 'o')(attended)
 
     g = RMSNorm(self.eps, name='mlp_norm')(y)
     gated = nn.silu(dense(self.mlp, 'gate')(g)) * dense(self.mlp, 'up')(g)
     z = y + dense(d, 'down')(gated)
     return family_lib.unit_output(x, z, skip=skip, passthrough=passthrough)
+
+
+def _attention_f32_softmax(q, k, v, bias):
+  """`encoder.attention` for low-precision (bfloat16) `q, k, v`: the scores
+  are accumulated, biased and normalised in float32; the weights are cast
+  back to `v`'s dtype for the weighted sum (accumulated in float32)."""
+  b, tq, h, dh = q.shape
+  scores = jnp.einsum(
+    'bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32
+  ) / np.float32(np.sqrt(dh))
+  scores = scores + bias.astype(jnp.float32)
+  weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum(
+    'bhqk,bkhd->bqhd', weights, v, preferred_element_type=jnp.float32
+  )
+  return out.astype(v.dtype).reshape(b, tq, h * dh)
 
 
 class Decoder(nn.Module):
@@ -257,6 +279,7 @@ class Decoder(nn.Module):
     train: bool = False,
     skip: jax.Array | None = None,
     fanout: bool = False,
+    head: bool = True,
   ) -> jax.Array:
     """Next-token logits `[batch, T, vocab]` for token ids `[batch, T]`.
 
@@ -266,6 +289,9 @@ class Decoder(nn.Module):
       skip: optional boolean mask `[len(arch.candidates)]`; may be traced.
       fanout: the unpruned model and every single-layer removal in one
         pass, stream-major rows (see `lpjax.models.resnet.ResNet`).
+      head: False returns the final normed hidden states `[batch, T, D]`
+        instead of the logits (`next_token_stats` turns them into losses a
+        chunk of positions at a time, never holding every logit).
     """
     arch = self.arch
     o = arch.options_dict()
@@ -295,8 +321,11 @@ class Decoder(nn.Module):
         name=block.name,
       )(h, **route)
     h = RMSNorm(o['eps'], name='norm')(h)
-    self.sow('intermediates', 'pooled', jnp.mean(h, axis=1))
-    self.sow('intermediates', 'last', h[:, -1])
+    # The compared states are float32 whatever the compute dtype.
+    self.sow('intermediates', 'pooled', jnp.mean(h.astype(jnp.float32), 1))
+    self.sow('intermediates', 'last', h[:, -1].astype(jnp.float32))
+    if not head:
+      return h
     if o['tied']:
       return embed.attend(h)
     return nn.Dense(
@@ -564,15 +593,103 @@ def next_token_nll(logits: jax.Array, ids: jax.Array) -> jax.Array:
   return -jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
 
 
+# Positions whose logits one step of `token_stats` holds: a `[LOGIT_CHUNK,
+# vocab]` float32 block (50 MB for SmolLM2's 49152 tokens, 131 MB for
+# LLaMA-3's 128256), whatever the number of windows and their length.
+LOGIT_CHUNK = 256
+
+
+def output_logits(h: jax.Array, params: Any, arch: arch_lib.Arch) -> jax.Array:
+  """Logits `[..., vocab]` (float32) of final normed hidden states `h`
+  `[..., D]`: their products with the token embedding (`tied`) or the
+  `lm_head` kernel, accumulated in float32 whatever the parameters' dtype
+  (the embedding is contracted in place, not transposed)."""
+  if arch.option('tied'):
+    w = params['tok_embed']['embedding']  # [vocab, D]
+    dims = (((h.ndim - 1,), (1,)), ((), ()))
+  else:
+    w = params['lm_head']['kernel']  # [D, vocab]
+    dims = (((h.ndim - 1,), (0,)), ((), ()))
+  return jax.lax.dot_general(h, w, dims, preferred_element_type=jnp.float32)
+
+
+def token_stats(
+  h: jax.Array,
+  params: Any,
+  arch: arch_lib.Arch,
+  targets: jax.Array,
+  *,
+  chunk: int = LOGIT_CHUNK,
+) -> tuple[jax.Array, jax.Array]:
+  """Each position's negative log-likelihood of its target (float32) and
+  argmax token (int32), `targets`' shape, from final hidden states `h`
+  `[*targets.shape, D]`.
+
+  The positions are flattened and taken `chunk` at a time (`lax.map`; the
+  last chunk zero-padded): each step forms that chunk's logits
+  (`output_logits`), `logsumexp(z) − z[target]` and `argmax(z)`, so no
+  more than `[chunk, vocab]` logits exist at once. Each step is
+  rematerialised under differentiation (`jax.checkpoint`): the backward
+  pass recomputes a chunk's logits rather than keeping every chunk's.
+  Equal to `next_token_nll` and the argmax of the full logits up to float32
+  rounding.
+  """
+  if chunk < 1:
+    raise ValueError(
+      f'chunk must be a positive number of positions; got {chunk}.'
+    )
+  shape = targets.shape
+  d = h.shape[-1]
+  n = int(np.prod(shape))
+  c = min(chunk, n)
+  m = -(-n // c)
+  pad = m * c - n
+  hs = jnp.pad(h.reshape(n, d), ((0, pad), (0, 0))).reshape(m, c, d)
+  ts = jnp.pad(targets.reshape(n), (0, pad)).reshape(m, c)
+
+  @jax.checkpoint
+  def one(args):
+    hc, tc = args
+    z = output_logits(hc, params, arch)
+    picked = jnp.take_along_axis(z, tc[:, None], axis=-1)[:, 0]
+    nll = jax.nn.logsumexp(z, axis=-1) - picked
+    return nll, jnp.argmax(z, axis=-1).astype(jnp.int32)
+
+  nll, top = jax.lax.map(one, (hs, ts))
+  return nll.reshape(-1)[:n].reshape(shape), top.reshape(-1)[:n].reshape(shape)
+
+
+def next_token_stats(
+  model: Any,
+  variables: Any,
+  ids: jax.Array,
+  *,
+  skip: jax.Array | None = None,
+  chunk: int = LOGIT_CHUNK,
+) -> tuple[jax.Array, jax.Array]:
+  """Every position's next-token NLL (float32) and argmax prediction
+  (int32), both `[b, T − 1]`, of the decoder `model` on windows `ids`
+  `[b, T]`, without the full `[b, T − 1, vocab]` logits (`token_stats`).
+
+  The model runs on `ids[:, :-1]`; position `t` predicts `ids[:, t + 1]`.
+  `skip`: an optional skip mask, as for the model.
+  """
+  h = model.apply(variables, ids[:, :-1], skip=skip, head=False)
+  return token_stats(
+    h, variables['params'], model.arch, ids[:, 1:], chunk=chunk
+  )
+
+
 @functools.lru_cache(maxsize=8)
-def _compiled_nll(model: Any):
+def evaluation_program(model: Any, chunk: int = LOGIT_CHUNK):
+  """The compiled held-out pass: `fn(variables, ids [b, T])` -> (each
+  window's summed next-token NLL `[b]` float32, argmax predictions
+  `[b, T − 1]` int32), `chunk` positions' logits at a time."""
+
   @jax.jit
   def nll(variables, ids):
-    logits = model.apply(variables, ids[:, :-1]).astype(jnp.float32)
-    return (
-      jnp.sum(next_token_nll(logits, ids), axis=1),
-      jnp.argmax(logits, axis=-1),
-    )
+    losses, top = next_token_stats(model, variables, ids, chunk=chunk)
+    return jnp.sum(losses, axis=1), top
 
   return nll
 
@@ -589,10 +706,12 @@ def _batches(ids: np.ndarray, batch: int):
     yield ids[start : start + batch]
 
 
-def _pass(model, variables, ids, batch) -> tuple[np.ndarray, np.ndarray]:
+def _pass(
+  model, variables, ids, batch, chunk=LOGIT_CHUNK
+) -> tuple[np.ndarray, np.ndarray]:
   """Per-window mean next-token NLL `[n]` (float64) and argmax predictions
   `[n, T − 1]`, one pass."""
-  nll = _compiled_nll(model)
+  nll = evaluation_program(model, chunk)
   sums, preds = [], []
   for chunk in _batches(ids, batch):
     s, p = nll(variables, jnp.asarray(chunk))
@@ -602,7 +721,12 @@ def _pass(model, variables, ids, batch) -> tuple[np.ndarray, np.ndarray]:
 
 
 def perplexity(
-  model: Any, variables: Any, ids: np.ndarray, *, batch: int = 8
+  model: Any,
+  variables: Any,
+  ids: np.ndarray,
+  *,
+  batch: int = 8,
+  chunk: int = LOGIT_CHUNK,
 ) -> float:
   """exp(mean next-token negative log-likelihood) over every window.
 
@@ -611,15 +735,21 @@ def perplexity(
     variables: its variables.
     ids: token windows `[n, T]`; T − 1 predictions per window.
     batch: windows per forward (a last smaller batch compiles once more).
+    chunk: positions whose logits are held at once (`token_stats`).
   """
-  return float(np.exp(np.mean(_pass(model, variables, ids, batch)[0])))
+  return float(np.exp(np.mean(_pass(model, variables, ids, batch, chunk)[0])))
 
 
 def predictions(
-  model: Any, variables: Any, ids: np.ndarray, *, batch: int = 8
+  model: Any,
+  variables: Any,
+  ids: np.ndarray,
+  *,
+  batch: int = 8,
+  chunk: int = LOGIT_CHUNK,
 ) -> np.ndarray:
   """The argmax next token at every position but the last, `[n, T − 1]`."""
-  return _pass(model, variables, ids, batch)[1]
+  return _pass(model, variables, ids, batch, chunk)[1]
 
 
 def evaluate(
@@ -629,12 +759,14 @@ def evaluate(
   reference: np.ndarray | None = None,
   *,
   batch: int = 8,
+  chunk: int = LOGIT_CHUNK,
 ) -> dict[str, Any]:
   """Perplexity, each window's mean NLL (`window_nll`, for paired
   comparisons over windows), predictions and (with `reference`, the
   unpruned model's `predictions` on the same windows) next-token top-1
-  agreement, from one pass over `ids`."""
-  window_nll, got = _pass(model, variables, ids, batch)
+  agreement, from one pass over `ids`; `chunk` positions' logits at a time
+  (`token_stats`), never every window's."""
+  window_nll, got = _pass(model, variables, ids, batch, chunk)
   out = {
     'perplexity': float(np.exp(np.mean(window_nll))),
     'window_nll': window_nll,
@@ -656,7 +788,9 @@ def next_token_agreement(
   ids: np.ndarray,
   *,
   batch: int = 8,
+  chunk: int = LOGIT_CHUNK,
 ) -> float:
   """Fraction of positions whose argmax equals `reference`'s (the unpruned
   model's `predictions` on the same windows)."""
-  return evaluate(model, variables, ids, reference, batch=batch)['agreement']
+  out = evaluate(model, variables, ids, reference, batch=batch, chunk=chunk)
+  return out['agreement']

