@@ -4,8 +4,11 @@ Side by side in one run, on the same float32 data:
 
 * `lpjax` / `lpjax-deb`: `lpjax.cka.linear_cka` (biased / debiased), jitted,
   float32, timed with `block_until_ready`, compile excluded.
-* `numpy-f64`: a float64 NumPy implementation (feature-space form when
-  `n > d`, Gram form otherwise).
+* `numpy-f64` / `numpy-f32`: a NumPy implementation in float64 / float32
+  (feature-space form when `n > d`, Gram form otherwise): the same algorithm
+  as lpjax's wherever lpjax's cost model picks the same form (the `lpjax
+  form` column), so its ratio to lpjax measures the runtime, not the
+  algorithm.
 * `pytorch-cka`: `cka.cka_from_features(x, y)` of the `pytorch-cka` package.
   Its only estimator is the unbiased HSIC (debiased CKA), Gram form, in the
   input dtype (float32); it returns a `[1, 1]` matrix, clamped to `[0, 1]`.
@@ -13,8 +16,10 @@ Side by side in one run, on the same float32 data:
   `ckatorch` package; it casts to float64 and uses the Gram form.
 
 Both packages compute the linear CKA of two plain tensors through their
-public functions, so no adapter beyond `.item()` is needed. Every value is
-checked against lpjax's (same estimator).
+public functions, so no adapter beyond `.item()` is needed. Both use the
+Gram form (`n x n` kernels), so at `n >> d` their ratio to lpjax is mostly
+the algorithm's (`O(n² d)` against `O(n d²)`), not the runtime's. Every
+value is checked against the float64 value of its estimator.
 
 Batched case: one reference against 27 candidates. lpjax uses
 `linear_cka_one_to_many` (and a `vmap` of `linear_cka`); the peers run a
@@ -26,11 +31,15 @@ the representative size (`XᵀX`, `n = 10,000`, `d = 4,096`), and lpjax's
 achieved GFLOP/s there as a fraction of JAX's.
 
 Timing: medians of repeats (fewer for large shapes); the methods of a shape
-run round-robin per repeat so load changes hit all of them alike.
+run round-robin per repeat so load changes hit all of them alike. Ratios
+are paired: the ratio of two methods' times in the same round (same call
+index), then the median [quartiles] over rounds.
 
   python benchmarks/cka_bench.py --out /tmp/cka_bench.md  # then paste into BENCHMARKS.md
 
-Runtime: about 15 minutes on 2 CPU cores (`--quick`: a few seconds).
+Runtime: about 15 minutes on 2 CPU cores (`--quick`: a few seconds). To
+stay under 10 minutes per run: `--parts single --max_work 1e11` (every
+single-pair shape but 10000 x 4096), then `--parts batched,matmul`.
 
 Before/after: `--baseline FILE` times this checkout's `lpjax.cka` against
 another version of the module, e.g. the last commit's, side by side in one
@@ -47,6 +56,7 @@ quartiles of the per-round ratio. About three minutes on 2 CPU cores:
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
 import importlib.metadata
 import importlib.util
@@ -75,16 +85,18 @@ NUM_CANDIDATES = 27
 # ---------------------------------------------------------------------------
 
 
-def numpy_cka(x: np.ndarray, y: np.ndarray, debiased: bool = False) -> float:
-  """Linear CKA in float64, feature-space form if `n > d` else Gram form.
+def numpy_cka(
+  x: np.ndarray, y: np.ndarray, debiased: bool = False, dtype=np.float64
+) -> float:
+  """Linear CKA in `dtype`, feature-space form if `n > d` else Gram form.
 
   Biased by default (the timed reference); `debiased=True` (used only to
   check values) evaluates Song et al.'s unbiased HSIC, in feature space via
   `‖YᵀX‖² - n/(n-2) kᵀl + s_x s_y/((n-1)(n-2))` for centered inputs.
   """
   n = x.shape[0]
-  x = x.astype(np.float64)
-  y = y.astype(np.float64)
+  x = x.astype(dtype)
+  y = y.astype(dtype)
   x -= x.mean(axis=0)
   y -= y.mean(axis=0)
   if n > max(x.shape[1], y.shape[1]):
@@ -112,6 +124,11 @@ def numpy_cka(x: np.ndarray, y: np.ndarray, debiased: bool = False) -> float:
       )
 
   return float(h(x, y) / np.sqrt(h(x, x)) / np.sqrt(h(y, y)))
+
+
+def numpy_cka_f32(x: np.ndarray, y: np.ndarray) -> float:
+  """`numpy_cka` in float32: lpjax's precision, the same algorithm."""
+  return numpy_cka(x, y, dtype=np.float32)
 
 
 def _peers():
@@ -152,14 +169,16 @@ def time_round_robin(
   burst: int,
   compile_first: set[str],
   cold_ok: bool = False,
-) -> tuple[dict[str, float], dict[str, object]]:
+) -> tuple[dict[str, float], dict[str, object], dict[str, list[float]]]:
   """Median wall time per function over `rounds x burst` timed calls.
 
   Rounds alternate the functions, so load changes on a shared machine hit
   all of them alike; within a round a function runs `burst` times back to
   back. `compile_first` get one untimed call up front (jit compile);
   `cold_ok` skips the untimed re-warm call in the first round (for shapes
-  where one call takes seconds).
+  where one call takes seconds). Also returns every timed call's seconds,
+  aligned across functions (round by round, call by call), for paired
+  ratios.
   """
   values = {name: fns[name]() for name in compile_first}
   times = {name: [] for name in fns}
@@ -173,7 +192,28 @@ def time_round_robin(
         values[name] = fn()
         last[name] = time.perf_counter() - start
         times[name].append(last[name])
-  return {k: statistics.median(v) for k, v in times.items()}, values
+  medians = {k: statistics.median(v) for k, v in times.items()}
+  return medians, values, times
+
+
+def paired(times, num, den):
+  """Median and quartiles of the per-call ratio `times[num] / times[den]`.
+
+  `den` may be a tuple: the slower of those methods in each call.
+  """
+  dens = den if isinstance(den, tuple) else (den,)
+  d = np.max([times[k] for k in dens], axis=0)
+  q1, q2, q3 = np.percentile(np.asarray(times[num]) / d, [25, 50, 75])
+  return float(q1), float(q2), float(q3)
+
+
+def _form(n, d, num_y=1):
+  plan = tuple(lpcka._plan(n, d, d, num_y, 'auto'))
+  if all(p == 'feature' for p in plan):
+    return 'feature'
+  if all(p in ('blocks', 'gram') for p in plan):
+    return 'Gram'
+  return 'mixed ' + '/'.join(plan)
 
 
 def _schedule(n: int, d: int, quick: bool) -> tuple[int, int]:
@@ -222,11 +262,13 @@ def bench_single(shapes, args, torch, peers):
     skipped = {}
     if big and args.skip_numpy_at_largest:
       skipped['numpy-f64'] = 'skipped (--skip_numpy_at_largest)'
+      skipped['numpy-f32'] = 'skipped (--skip_numpy_at_largest)'
     else:
       fns['numpy-f64'] = lambda x=x, y=y: numpy_cka(x, y)
+      fns['numpy-f32'] = lambda x=x, y=y: numpy_cka_f32(x, y)
     for name, fn, _ in peers:
       fns[name] = lambda fn=fn, xt=xt, yt=yt: fn(xt, yt)
-    times, values = time_round_robin(
+    times, values, all_times = time_round_robin(
       fns, rounds, burst, {'lpjax', 'lpjax-deb'}, cold_ok=big
     )
     values['f64'] = values.get('numpy-f64', None)
@@ -234,7 +276,16 @@ def bench_single(shapes, args, torch, peers):
       values['f64'] = numpy_cka(x, y)
     values['f64-deb'] = numpy_cka(x, y, debiased=True)
     rows.append(
-      dict(n=n, d=d, reps=reps, times=times, values=values, skipped=skipped)
+      dict(
+        n=n,
+        d=d,
+        reps=reps,
+        times=times,
+        all=all_times,
+        values=values,
+        skipped=skipped,
+        form=_form(n, d),
+      )
     )
     print(_single_line(rows[-1]), flush=True)
   return rows
@@ -270,9 +321,14 @@ def _bench_batched_shape(n, d, args, torch, peers, jitted):
     for name, f in jitted.items()
   }
   fns['numpy-f64'] = lambda: np.array([numpy_cka(ref, c) for c in cands])
+  fns['numpy-f32'] = lambda: np.array([numpy_cka_f32(ref, c) for c in cands])
   skipped = {}
   for name, fn, _ in peers:
     est = _single_time(args.single_rows, n, d, name)
+    if est is None:  # No single-pair row: time one call.
+      start = time.perf_counter()
+      fn(reft, candst[0])
+      est = time.perf_counter() - start
     if est is not None and est * k > args.loop_budget_s:
       skipped[name] = (
         f'skipped: one call takes {est:.1f} s, the loop '
@@ -294,10 +350,19 @@ def _bench_batched_shape(n, d, args, torch, peers, jitted):
       f'skipped: {k} Grams of {n}x{n} exceed --native_batch_bytes'
     )
   reps = 1 if args.quick else 3
-  times, values = time_round_robin(fns, reps, 1, set(jitted))
+  times, values, all_times = time_round_robin(fns, reps, 1, set(jitted))
   values['f64'] = values['numpy-f64']
   values['f64-deb'] = [numpy_cka(ref, c, debiased=True) for c in cands]
-  return dict(n=n, d=d, reps=reps, times=times, values=values, skipped=skipped)
+  return dict(
+    n=n,
+    d=d,
+    reps=reps,
+    times=times,
+    all=all_times,
+    values=values,
+    skipped=skipped,
+    form=_form(n, d, k),
+  )
 
 
 def _single_time(rows, n, d, name):
@@ -323,7 +388,7 @@ def bench_matmul(args, torch):
     'lpjax': lambda: _block(jl)(xj, yj),
   }
   reps = 1 if args.quick else 3
-  times, _ = time_round_robin(fns, reps, 1, {'jax', 'lpjax'}, cold_ok=True)
+  times, _, _ = time_round_robin(fns, reps, 1, {'jax', 'lpjax'}, cold_ok=True)
   plan = lpcka._plan(n, d, d, 1, 'auto')
   b = lpcka._num_blocks(d, lpcka._MIN_COLS)
   # Multiply-adds the chosen plan executes (symmetric blocks included).
@@ -539,17 +604,39 @@ def _check_values(r, tol):
   return out, bad
 
 
+def _pq(q, unit='×'):
+  return f'{q[1]:.2f}{unit} [{q[0]:.2f}, {q[2]:.2f}]'
+
+
+def _ratios(r):
+  """Paired ratios of a row: `{(num, den): (q1, median, q3)}`.
+
+  Speed-ups over lpjax: the fastest peer (by median) against the slower of
+  lpjax's two estimators in each round, and each NumPy method against
+  `lpjax` (the same estimator, biased).
+  """
+  out = {}
+  fp, _ = _fastest_peer(r)
+  if fp:
+    out['peer'] = paired(r['all'], fp, ('lpjax', 'lpjax-deb'))
+  for k in ('numpy-f32', 'numpy-f64'):
+    if k in r['all']:
+      out[k] = paired(r['all'], k, 'lpjax')
+  return out
+
+
 def _table(rows, title, lpjax_keys):
   peers = _peer_names(rows)
-  cols = [*lpjax_keys, 'numpy-f64', *peers]
+  cols = [*lpjax_keys, 'numpy-f32', 'numpy-f64', *peers]
   head = [
     'n',
     'd',
+    'lpjax form',
     *cols,
     'fastest peer',
-    'lpjax / fastest',
-    'lpjax-deb / fastest',
-    'speedup vs fastest',
+    'fastest peer / lpjax (slower estimator)',
+    'numpy-f32 / lpjax',
+    'numpy-f64 / lpjax',
     'max error vs float64',
   ]
   lines = [
@@ -559,8 +646,9 @@ def _table(rows, title, lpjax_keys):
     '|' + '---|' * len(head),
   ]
   for r in rows:
-    fp, ft = _fastest_peer(r)
-    cells = [str(r['n']), str(r['d'])]
+    fp, _ = _fastest_peer(r)
+    ratios = _ratios(r)
+    cells = [str(r['n']), str(r['d']), r['form']]
     for c in cols:
       if c in r['times']:
         cells.append(_fmt_t(r['times'][c]))
@@ -568,12 +656,11 @@ def _table(rows, title, lpjax_keys):
         cells.append('skipped¹')
       else:
         cells.append('—')
-    lt, ldt = r['times']['lpjax'], r['times']['lpjax-deb']
     cells += [
       fp or '—',
-      f'{lt / ft:.3f}×' if ft else '—',
-      f'{ldt / ft:.3f}×' if ft else '—',
-      f'{ft / max(lt, ldt):.1f}×' if ft else '—',
+      _pq(ratios['peer']) if 'peer' in ratios else '—',
+      _pq(ratios['numpy-f32']) if 'numpy-f32' in ratios else '—',
+      _pq(ratios['numpy-f64']) if 'numpy-f64' in ratios else '—',
       ', '.join(f'{k} {e:.1e}' for k, e in r['diffs'].items()),
     ]
     lines.append('| ' + ' | '.join(cells) + ' |')
@@ -592,43 +679,48 @@ def _table(rows, title, lpjax_keys):
 
 def _goals(single, batched, mm):
   lines = ['### Goals (reported, not enforced)', '']
-  worst = max(
-    (
-      max(r['times']['lpjax'], r['times']['lpjax-deb']) / _fastest_peer(r)[1],
-      kind,
-      r['n'],
-      r['d'],
-    )
-    for kind, rows in (('single', single), ('batched', batched))
+  kinds = (('single', single), ('batched', batched))
+  have_peer = [
+    (_ratios(r)['peer'][1], kind, r['n'], r['d'])
+    for kind, rows in kinds
     for r in rows
     if _fastest_peer(r)[1]
-  )
-  ok = worst[0] <= 1.0
-  lines.append(
-    f"* ≤ 1.0× the fastest peer's time at every shape (slower of lpjax's two "
-    f'estimators): {"met" if ok else "MISSED"}; worst {worst[0]:.3f}× '
-    f'({worst[1]}, n={worst[2]}, d={worst[3]}).'
-  )
-  tall = [
-    (
-      _fastest_peer(r)[1] / max(r['times']['lpjax'], r['times']['lpjax-deb']),
-      kind,
-      r['n'],
-      r['d'],
+  ]
+  if have_peer:
+    worst = min(have_peer)
+    ok = worst[0] >= 1.0
+    lines.append(
+      f"* ≤ 1.0× the fastest peer's time at every shape (slower of lpjax's "
+      f'two estimators, paired median): {"met" if ok else "MISSED"}; worst '
+      f'{1 / worst[0]:.3f}× ({worst[1]}, n={worst[2]}, d={worst[3]}).'
     )
-    for kind, rows in (('single', single), ('batched', batched))
+  tall = [
+    (_ratios(r), kind, r['n'], r['d'], r['form'])
+    for kind, rows in kinds
     for r in rows
     if r['n'] >= 20 * r['d'] and _fastest_peer(r)[1]
   ]
   if tall:
-    least = min(tall)
+    least = min(t[0]['peer'][1] for t in tall)
     lines.append(
       f'* ≥ {GOAL_SPEEDUP:.0f}× faster where n ≥ 20·d: '
-      f'{"met" if least[0] >= GOAL_SPEEDUP else "MISSED"}; smallest speedup '
-      f'{least[0]:.1f}× ({least[1]}, n={least[2]}, d={least[3]}); all: '
-      + ', '.join(f'{s:.0f}× ({k} {n}x{d})' for s, k, n, d in tall)
+      f'{"met" if least >= GOAL_SPEEDUP else "MISSED"}; paired median '
+      'speed-up over the fastest PyPI package (Gram form, so mostly the '
+      'algorithm) and over NumPy with the same algorithm as lpjax '
+      '(float32 / float64), median [quartiles]: '
+      + '; '.join(
+        f'{k} {n}x{d} ({form}): {_pq(q["peer"])} over the package, '
+        + (
+          f'{_pq(q["numpy-f32"])} / {_pq(q["numpy-f64"])} over NumPy'
+          if 'numpy-f32' in q
+          else 'NumPy not run'
+        )
+        for q, k, n, d, form in tall
+      )
       + '.'
     )
+  if mm is None:
+    return '\n'.join(lines)
   frac = mm['lpjax_nominal'] / mm['gflops']['jax']
   lines.append(
     f'* ≥ {GOAL_MATMUL_FRACTION:.0%} of measured matmul GFLOP/s at '
@@ -661,6 +753,10 @@ def _versions(torch):
   }
 
 
+def _load():
+  return ', '.join(f'{v:.2f}' for v in os.getloadavg())
+
+
 def _machine():
   model = 'unknown'
   try:
@@ -674,20 +770,31 @@ def _machine():
   return model, os.cpu_count()
 
 
+def _command(args):
+  parts = ['python benchmarks/cka_bench.py']
+  if args.out:
+    parts.append(f'--out {args.out}')
+  if args.quick:
+    parts.append('--quick')
+  if args.parts != 'single,batched,matmul':
+    parts.append(f'--parts {args.parts}')
+  if args.max_work:
+    parts.append(f'--max_work {args.max_work:g}')
+  return ' '.join(parts)
+
+
 def render(args, single, batched, mm, torch, load):
   model, cores = _machine()
   vers = _versions(torch)
   lines = [
     '## CKA: lpjax vs NumPy and the PyPI CKA packages',
     '',
-    f'Generated by `python benchmarks/cka_bench.py --out {args.out}`'
-    + (' --quick' if args.quick else '')
-    + '.',
+    f'Generated by `{_command(args)}` on {datetime.date.today().isoformat()}.',
     '',
     f'* Machine: {model}, {cores} cores ({platform.machine()}, '
     f'{platform.system()}); JAX backend {jax.default_backend()}; torch '
-    f'threads {torch.get_num_threads()}. Load average at start / end: '
-    f'{load[0]:.2f} / {load[1]:.2f} (the machine was shared).',
+    f'threads {torch.get_num_threads()}. Load average (1, 5, 15 min) at '
+    f'start / end: {load[0]} / {load[1]} (the machine was shared).',
     '* Versions: ' + ', '.join(f'{k} {v}' for k, v in vers.items()) + '.',
     '* Data: `x` standard normal `[n, d]` float32, `y = x W / √d + noise`; '
     'every method gets the same float32 arrays.',
@@ -700,40 +807,59 @@ def render(args, single, batched, mm, torch, load):
     '= debiased. pytorch-cka only offers the debiased estimator, ckatorch '
     "is called with its default (biased). Last column: each method's "
     'largest error against the float64 NumPy value of its own estimator '
-    '(computed untimed for the debiased one). "Fastest peer" is the '
-    'fastest PyPI package; ratios are lpjax time / fastest peer time '
-    '(< 1 is faster), speedup uses the slower lpjax estimator.',
-    '',
-    _table(
-      single,
-      'Single pair, `linear_cka(x, y)`, dx = dy = d',
-      ['lpjax', 'lpjax-deb'],
-    ),
-    '',
-    _table(
-      batched,
-      f'One reference against {NUM_CANDIDATES} candidates '
-      '(`linear_cka_one_to_many`; peers: a Python loop)',
-      ['lpjax', 'lpjax-deb', 'lpjax-vmap'],
-    ),
-    '',
-    f'### Matmul throughput (float32 `XᵀX`, n={mm["n"]}, d={mm["d"]})',
-    '',
-    '| backend | time | GFLOP/s |',
-    '|---|---|---|',
+    '(computed untimed for the debiased one).',
+    '* Algorithms: "lpjax form" is the form lpjax\'s cost model picked '
+    '(feature space `XᵀY`, `O(n d²)`, or Gram `XXᵀ`, `O(n² d)`). '
+    '`numpy-f32` / `numpy-f64` use the feature-space form when n > d and '
+    "the Gram form otherwise: where lpjax's form is the same, their "
+    'ratio to lpjax compares runtimes on the same algorithm. Both PyPI '
+    'packages always use the Gram form, so where lpjax uses the feature '
+    "space (n > d) their ratio is mostly the algorithm's.",
+    '* Ratios (speed-ups of lpjax, > 1 is lpjax faster) are paired: the '
+    "ratio of two methods' times in the same round and call, then the "
+    'median [quartiles] over the rounds. "fastest peer" is the PyPI package '
+    'with the smaller median; its ratio is taken against the slower of '
+    "lpjax's two estimators in each round; the NumPy ratios against "
+    '`lpjax` (the same, biased, estimator).',
   ]
-  for k, g in mm['gflops'].items():
-    lines.append(f'| {k} | {_fmt_t(mm["times"][k])} | {g:.1f} |')
-  lines += [
-    f'| lpjax `linear_cka` (plan {tuple(mm["plan"])}) | '
-    f'{_fmt_t(mm["times"]["lpjax"])} | {mm["lpjax_nominal"]:.1f} nominal '
-    f'(3 × 2nd²), {mm["lpjax_executed"]:.1f} executed |',
-    '',
-    '(numpy computes `x.T @ x` with a symmetric SYRK kernel, doing half the '
-    'multiply-adds; its figure counts the full product.)',
-    '',
-    _goals(single, batched, mm),
-  ]
+  if single:
+    lines += [
+      '',
+      _table(
+        single,
+        'Single pair, `linear_cka(x, y)`, dx = dy = d',
+        ['lpjax', 'lpjax-deb'],
+      ),
+    ]
+  if batched:
+    lines += [
+      '',
+      _table(
+        batched,
+        f'One reference against {NUM_CANDIDATES} candidates '
+        '(`linear_cka_one_to_many`; peers and NumPy: a Python loop)',
+        ['lpjax', 'lpjax-deb', 'lpjax-vmap'],
+      ),
+    ]
+  if mm is not None:
+    lines += [
+      '',
+      f'### Matmul throughput (float32 `XᵀX`, n={mm["n"]}, d={mm["d"]})',
+      '',
+      '| backend | time | GFLOP/s |',
+      '|---|---|---|',
+    ]
+    for k, g in mm['gflops'].items():
+      lines.append(f'| {k} | {_fmt_t(mm["times"][k])} | {g:.1f} |')
+    lines += [
+      f'| lpjax `linear_cka` (plan {tuple(mm["plan"])}) | '
+      f'{_fmt_t(mm["times"]["lpjax"])} | {mm["lpjax_nominal"]:.1f} nominal '
+      f'(3 × 2nd²), {mm["lpjax_executed"]:.1f} executed |',
+      '',
+      '(numpy computes `x.T @ x` with a symmetric SYRK kernel, doing half '
+      'the multiply-adds; its figure counts the full product.)',
+    ]
+  lines += ['', _goals(single, batched, mm)]
   return '\n'.join(lines) + '\n'
 
 
@@ -759,6 +885,18 @@ def main():
     help="Memory allowed for pytorch-cka's batched Grams.",
   )
   p.add_argument(
+    '--parts',
+    default='single,batched,matmul',
+    help='Comma-separated parts to run: single, batched, matmul.',
+  )
+  p.add_argument(
+    '--max_work',
+    type=float,
+    default=0.0,
+    help='Skip single-pair and batched shapes with n·d·max(n, d) above '
+    'this (0: none).',
+  )
+  p.add_argument(
     '--baseline',
     default=None,
     help='Another version of lpjax/cka.py: time it against this checkout '
@@ -771,8 +909,12 @@ def main():
     bench_baseline(args)
     return
 
+  parts = set(args.parts.split(','))
+  unknown = parts - {'single', 'batched', 'matmul'}
+  if unknown:
+    p.error(f'--parts: unknown {sorted(unknown)}; use single, batched, matmul')
   torch, peers = _peers()
-  load0 = os.getloadavg()[0]
+  load0 = _load()
   if args.quick:
     single_shapes = [(200, 16), (100, 300)]
     batched_shapes = [(200, 16)]
@@ -781,6 +923,18 @@ def main():
       (n, d) for n in (500, 2000, 10_000) for d in (64, 512, 4096)
     ]
     batched_shapes = [(500, 512), (2000, 64), (2000, 512), (10_000, 64)]
+  if args.max_work:
+
+    def small(shape):
+      n, d = shape
+      return n * d * max(n, d) <= args.max_work
+
+    single_shapes = list(filter(small, single_shapes))
+    batched_shapes = list(filter(small, batched_shapes))
+  if 'single' not in parts:
+    single_shapes = []
+  if 'batched' not in parts:
+    batched_shapes = []
   print(
     f'jax {jax.__version__} on {jax.default_backend()}, torch '
     f'{torch.__version__} ({torch.get_num_threads()} threads)',
@@ -791,15 +945,17 @@ def main():
   args.single_rows = single
   print('# batched', flush=True)
   batched = bench_batched(batched_shapes, args, torch, peers)
-  print('# matmul', flush=True)
-  mm = bench_matmul(args, torch)
+  mm = None
+  if 'matmul' in parts:
+    print('# matmul', flush=True)
+    mm = bench_matmul(args, torch)
   tol = 1e-4
   bad_all = {}
   for r in single + batched:
     r['diffs'], bad = _check_values(r, tol)
     if bad:
       bad_all[(r['n'], r['d'])] = bad
-  text = render(args, single, batched, mm, torch, (load0, os.getloadavg()[0]))
+  text = render(args, single, batched, mm, torch, (load0, _load()))
   print(text)
   if bad_all:
     print(f'WARNING: values differ from lpjax by more than {tol}: {bad_all}')

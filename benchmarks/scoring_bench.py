@@ -15,21 +15,31 @@ calibration images (default 5,000). Every method computes the same scores
   a different shape, so it compiles once per candidate; the first call
   includes that;
 * `loop_masked`: for each candidate, the same jitted full-model forward with
-  a different skip mask (one compile), then CKA.
+  a different skip mask, then CKA; the reference forward uses the same
+  function with an all-false mask, so the method traces and compiles once.
 
-  python benchmarks/scoring_bench.py --n=5000 --repeats=0
+  python benchmarks/scoring_bench.py --n=1000 --repeats=3 \
+      --methods=one_call,loop_masked
   python benchmarks/scoring_bench.py --depth=20 --n=500 --batch=250
 
 `first call` includes compilation: what a pruning iteration pays, since each
-removal changes the arch (one compile for `one_call`, one per candidate for
-`loop_surgery`). `median` is over `--repeats` further calls (0: first calls
-only). Images are random normal (the cost does not depend on the values);
-the weights are a fresh init.
+removal changes the arch (one compile for `one_call` and `loop_masked`, one
+per candidate for `loop_surgery`); the first calls run once each, in the
+order of `--methods`. Then `--repeats` rounds call every method once, the
+order reversing round by round (A B, B A, A B, ...), so a change of load on
+the shared machine hits every method alike; the table gives each method's
+median warm time and the median [quartiles] of the per-round ratio to the
+first method's time in the same round. Every method has its own jitted
+functions, so none reuses another's compile. Images are random normal (the
+cost does not depend on the values); the weights are a fresh init. The
+header gives the CPU model, jax version, date and the load average at the
+start and the end.
 """
 
+from __future__ import annotations
+
+import datetime
 import os
-import platform
-import statistics
 import sys
 import time
 
@@ -57,17 +67,45 @@ _METHODS = flags.DEFINE_list(
 )
 
 
-def _time(fn, repeats):
-  """(result, first-call seconds, median of `repeats` more calls or None)."""
+def _timed(fn):
   t0 = time.perf_counter()
   out = fn()
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    out = fn()
-    times.append(time.perf_counter() - t0)
-  return out, first, statistics.median(times) if times else None
+  return out, time.perf_counter() - t0
+
+
+def time_alternating(methods, names, repeats):
+  """First calls in order, then `repeats` rounds in alternating order.
+
+  Returns:
+    `(outputs, first-call seconds, per-round warm seconds)`, each a dict by
+    name; the warm lists are aligned by round.
+  """
+  outs, first = {}, {}
+  for name in names:
+    outs[name], first[name] = _timed(methods[name])
+    print(f'{name:>15}: first call {first[name]:.2f}s', flush=True)
+  warm = {name: [] for name in names}
+  for r in range(repeats):
+    for name in names if r % 2 == 0 else names[::-1]:
+      outs[name], t = _timed(methods[name])
+      warm[name].append(t)
+      print(f'{name:>15}: round {r}, {t:.2f}s', flush=True)
+  return outs, first, warm
+
+
+def cpu_model():
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return 'unknown'
+
+
+def _load():
+  return ', '.join(f'{v:.2f}' for v in os.getloadavg())
 
 
 def main(argv):
@@ -97,6 +135,12 @@ def main(argv):
       'pooled'
     ]
   )
+  # The unpruned model for loop_surgery's reference: its own function, so
+  # that neither loop reuses the other's compile.
+  pooled_full = jax.jit(
+    lambda v, x, s: models.representations(model, v, x, ['pooled'])['pooled']
+  )
+  no_skip = jnp.asarray(arch.skip_mask([]))
 
   def features(fn, v, *args):
     return jnp.concatenate(
@@ -104,7 +148,9 @@ def main(argv):
     )
 
   def loop_masked():
-    ref = features(pooled, variables, None)
+    # All-false mask: the same trace as the candidates' (skip=None would be
+    # a second trace and compile).
+    ref = features(pooled, variables, no_skip)
     out = {}
     for name in arch.candidates:
       mask = jnp.asarray(arch.skip_mask([name]))
@@ -114,7 +160,7 @@ def main(argv):
     return out
 
   def loop_surgery():
-    ref = features(pooled, variables, None)
+    ref = features(pooled_full, variables, None)
     out = {}
     for name in arch.candidates:
       small_arch, small_vars = surgery.remove_blocks(
@@ -143,39 +189,44 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'Unknown methods {sorted(unknown)}; {list(methods)}')
   r = _REPEATS.value
+  names = list(_METHODS.value)
   print(
     f'ResNet-{_DEPTH.value}, {len(arch.candidates)} candidates, n={_N.value}, '
     f'batch {b}, jax {jax.__version__}, {jax.devices()[0].device_kind}, '
-    f'{os.cpu_count()} cores, {platform.processor() or platform.machine()}, '
-    f'load average {os.getloadavg()[0]:.2f}',
+    f'{os.cpu_count()} cores, CPU {cpu_model()}, '
+    f'{datetime.date.today().isoformat()}; load average (1, 5, 15 min) at '
+    f'the start {_load()}',
     flush=True,
   )
-  rows = []
-  for name in _METHODS.value:
-    out, cold, warm = _time(methods[name], r)
-    rows.append((name, cold, warm, out))
-    print(f'{name:>15}: first call {cold:.2f}s, median {_s(warm)}', flush=True)
-  ref = np.array(list(rows[0][3].values()))
-  for name, _, _, out in rows[1:]:
-    diff = np.max(np.abs(ref - np.array(list(out.values()))))
-    print(f'max |score difference| {rows[0][0]} vs {name}: {diff:.2e}')
-  print(f'load average at the end {os.getloadavg()[0]:.2f}')
-  base = rows[0]
+  outs, first, warm = time_alternating(methods, names, r)
+  if 'loop_masked' in names and hasattr(pooled, '_cache_size'):
+    print(f'loop_masked forward: {pooled._cache_size()} compiled version(s)')
+  ref = np.array(list(outs[names[0]].values()))
+  for name in names[1:]:
+    diff = np.max(np.abs(ref - np.array(list(outs[name].values()))))
+    print(f'max |score difference| {names[0]} vs {name}: {diff:.2e}')
+  print(f'load average at the end {_load()}')
+  base = names[0]
   print(
-    f'\n| method | first call (s) | median of {r} more (s) | '
-    f'first call / {base[0]} | median / {base[0]} |'
+    f'\n| method | first call (s) | first call / {base} | median of {r} '
+    f'warm (s) [quartiles] | warm / {base}, paired per round: median '
+    '[quartiles] |'
   )
-  print('|---|---|---|---|---|')
-  for name, cold, warm, _ in rows:
-    ratio = None if warm is None else warm / base[2]
+  print('|---|---:|---:|---:|---:|')
+  for name in names:
+    w = warm[name]
+    ratios = [a / c for a, c in zip(w, warm[base])]
     print(
-      f'| {name} | {cold:.2f} | {_s(warm, "")} | {cold / base[1]:.2f}x | '
-      f'{_s(ratio, "x")} |'
+      f'| {name} | {first[name]:.2f} | {first[name] / first[base]:.2f}x | '
+      f'{_q(w)} | {_q(ratios, "x")} |'
     )
 
 
-def _s(value, unit='s'):
-  return '-' if value is None else f'{value:.2f}{unit}'
+def _q(values, unit=''):
+  if not values:
+    return '-'
+  q1, q2, q3 = np.percentile(values, [25, 50, 75])
+  return f'{q2:.2f}{unit} [{q1:.2f}, {q3:.2f}]'
 
 
 if __name__ == '__main__':

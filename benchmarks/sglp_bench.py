@@ -2,22 +2,35 @@
 
 ResNet-56 (CIFAR layout, 27 blocks + stem = 28 representations, random
 init: the timing does not depend on the weights) on `--n` random 32x32x3
-images. Times, first call (compilation included) and the best of
-`--repeats` warm calls:
+images. The methods (`--methods`, in order; `--full` / `--pairwise` add
+theirs):
 
-  * `minibatch`: `lpjax.methods.sglp.unit_cka_matrix` (forward + minibatch
-    CKA accumulation over `--batch`-image batches, one `lax.scan`);
+  * `minibatch`: `lpjax.methods.sglp.unit_cka_matrix`, SGLP's default
+    (forward + minibatch CKA accumulation over `--batch`-image batches, one
+    `lax.scan`);
   * `full`: the same call with the full-batch biased estimator
-    (`--full`; memory `n * 274,432` floats);
-  * `pairwise`: one compiled forward capturing the 28 outputs, then
-    `lpjax.cka.linear_cka` (jitted) on each of the 378 pairs i < j
-    (`--pairwise`; the same memory as `full`).
+    (`estimator='full'`; memory `n * 274,432` floats);
+  * `cka_matrix`: one compiled forward capturing the 28 outputs (in
+    `--batch`-image batches), then `lpjax.cka.cka_matrix` (jitted) once on
+    all of them: the matrix without SGLP's fused call (the same memory as
+    `full`, the same estimator);
+  * `pairwise`: the same forward, then `lpjax.cka.linear_cka` (jitted) on
+    each of the 378 pairs i < j, which recomputes both sides' Gram or
+    feature products for every pair.
 
-It checks that `full` equals the pairwise matrix and prints a Markdown
-table.
+Timing: each method's first call (compilation included) once, in order;
+then `--repeats` rounds that call every method once, the order reversing
+round by round (A B C, C B A, ...), so load changes on the shared machine
+hit all alike. The table gives the median [quartiles] of the warm times
+and of the per-round ratios of each method's time to `minibatch`'s and to
+`cka_matrix`'s in the same round. It checks that `full`, `cka_matrix` and
+`pairwise` agree, and prints the CPU model, jax version, date and the load
+average at the start and the end.
 
-  python benchmarks/sglp_bench.py --n=5000 --repeats=1
-  python benchmarks/sglp_bench.py --n=500 --full --pairwise --repeats=2
+  python benchmarks/sglp_bench.py --n=500 --batch=250 \
+      --methods=minibatch,full,cka_matrix --repeats=5
+  python benchmarks/sglp_bench.py --n=500 --batch=250 \
+      --methods=minibatch,cka_matrix,pairwise --repeats=1
 
 `--part=digits`: SGLP against other criteria at equal FLOPs on digits,
 through the pipeline (`main.py`'s code path): per seed one baseline
@@ -30,9 +43,11 @@ iteration, mean and std over seeds. Resumable.
       --seeds=0,1,2 --criteria=sglp,cka,random --out=/tmp/lpjax_sglp_r32
 """
 
+from __future__ import annotations
+
+import datetime
 import json
 import os
-import platform
 import sys
 import time
 
@@ -58,21 +73,63 @@ _BASE_EPOCHS = flags.DEFINE_integer('baseline_epochs', 0, '0: config.')
 _FT_EPOCHS = flags.DEFINE_integer('finetune_epochs', 3, 'Epochs.')
 _N = flags.DEFINE_integer('n', 500, 'Calibration images.')
 _BATCH = flags.DEFINE_integer('batch', 500, 'Images per batch.')
-_REPEATS = flags.DEFINE_integer('repeats', 2, 'Warm calls.')
+_REPEATS = flags.DEFINE_integer('repeats', 2, 'Warm rounds.')
+_METHODS = flags.DEFINE_list(
+  'methods',
+  ['minibatch'],
+  'Methods in order: minibatch, full, cka_matrix, pairwise.',
+)
 _FULL = flags.DEFINE_bool('full', False, 'Also time the full estimator.')
 _PAIRWISE = flags.DEFINE_bool('pairwise', False, 'Also time the pair loop.')
+_ALL_METHODS = ('minibatch', 'full', 'cka_matrix', 'pairwise')
 
 
-def _timed(fn, repeats):
+def _timed(fn):
   t0 = time.perf_counter()
   out = fn()
-  first = time.perf_counter() - t0
-  warm = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    warm.append(time.perf_counter() - t0)
-  return out, first, min(warm) if warm else float('nan')
+  return out, time.perf_counter() - t0
+
+
+def time_alternating(methods, names, repeats):
+  """First calls in order, then `repeats` rounds in alternating order.
+
+  Returns:
+    `(outputs, first-call seconds, per-round warm seconds)`, dicts by name;
+    the warm lists are aligned by round.
+  """
+  outs, first = {}, {}
+  for name in names:
+    outs[name], first[name] = _timed(methods[name])
+    print(f'{name:>10}: first call {first[name]:.1f}s', flush=True)
+  warm = {name: [] for name in names}
+  for r in range(repeats):
+    for name in names if r % 2 == 0 else names[::-1]:
+      _, t = _timed(methods[name])
+      warm[name].append(t)
+      print(f'{name:>10}: round {r}, {t:.1f}s', flush=True)
+  return outs, first, warm
+
+
+def _q(values, unit=''):
+  if not values:
+    return '—'
+  q1, q2, q3 = np.percentile(values, [25, 50, 75])
+  return f'{q2:.2f}{unit} [{q1:.2f}, {q3:.2f}]'
+
+
+def cpu_model():
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return 'unknown'
+
+
+def _load():
+  return ', '.join(f'{v:.2f}' for v in os.getloadavg())
 
 
 def _config(seed, criterion):
@@ -129,50 +186,86 @@ def main(argv):
   if _PART.value == 'digits':
     digits()
     return
+  names = list(_METHODS.value)
+  names += [
+    m for m, on in (('full', _FULL), ('pairwise', _PAIRWISE)) if on.value
+  ]
+  names = list(dict.fromkeys(names))
+  unknown = sorted(set(names) - set(_ALL_METHODS))
+  if unknown:
+    raise app.UsageError(f'Unknown methods {unknown}; use {_ALL_METHODS}.')
+  load0 = _load()
   arch = models.get_arch('resnet56')
   variables = models.init_variables(arch, 0)
   x = np.random.default_rng(0).normal(size=(_N.value, 32, 32, 3))
   x = x.astype(np.float32)
   labels = sglp.representation_labels(arch)
-  rows = []
+  b = _BATCH.value
 
   def one_call(estimator):
     return sglp.unit_cka_matrix(
-      arch, variables, x, estimator=estimator, data_batch_size=_BATCH.value
+      arch, variables, x, estimator=estimator, data_batch_size=b
     )
 
-  _, first, warm = _timed(lambda: one_call('minibatch'), _REPEATS.value)
-  rows.append(('one call, minibatch CKA', first, warm))
-  if _FULL.value:
-    full, first, warm = _timed(lambda: one_call('full'), _REPEATS.value)
-    rows.append(('one call, full-batch CKA', first, warm))
-  if _PAIRWISE.value:
-    model = models.build_model(arch)
-    forward = jax.jit(lambda v, x: models.representations(model, v, x, labels))
-    pair = jax.jit(cka.linear_cka)
+  model = models.build_model(arch)
+  forward = jax.jit(lambda v, x: models.representations(model, v, x, labels))
+  pair = jax.jit(cka.linear_cka)
+  matrix = jax.jit(cka.cka_matrix)
 
-    def loop():
-      reps = forward(variables, x)
-      flat = [reps[n].reshape(x.shape[0], -1) for n in labels]
-      m = np.eye(len(labels))
-      for i in range(len(labels)):
-        for j in range(i + 1, len(labels)):
-          m[i, j] = m[j, i] = float(pair(flat[i], flat[j]))
-      return m
+  def reps():
+    out = [forward(variables, x[i : i + b]) for i in range(0, len(x), b)]
+    return [
+      jax.numpy.concatenate([o[k] for o in out]).reshape(len(x), -1)
+      for k in labels
+    ]
 
-    pairwise, first, warm = _timed(loop, _REPEATS.value)
-    rows.append(('forward + 378 pairwise linear_cka', first, warm))
-    if _FULL.value:
-      print(f'max |full - pairwise| = {np.max(np.abs(full - pairwise)):.2e}')
-  print(
-    f'ResNet-56, n = {_N.value}, batch {_BATCH.value}, '
-    f'{jax.devices()[0].platform}, {os.cpu_count()} CPUs, '
-    f'{platform.processor() or platform.machine()}, jax {jax.__version__}\n'
+  def cka_matrix():
+    return np.asarray(matrix(reps()), np.float64)
+
+  def loop():
+    flat = reps()
+    m = np.eye(len(labels))
+    for i in range(len(labels)):
+      for j in range(i + 1, len(labels)):
+        m[i, j] = m[j, i] = float(pair(flat[i], flat[j]))
+    return m
+
+  methods = {
+    'minibatch': lambda: one_call('minibatch'),
+    'full': lambda: one_call('full'),
+    'cka_matrix': cka_matrix,
+    'pairwise': loop,
+  }
+  head = (
+    f'ResNet-56, n = {_N.value}, batch {b}, {jax.devices()[0].platform}, '
+    f'{os.cpu_count()} CPUs, CPU {cpu_model()}, jax {jax.__version__}, '
+    f'{datetime.date.today().isoformat()}; load average (1, 5, 15 min) at '
+    f'the start {load0}'
   )
-  print('| computation | first call (s) | warm (s) |')
-  print('| :--- | ---: | ---: |')
-  for name, first, warm in rows:
-    print(f'| {name} | {first:.1f} | {warm:.1f} |')
+  print(head, flush=True)
+  r = _REPEATS.value
+  outs, first, warm = time_alternating(methods, names, r)
+  exact = [k for k in ('full', 'cka_matrix', 'pairwise') if k in outs]
+  for k in exact[1:]:
+    diff = np.max(np.abs(outs[exact[0]] - outs[k]))
+    print(f'max |{exact[0]} - {k}| = {diff:.2e}')
+  print(f'load average at the end {_load()}\n')
+  bases = [k for k in ('minibatch', 'cka_matrix') if k in names]
+  print(
+    f'| computation | first call (s) | warm (s), median of {r} [quartiles] | '
+    + ' | '.join(f'warm / {k}, paired' for k in bases)
+    + ' |'
+  )
+  print('| :--- | ---: | ---: |' + ' ---: |' * len(bases))
+  for name in names:
+    ratios = [
+      _q([a / c for a, c in zip(warm[name], warm[k])], '×') for k in bases
+    ]
+    print(
+      f'| {name} | {first[name]:.1f} | {_q(warm[name])} | '
+      + ' | '.join(ratios)
+      + ' |'
+    )
 
 
 if __name__ == '__main__':
