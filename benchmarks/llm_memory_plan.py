@@ -16,7 +16,9 @@ programs are the ones the language-model task runs:
 * held-out evaluation: `lpjax.models.decoder.evaluation_program` (NLL and
   argmax, logits a chunk of positions at a time), one batch;
 * LoRA healing: one optimizer step (`lpjax.healing`, rank 8 on every
-  layer's MLP, AdamW state included).
+  layer's MLP, AdamW state included), without and with each layer
+  rematerialised (`HealConfig.remat`, healing's default: the backward
+  keeps each layer's input and recomputes one layer at a time).
 
 The estimate is the CPU compiler's buffer assignment (this script compiles
 for the host); an accelerator's compiler fuses and schedules differently,
@@ -42,6 +44,7 @@ weights column is exact (the 32-layer parameter tree in bfloat16).
 
   python benchmarks/llm_memory_plan.py            # the table, ~4 min here
   python benchmarks/llm_memory_plan.py --depths=2,3,4
+  python benchmarks/llm_memory_plan.py --only=LoRA   # the healing rows
 
 "Fits" compares the total with 80 GB (8·10¹⁰ bytes, an H100's memory).
 """
@@ -122,8 +125,10 @@ def evaluation(arch, batch, tokens):
   return fn, (abstract_variables(arch), ids(batch, tokens))
 
 
-def lora_step(arch, batch, tokens):
-  cfg = healing.HealConfig(mode='lora', steps=100, rank=8, batch_size=batch)
+def lora_step(arch, batch, tokens, remat=False):
+  cfg = healing.HealConfig(
+    mode='lora', steps=100, rank=8, batch_size=batch, remat=remat
+  )
   step, tx = healing._compiled_step(arch, cfg)
   frozen = abstract_variables(arch)['params']
   trainable = jax.eval_shape(
@@ -134,6 +139,10 @@ def lora_step(arch, batch, tokens):
   return step, (trainable, opt_state, frozen, ids(batch, tokens))
 
 
+def lora_step_remat(arch, batch, tokens):
+  return lora_step(arch, batch, tokens, remat=True)
+
+
 PLANS = (
   ('scoring: cka shared-prefix pass', cka_pass, 8, 2048),
   ('scoring: cka shared-prefix pass', cka_pass, 1, 2048),
@@ -141,6 +150,8 @@ PLANS = (
   ('held-out evaluation', evaluation, 4, 2048),
   ('LoRA healing step (rank 8)', lora_step, 1, 2048),
   ('LoRA healing step (rank 8)', lora_step, 4, 2048),
+  ('LoRA healing step (rank 8), remat', lora_step_remat, 1, 2048),
+  ('LoRA healing step (rank 8), remat', lora_step_remat, 4, 2048),
 )
 
 
@@ -170,6 +181,9 @@ def extrapolate(points: dict[int, dict[str, float]], depth: int):
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--depths', default='2,3', help='layers compiled')
+  parser.add_argument(
+    '--only', default='', help='run the programs whose name contains this'
+  )
   args = parser.parse_args()
   depths = [int(d) for d in args.depths.split(',')]
   full = LLAMA3_8B['depth']
@@ -182,6 +196,8 @@ def main() -> None:
   )
   rows = []
   for name, builder, batch, tokens in PLANS:
+    if args.only not in name:
+      continue
     t0 = time.perf_counter()
     points = {d: measure(builder, d, batch, tokens) for d in depths}
     est = extrapolate(points, full)

@@ -74,6 +74,10 @@ def get_config(variant: str = ''):
   c.llm.heal.alpha = 16.0  # LoRA scale alpha / rank
   c.llm.heal.weight_decay = 0.0
   c.llm.heal.checkpoint_every = 10  # steps
+  # Recompute each layer in the backward pass instead of keeping every
+  # layer's attention weights and MLP activations (healing's memory, at
+  # about one more forward of compute; results differ by rounding only).
+  c.llm.heal.remat = True
   # Keep each healing's last checkpoint (the healed weights) after its
   # result is recorded; off, the directory is deleted (1.6 GB per full
   # fine-tune of SmolLM2-135M).

@@ -14,6 +14,10 @@ brief fine-tune on text (Gromov et al. 2024 use QLoRA; Kim et al. 2024,
   into the kernels at the end: the healed model has the pruned model's
   shapes and costs nothing extra at inference.
 
+The decoder is differentiated with each layer rematerialised
+(`HealConfig.remat`, on by default; `Decoder(remat=True)`): the step keeps
+every layer's input, not its attention weights and MLP activations.
+
 The objective is the mean next-token negative log-likelihood of token
 windows `[n, T]` (every position but the last predicts the next;
 `lpjax.models.decoder.next_token_stats`, a chunk of positions' logits at a
@@ -78,6 +82,13 @@ class HealConfig:
     weight_decay: AdamW's decoupled weight decay.
     seed: seeds the adapters' initialisation and the batch order.
     checkpoint_every: steps between checkpoints (with a directory).
+    remat: rematerialise each decoder layer in the backward pass
+      (`Decoder(remat=True)`): the step keeps each layer's input instead
+      of every layer's attention weights and MLP activations, for about
+      one more forward pass of compute. It changes the losses and
+      gradients only by float32 rounding, so a healing may resume with
+      the other setting (its later steps then differ from an
+      uninterrupted run's by rounding, not bitwise equal).
   """
 
   mode: str = 'lora'
@@ -89,10 +100,16 @@ class HealConfig:
   weight_decay: float = 0.0
   seed: int = 0
   checkpoint_every: int = 10
+  remat: bool = True
 
   def check(self) -> None:
     if self.mode not in MODES:
       raise HealingError(f'Unknown healing mode {self.mode!r}; valid: {MODES}.')
+    if not isinstance(self.remat, bool):
+      raise HealingError(
+        f'healing remat must be True or False (True: recompute each '
+        f'layer in the backward pass, less memory); got {self.remat!r}.'
+      )
     for name in ('steps', 'batch_size', 'rank', 'checkpoint_every'):
       v = getattr(self, name)
       low = 0 if name == 'steps' else 1
@@ -214,6 +231,8 @@ def _compiled_step(arch: arch_lib.Arch, cfg: HealConfig):
 @functools.lru_cache(maxsize=4)
 def _step_program(arch: arch_lib.Arch, cfg: HealConfig):
   model = models.build_model(arch)
+  if cfg.remat:  # the decoder's option (healing trains decoders only)
+    model = model.clone(remat=True)
   tx = _optimizer(cfg)
   scale = cfg.alpha / cfg.rank
 
@@ -284,9 +303,12 @@ def heal(
   start = 0
   resumed_from = None
   ckpt = checkpointing.Checkpoints(directory) if directory else None
-  # Everything but the checkpoint interval decides the result.
+  # Everything but the checkpoint interval and remat (float32 rounding
+  # only) decides the result.
   settings = {
-    k: v for k, v in dataclasses.asdict(cfg).items() if k != 'checkpoint_every'
+    k: v
+    for k, v in dataclasses.asdict(cfg).items()
+    if k not in ('checkpoint_every', 'remat')
   }
   meta_want = {'mode': cfg.mode, 'config': settings}
   if ckpt is not None and ckpt.latest_step() is not None:

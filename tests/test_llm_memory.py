@@ -10,6 +10,12 @@ argmax and the gradient of the loss are checked against the direct
 float64 NumPy formulas on the model's final hidden states. The
 `llm.compute_dtype` flag: refused when unknown, bfloat16 weights rounded
 to nearest, losses still float32.
+
+Per-layer rematerialisation (`Decoder(remat=True)`, healing's
+`HealConfig.remat`): the same parameter tree, the same LoRA loss and
+gradient up to float32 rounding, and a healing step whose compiled
+temporaries no longer hold every layer's attention weights;
+`llm.heal.remat` refused unless a bool.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tolerances import MARGIN, f32_atol, magnitude
+from tolerances import MARGIN, f32_atol, magnitude, network_terms
 
 from lpjax import healing, models
 from lpjax.methods import llm
@@ -170,3 +176,131 @@ def test_compute_dtype_is_refused_before_work_and_casts_the_weights():
   sums, preds = decoder.evaluation_program(model, CHUNK)(low, ids)
   assert sums.dtype == jnp.float32 and preds.dtype == jnp.int32
   assert np.all(np.isfinite(np.asarray(sums)))
+
+
+def _remat_arch(depth, tokens, heads=2, mlp=32):
+  return decoder.decoder(
+    vocab=64,
+    width=16,
+    depth=depth,
+    heads=heads,
+    kv_heads=1,
+    mlp=mlp,
+    tied=False,
+    seq_len=tokens,
+  )
+
+
+def test_remat_keeps_the_parameters_and_the_lora_loss_and_gradient():
+  arch = _remat_arch(depth=3, tokens=16)
+  plain = models.build_model(arch)
+  remat = plain.clone(remat=True)
+  x = jnp.zeros((1, 16), jnp.int32)
+  key = jax.random.PRNGKey(0)
+  variables = plain.init(key, x)
+  # Same names, shapes and initial values.
+  assert jax.tree.structure(remat.init(key, x)) == jax.tree.structure(variables)
+  for a, b in zip(
+    jax.tree.leaves(variables), jax.tree.leaves(remat.init(key, x))
+  ):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  frozen = variables['params']
+  rng = np.random.default_rng(1)
+  lora = healing.init_lora(arch, frozen, 4, key)
+  # Non-zero B, so that every adapter has a gradient.
+  lora = jax.tree.map(
+    lambda leaf: jnp.asarray(rng.normal(size=leaf.shape), jnp.float32) * 0.1,
+    lora,
+  )
+  ids = jnp.asarray(rng.integers(0, 64, (4, 17)), jnp.int32)
+
+  def loss(model):
+    return jax.jit(
+      jax.value_and_grad(
+        lambda t, w: healing.next_token_nll(
+          model, healing.merge_lora(frozen, t, 2.0), w
+        )
+      )
+    )
+
+  v0, g0 = loss(plain)(lora, ids)
+  v1, g1 = loss(remat)(lora, ids)
+  # The same formulas in two programs: float32 rounding, by the suite's
+  # rule over the network's chained kernels (`network_terms`); the loss
+  # averages 64 positions' log-sum-exps over 64 tokens.
+  terms, depth = network_terms(frozen)
+  n = ids.shape[0] * (ids.shape[1] - 1)
+  atol = f32_atol(terms * 64 * n, magnitude(v0), depth)
+  assert abs(float(v1) - float(v0)) <= atol
+  # A gradient sums every window's contribution: the summed terms'
+  # magnitude is the sum of the per-window gradients' magnitudes.
+  per_window = jax.jit(
+    jax.vmap(
+      lambda w: jax.grad(
+        lambda t: healing.next_token_nll(
+          plain, healing.merge_lora(frozen, t, 2.0), w[None]
+        )
+      )(lora)
+    )
+  )(ids)
+  for a, b, w in zip(
+    jax.tree.leaves(g0), jax.tree.leaves(g1), jax.tree.leaves(per_window)
+  ):
+    scale = magnitude(np.abs(np.asarray(w, np.float64)).sum(0))
+    atol = f32_atol(terms * n, scale, depth)
+    assert np.max(np.abs(np.asarray(a) - np.asarray(b))) <= atol
+    assert np.max(np.abs(np.asarray(a))) > 10 * atol  # not all ~0
+
+
+def test_remat_healing_step_drops_every_layers_attention_weights():
+  # Attention weights [batch, heads, T, T] float32 (S bytes) dwarf each
+  # layer's input [batch, T, width] (T / (heads width) = 1/4 of S here),
+  # its weights (~2.5 k parameters) and the logits (vocabulary 64).
+  depth, batch, tokens, heads = 6, 2, 128, 4
+  s_bytes = batch * heads * tokens * tokens * 4
+  arch = _remat_arch(depth, tokens, heads=heads, mlp=64)
+
+  def temp(remat):
+    cfg = healing.HealConfig(mode='lora', steps=10, rank=4, remat=remat)
+    step, tx = healing._compiled_step(arch, cfg)
+    shapes = models.variable_shapes(arch, (tokens,))['params']
+    frozen = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), shapes
+    )
+    trainable = jax.eval_shape(
+      lambda p: healing.init_lora(arch, p, 4, jax.random.PRNGKey(0)), frozen
+    )
+    ids = jax.ShapeDtypeStruct((batch, tokens + 1), jnp.int32)
+    compiled = step.lower(
+      trainable, jax.eval_shape(tx.init, trainable), frozen, ids
+    ).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  off, on = temp(False), temp(True)
+  # The plain backward keeps every layer's softmax output (its own and the
+  # weighted sum's gradients need it); the rematerialised one holds at
+  # most two layers' internals at once (the one recomputed, the one whose
+  # gradient it receives), so it saves the weights of the others.
+  assert off >= depth * s_bytes, (off, s_bytes)
+  assert on <= off - (depth - 2) * s_bytes, (on, off, s_bytes)
+
+
+def test_heal_remat_must_be_a_bool():
+  from configs import smollm2_depth
+  from lpjax import errors
+  from lpjax.run import language_model
+
+  c = smollm2_depth.get_config('smoke')
+  assert c.llm.heal.remat is True
+  assert language_model.heal_config(c, 'lora').remat is True
+  c.llm.heal.remat = False
+  language_model.check_config(c)
+  assert language_model.heal_config(c, 'lora').remat is False
+  c = smollm2_depth.get_config('smoke')
+  c.llm.heal.unlock()
+  del c.llm.heal['remat']
+  c.llm.heal.remat = 'yes'
+  with pytest.raises(errors.ConfigError, match=r'llm\.heal\.remat'):
+    language_model.check_config(c)
+  with pytest.raises(healing.HealingError, match='remat'):
+    healing.HealConfig(remat=1).check()

@@ -46,7 +46,11 @@ at a time (`token_stats`), so evaluation, healing and SLEB never hold the
 `[windows, T, vocab]` logits.
 
 LoRA healing (`lpjax.healing`) adapts the MLP kernels `gate`, `up` and
-`down` of every layer (`lora_targets`).
+`down` of every layer (`lora_targets`). It differentiates a decoder built
+with `remat=True`: each layer is rematerialised (`remat_layer`), so the
+gradient keeps every layer's input rather than every layer's attention
+weights and MLP activations (scoring and evaluation never differentiate
+and leave it off).
 """
 
 from __future__ import annotations
@@ -246,6 +250,54 @@ class DecoderLayer(nn.Module):
     return family_lib.unit_output(x, z, skip=skip, passthrough=passthrough)
 
 
+def remat_layer(
+  layer: DecoderLayer,
+  params: Any,
+  x: jax.Array,
+  *,
+  train: bool,
+  skip: jax.Array | None = None,
+  passthrough: int = 0,
+) -> jax.Array:
+  """`layer.apply({'params': params}, x, ...)`, rematerialised: its
+  gradient keeps only `params`, `x` and `skip`, and recomputes the layer's
+  internals (attention weights, MLP activations) in the backward pass.
+
+  `jax.checkpoint` (`nn.remat`) alone does not bound the memory: nothing
+  orders a recomputation after the backward pass of the layers above (its
+  `optimization_barrier` only stops common-subexpression elimination, and
+  XLA removes it before scheduling), and XLA's CPU scheduler was measured
+  to run every recomputation during the forward pass and hold them all: a
+  healing step's temporaries did not shrink. Here the backward rule makes
+  the recomputation depend on the incoming cotangent `g`: it runs on
+  `x + 0 · g[0]` (`x` exactly, up to the sign of a zero; XLA does not fold
+  a float product with zero), so a layer is recomputed only once the
+  gradient of its output exists, one layer at a time. Same formulas as
+  the plain layer; the gradients differ from its by float rounding only.
+  """
+
+  def run(p, h, s):
+    return layer.apply(
+      {'params': p}, h, train=train, skip=s, passthrough=passthrough
+    )
+
+  @jax.custom_vjp
+  def call(p, h, s):
+    return run(p, h, s)
+
+  def forward(p, h, s):
+    return run(p, h, s), (p, h, s)
+
+  def backward(saved, g):
+    p, h, s = saved
+    h = h + jnp.zeros((), h.dtype) * g.reshape(-1)[0].astype(h.dtype)
+    _, vjp = jax.vjp(run, p, h, s)
+    return vjp(g)
+
+  call.defvjp(forward, backward)
+  return call(params, x, skip)
+
+
 def _attention_f32_softmax(q, k, v, bias):
   """`encoder.attention` for low-precision (bfloat16) `q, k, v`: the scores
   are accumulated, biased and normalised in float32; the weights are cast
@@ -267,9 +319,16 @@ class Decoder(nn.Module):
 
   Attributes:
     arch: the network; hashable, a static attribute.
+    remat: rematerialise each layer under differentiation (`remat_layer`):
+      a gradient keeps only every layer's input `[batch, T, D]` and
+      recomputes one layer's internals at a time in the backward pass,
+      instead of keeping every layer's attention weights and MLP
+      activations (healing turns it on, `lpjax.healing`; a forward alone
+      is unchanged). Same parameters, same values up to float32 rounding.
   """
 
   arch: arch_lib.Arch
+  remat: bool = False
 
   @nn.compact
   def __call__(
@@ -309,7 +368,7 @@ class Decoder(nn.Module):
       route = family_lib.unit_route(
         arch, block, train=train, skip=skip, fanout=fanout, batch=batch
       )
-      h = DecoderLayer(
+      layer = DecoderLayer(
         heads=o['heads'],
         kv_heads=o['kv_heads'],
         mlp=block.widths[0],
@@ -319,7 +378,12 @@ class Decoder(nn.Module):
         window=o.get('sliding_window', 0),
         qkv_bias=o.get('qkv_bias', False),
         name=block.name,
-      )(h, **route)
+      )
+      if self.remat and not self.is_initializing():
+        params = self.variables['params'][block.name]
+        h = remat_layer(layer.clone(parent=None), params, h, **route)
+      else:
+        h = layer(h, **route)
     h = RMSNorm(o['eps'], name='norm')(h)
     # The compared states are float32 whatever the compute dtype.
     self.sow('intermediates', 'pooled', jnp.mean(h.astype(jnp.float32), 1))

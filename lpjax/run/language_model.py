@@ -39,7 +39,9 @@ one schedule (`llm.schedule`):
    its result is recorded unless `heal.keep_checkpoints`, but each healed
    model is kept as `heal/k<k>_<mode>.safetensors` (the LoRA factors and
    their scale, or the full healed parameters: a few hundred MB for
-   SmolLM2), so `lpjax.load(workdir, 'k/mode')` rebuilds it.
+   SmolLM2), so `lpjax.load(workdir, 'k/mode')` rebuilds it. With
+   `heal.remat` (the default) each layer is recomputed in the backward
+   pass rather than its activations kept (`lpjax.healing.HealConfig`).
 
 Criteria: every registered method whose needs this task meets (`PROVIDES`:
 a loss and a decoder; `lpjax.methods.available`). `cka` scores 1 − linear
@@ -99,6 +101,8 @@ DEPTHS = {'smollm2': 30}
 _FREE = (
   'llm.heal.checkpoint_every',
   'llm.heal.keep_checkpoints',
+  # Rematerialisation changes only float32 rounding (as devices do).
+  'llm.heal.remat',
   'train.',
   'baseline.',
   'checkpoint_',
@@ -228,6 +232,7 @@ def heal_config(
     weight_decay=float(h.weight_decay),
     seed=int(config.seed),
     checkpoint_every=int(h.checkpoint_every),
+    remat=h.get('remat', True),  # HealConfig.check refuses a non-bool
   )
 
 
@@ -321,6 +326,13 @@ def check_config(
       f'llm.heal.steps must be an integer >= 1 when healing '
       f'(llm.heal.at={at}); got {steps!r}. Set --config.llm.heal.steps=N, '
       "or --config.llm.heal.at='()' for no healing."
+    )
+  remat = m.heal.get('remat', True)
+  if not isinstance(remat, bool):
+    raise errors.ConfigError(
+      f'llm.heal.remat must be True or False (True: healing recomputes '
+      f'each layer in the backward pass instead of keeping its '
+      f'activations); got {remat!r}.'
     )
   modes = _modes(m.heal.modes)
   for mode in modes:
