@@ -13,7 +13,9 @@ between CPython releases (they are the release's documentation), so
 The sentence encoders read sentences (`sentences`, `draw_sentences`); the
 decoders read token windows `[n, T]` (`windows`, `corpus_windows`,
 `calibration_windows`), on which `lpjax.models.decoder.perplexity` and
-`next_token_agreement` evaluate them. Every function takes plain values
+`next_token_agreement` evaluate them; `window_topics` says which topic
+each window comes from (the clusters of a topic bootstrap: a long topic
+spans several windows). Every function takes plain values
 (an `encode` function from text to token ids, counts, lengths, a seed);
 a count or length the text cannot supply raises `lpjax.errors.ConfigError`.
 """
@@ -28,18 +30,26 @@ import numpy as np
 from lpjax.errors import ConfigError
 
 SPLITS = ('calibration', 'heldout')
+TOPIC_SEPARATOR = '\n\n'  # between topics in `corpus`
+
+
+def topics(split: str) -> list[str]:
+  """The topics of `split` in corpus order (sorted by name), each stripped
+  of surrounding white space; `corpus(split)` joins them with blank lines.
+  A topic may be empty."""
+  if split not in SPLITS:
+    raise ValueError(f'Unknown text split {split!r}; valid: {SPLITS}.')
+  from pydoc_data import topics as pydoc_topics
+
+  names = sorted(pydoc_topics.topics)
+  held = {n for i, n in enumerate(names) if i % 4 == 3}
+  keep = [n for n in names if (n in held) == (split == 'heldout')]
+  return [pydoc_topics.topics[n].strip() for n in keep]
 
 
 def corpus(split: str) -> str:
   """The text of `split` (topics joined by blank lines)."""
-  if split not in SPLITS:
-    raise ValueError(f'Unknown text split {split!r}; valid: {SPLITS}.')
-  from pydoc_data import topics
-
-  names = sorted(topics.topics)
-  held = {n for i, n in enumerate(names) if i % 4 == 3}
-  keep = [n for n in names if (n in held) == (split == 'heldout')]
-  return '\n\n'.join(topics.topics[n].strip() for n in keep)
+  return TOPIC_SEPARATOR.join(topics(split))
 
 
 def corpus_digest() -> str:
@@ -153,3 +163,86 @@ def calibration_windows(
   rng = np.random.default_rng([seed, 0])
   pick = np.sort(rng.choice(len(every), count, replace=False))
   return every[pick], every
+
+
+################################################################################
+# Topics of token windows (clustered statistics over held-out text).
+################################################################################
+
+
+def topic_token_starts(
+  encode: Callable[[str], np.ndarray], split: str
+) -> np.ndarray:
+  """The token index at which each topic of `split` starts in
+  `encode(corpus(split))` (int64, one per topic of `topics(split)`).
+
+  Topic `i` starts where the text before it (topics `0..i-1`, each followed
+  by the separator) ends: `len(encode(prefix))`, so a token `encode` adds
+  before every text (BOS) counts as it does in the whole stream; topic 0
+  starts at 0. A byte-level BPE may merge the separator with its
+  neighbours differently in the prefix than in the whole text, so a start
+  may be off by a token; `window_topics` only needs which topic holds most
+  of a window.
+  """
+  parts = topics(split)
+  starts = np.zeros(len(parts), np.int64)
+  prefix = ''
+  for i in range(1, len(parts)):
+    prefix += parts[i - 1] + TOPIC_SEPARATOR
+    starts[i] = len(encode(prefix))
+  return starts
+
+
+def majority_topic(
+  starts: np.ndarray, total: int, length: int, count: int
+) -> np.ndarray:
+  """For windows `w = 0..count-1` of tokens `[w·length, (w+1)·length)`,
+  the topic holding most of the window's tokens (the earliest on a tie),
+  topic `i` being tokens `[starts[i], starts[i+1])` of a stream of `total`
+  tokens (the last topic ends at `total`).
+
+  Raises:
+    ValueError: `starts` does not begin at 0 or decreases, or the windows
+      run past `total`.
+  """
+  starts = np.asarray(starts, np.int64)
+  if len(starts) < 1 or starts[0] != 0 or np.any(np.diff(starts) < 0):
+    raise ValueError(
+      f'Topic starts must begin at 0 and never decrease; got {starts}.'
+    )
+  if count * length > total:
+    raise ValueError(
+      f'{count} windows of {length} tokens run past the {total} tokens.'
+    )
+  ends = np.append(starts[1:], total)
+  lo = np.arange(count, dtype=np.int64)[:, None] * length
+  overlap = np.minimum(lo + length, ends[None]) - np.maximum(lo, starts[None])
+  return np.argmax(np.maximum(overlap, 0), axis=1)
+
+
+def window_topics(
+  encode: Callable[[str], np.ndarray],
+  split: str,
+  length: int,
+  count: int | None = None,
+) -> np.ndarray:
+  """The topic (index into `topics(split)`) of each window that
+  `corpus_windows(encode, split, length, count)` makes: the topic holding
+  most of the window's tokens (`majority_topic`).
+
+  Windows of one topic are not independent samples of text (a long topic
+  spans several windows); resampling whole topics (a cluster bootstrap)
+  respects that.
+
+  Raises:
+    ConfigError: the split holds fewer than `count` (or 1) full windows.
+  """
+  total = len(encode(corpus(split)))
+  n = total // length
+  want = n if count is None else count
+  if want < 1 or n < want:
+    raise ConfigError(
+      f'{split} text: it holds {total} tokens: {n} full windows of '
+      f'{length}; {want} asked. Use a longer text or shorter windows.'
+    )
+  return majority_topic(topic_token_starts(encode, split), total, length, want)
