@@ -36,6 +36,10 @@ import jax.numpy as jnp
 
 from lpjax import arch as arch_lib
 from lpjax import models
+from lpjax.models import conv as conv_lib
+
+# The convolution modules whose MACs are counted.
+CONVS = (nn.Conv, conv_lib.Conv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +70,7 @@ def _cost(arch: arch_lib.Arch, input_shape: tuple[int, ...]) -> Cost:
   def count(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     mdl = context.module
-    if context.method_name == '__call__' and isinstance(mdl, nn.Conv):
+    if context.method_name == '__call__' and isinstance(mdl, CONVS):
       kernel = mdl.variables['params']['kernel']
       # Per example: every output position does prod(kernel.shape) MACs.
       total[0] += math.prod(out.shape[1:-1]) * math.prod(kernel.shape)

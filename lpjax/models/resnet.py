@@ -17,6 +17,12 @@ The model returns logits `[batch, num_classes]` and sows the pooled features
 `[batch, width]` into the `intermediates` collection as `pooled`; every block's
 output (its input, if skipped) can be captured with `capture_intermediates`
 (see `lpjax.models.representations`).
+
+Convolutions are `lpjax.models.conv.Conv` (`flax.linen.Conv`'s variables;
+`LPJAX_CONV` picks how they are computed), and every block's output (and the
+stem's) passes through `conv.fusion_barrier`, which stops XLA:CPU from
+recomputing the residual chain inside later fusions (on by default on the
+CPU; `LPJAX_FUSION_BARRIER=off` turns it off).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from lpjax import arch as arch_lib
+from lpjax.models import conv as conv_lib
 from lpjax.models import family as family_lib
 
 
@@ -83,7 +90,7 @@ _CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal')
 
 def _layers(style: Style, train: bool):
   conv = functools.partial(
-    nn.Conv, use_bias=style.conv_bias, kernel_init=_CONV_INIT
+    conv_lib.Conv, use_bias=style.conv_bias, kernel_init=_CONV_INIT
   )
   norm = functools.partial(
     nn.BatchNorm,
@@ -144,7 +151,8 @@ class BasicBlock(nn.Module):
     conv, norm = _layers(self.style, train)
     y = self._residual(x, conv, norm, _Inner(self, filter_masks))
     y = nn.relu(y + self._shortcut(x, conv, norm))
-    return family_lib.unit_output(x, y, skip=skip, passthrough=passthrough)
+    y = family_lib.unit_output(x, y, skip=skip, passthrough=passthrough)
+    return conv_lib.fusion_barrier(y, _token(self))
 
   def _residual(self, x, conv, norm, inner):
     s = (self.stride, self.stride)
@@ -187,6 +195,13 @@ class Bottleneck(BasicBlock):
 
 
 BLOCK_TYPES = (BasicBlock, Bottleneck)
+
+
+def _token(module: nn.Module) -> jax.Array | None:
+  """A replicated, unbatched scalar for `conv.fusion_barrier`'s predicate:
+  the first entry of the module's first parameter (a bias or BN scale)."""
+  leaves = jax.tree.leaves(module.variables.get('params', {}))
+  return leaves[0] if leaves else None
 
 
 class _Inner:
@@ -267,6 +282,7 @@ class ResNet(nn.Module):
       x = nn.relu(norm(name='stem_bn')(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
+    x = conv_lib.fusion_barrier(x, _token(self))
     self.sow('intermediates', 'stem', x)
     in_width = stem_width
     for stage in arch.stages:
