@@ -14,10 +14,9 @@ Every core by default: on a CPU host JAX makes one device of all the cores
 and XLA:CPU runs many operations (most convolution weight gradients, the
 fused element-wise work) on one thread. `use_every_core`, called when
 `lpjax` is imported, gives JAX one CPU device per usable core instead, and
-the data-parallel code spreads each batch over them: training over
-`data_devices` (the most devices that split every batch size when the count
-is this default, so no batch size is refused because of it), scoring over
-`auto_mesh`. It does nothing where the count was chosen already
+scoring spreads each batch over them (`auto_mesh`: each device runs the
+shared-prefix pass on its rows), while training and evaluation stay on one
+device (`data_devices`) unless the count was chosen. It does nothing where the count was chosen already
 (`JAX_NUM_CPU_DEVICES`, `--xla_force_host_platform_device_count` in
 `XLA_FLAGS`, `jax.config.update('jax_num_cpu_devices', n)`) or JAX's
 backends were started before `lpjax` was imported; `JAX_NUM_CPU_DEVICES=1`
@@ -114,23 +113,22 @@ def defaulted() -> bool:
 
 
 def data_devices(sizes: Mapping[str, int]) -> list[jax.Device]:
-  """The devices a data-parallel run splits its batches over.
+  """The devices a data-parallel run (training, evaluation) splits its
+  batches over.
 
-  Every device, after `check_batch_sizes`; where the count is
-  `use_every_core`'s default, the most of them that split every size in
-  `sizes` (so a batch size the user chose is never refused because of the
-  default).
+  Every device, after `check_batch_sizes`. Where the count is
+  `use_every_core`'s default, one: XLA:CPU's own threads already share the
+  cores within a step, and splitting small steps over CPU devices cost
+  more than it gained (the digits quickstart: 1.14x slower over two
+  devices, BENCHMARKS.md "Every core by default"); set
+  `JAX_NUM_CPU_DEVICES` to split training over the cores (ResNet-56 at
+  batch 128: about 1.2x faster over two).
   """
   devices = jax.devices()
   if not defaulted():
     check_batch_sizes(sizes)
     return devices
-  fits = max(
-    d
-    for d in range(1, len(devices) + 1)
-    if all(s % d == 0 for s in sizes.values())
-  )
-  return devices[:fits]
+  return devices[:1]
 
 
 def auto_mesh(n: int, batch_size: int) -> Mesh | None:

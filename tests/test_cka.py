@@ -939,10 +939,18 @@ def test_one_dimensional_input_is_one_feature():
 
 
 def _saturated_pair():
-  """The issue's data: `tanh` saturates, few distinct rows of 1,000."""
-  x = jnp.ones((1000, 64)).cumsum(0) ** 0.5
-  y = jnp.tanh(x @ jnp.ones((64, 32)) / 64)
-  return np.asarray(x), np.asarray(y)
+  """`tanh` saturates: 29 distinct rows of 1,000, most of them exactly 1.
+
+  Made in float64 NumPy and rounded to steps of 0.01 before float32, so
+  that rows are either equal or at least 0.01 apart per feature: the
+  float32 squared distances resolve every distinct pair on every CPU.
+  (Made with XLA's float32 `tanh`, the last bit near 1 depended on the
+  CPU's vector instructions, and rows 1 ulp apart were distinct in the
+  float64 oracle but not in float32.)
+  """
+  x = np.sqrt(np.ones((1000, 64)).cumsum(0))
+  y = np.round(np.tanh(x @ np.ones((64, 32)) / (3 * 64)), 2)  # 29 rows
+  return x.astype(np.float32), y.astype(np.float32)
 
 
 def test_rbf_bandwidth_ignores_duplicated_rows():

@@ -377,9 +377,9 @@ class Classifier:
     )
     p = self.config.prune
     self.scoring_mesh = (
-      self.mesh
-      if _splits(p.calibration_examples, p.data_batch_size, self.mesh.size)
-      else sharding.auto_mesh(p.calibration_examples, p.data_batch_size)
+      sharding.auto_mesh(p.calibration_examples, p.data_batch_size)
+      if sharding.defaulted()
+      else self.mesh
     )
     self.steps_per_epoch = self.dataset.steps_per_epoch(
       self.config.train.batch_size
