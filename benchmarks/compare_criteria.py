@@ -61,6 +61,9 @@ from lpjax import errors, methods, models, report, scoring
 from lpjax.interop import keras_h5
 from lpjax.methods import consensus
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PART = flags.DEFINE_enum('part', 'resnet56', ['resnet56', 'digits'], 'Part.')
 _OUT = flags.DEFINE_string('out', '/tmp/lpjax_compare', 'Output dir.')
@@ -376,30 +379,6 @@ def paired_test(diffs):
   return mean, sd, float(2.0 * stats.t.sf(abs(t), len(d) - 1))
 
 
-def holm(pvalues, alpha=ALPHA):
-  """Holm-Bonferroni over a family: `(adjusted p, rejected, levels)`.
-
-  With the m p-values sorted ascending, the hypothesis of rank j (from 1)
-  is rejected when every rank i <= j has p_(i) <= alpha / (m - i + 1); its
-  adjusted p-value is max over i <= j of min(1, (m - i + 1) p_(i)) (Holm
-  1979). `levels[h]` is the per-comparison error level of hypothesis h's
-  interval: alpha / (m - j + 1) up to the first rank k not rejected, and
-  alpha / (m - k + 1) from k on, so that the interval at confidence
-  1 - level excludes 0 exactly when Holm rejects.
-  """
-  p = np.asarray(pvalues, np.float64)
-  m = len(p)
-  adjusted, levels = np.empty(m), np.empty(m)
-  running, stop = 0.0, None
-  for j, h in enumerate(np.argsort(p, kind='stable')):  # rank j + 1
-    running = max(running, min(1.0, (m - j) * p[h]))
-    adjusted[h] = running
-    if stop is None and p[h] > alpha / (m - j):
-      stop = j
-    levels[h] = alpha / (m - (j if stop is None else stop))
-  return adjusted, adjusted <= alpha, levels
-
-
 def _where(ks):
   """`[1, 2, 3, 5, 'mean']` -> 'after 1–3, 5 removed blocks and on the mean
   over all removals'."""
@@ -424,21 +403,10 @@ def _where(ks):
   return text
 
 
-def _cpu_model():
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def _digits_machine():
   cpus = sorted(os.sched_getaffinity(0))
   return (
-    f'{_cpu_model()} ({os.cpu_count()} CPUs, this process pinned to '
+    f'{common.cpu_model()} ({os.cpu_count()} CPUs, this process pinned to '
     f'{len(cpus)}: {cpus}), jax {jax.__version__} on '
     f'{jax.default_backend()}, float32; '
     f'{time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; load average '
@@ -473,7 +441,8 @@ def compare_pairs(acc, criteria, num, n_seeds, alpha=ALPHA):
           'half95': _half_width(sd, n_seeds),
         }
       )
-  adjusted, rejected, levels = holm([r['p'] for r in rows], alpha)
+  adjusted, levels = common.holm([r['p'] for r in rows], alpha)
+  rejected = adjusted <= alpha
   for r, q, rej, lev in zip(rows, adjusted, rejected, levels):
     half = _half_width(r['sd'], n_seeds, 1.0 - lev)
     r.update(

@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import sys
 import time
 
 import jax
@@ -52,6 +53,9 @@ import numpy as np
 
 from lpjax import flops, models, sharding, train
 from lpjax.evaluate import latency
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common
 
 
 def pruned_k(arch, k):
@@ -63,18 +67,6 @@ def pruned_k(arch, k):
 def pruned_222(arch):
   """`arch` with every stage cut to its first 2 blocks."""
   return pruned_k(arch, 2)
-
-
-def cpu_model():
-  """The CPU's model name from /proc/cpuinfo ('unknown' elsewhere)."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return 'unknown'
 
 
 def _forward(arch, shape):
@@ -277,7 +269,7 @@ def main(argv=None):
   dev = latency.device_description()
   lines = [
     f'Device: {dev["device"]} ({dev["backend"]}, {dev["devices"]} device(s), '
-    f'{dev["cpu_threads"]} CPU threads); CPU {cpu_model()}; jax '
+    f'{dev["cpu_threads"]} CPU threads); CPU {common.cpu_model()}; jax '
     f'{jax.__version__}; XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; '
     f'{datetime.date.today().isoformat()}; load average (1, 5, 15 min) at '
     f'the start {", ".join(f"{v:.2f}" for v in load0)}.',

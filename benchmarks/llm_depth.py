@@ -67,6 +67,9 @@ sys.path.insert(0, ROOT)
 
 from lpjax.run import language_model  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
 # name -> main.py overrides. Every run heals with LoRA at heal.at; the runs
 # in FULL_HEAL also with a full fine-tune. SLEB decides on 8 calibration
 # windows (its greedy loop runs about L²/2 forwards: with 32 it alone would
@@ -323,29 +326,6 @@ def paired(results: dict[str, dict], k: int, reference: str) -> str:
 ALPHA = 0.05  # family-wise error level of the topic-bootstrap intervals
 
 
-def holm(pvalues, alpha: float = ALPHA):
-  """Holm's step-down correction over a family: `(adjusted, levels)`.
-
-  With the m p-values sorted ascending, the adjusted p-value of rank j
-  (from 1) is the running maximum of min(1, (m - j + 1) p_(j)) (Holm 1979).
-  `levels[h]` is the error level of hypothesis h's interval: alpha /
-  (m - j + 1) for the ranks before the first one Holm keeps, and that
-  rank's alpha / (m - k + 1) from it on, so an interval at confidence
-  1 - level excludes 0 where Holm rejects.
-  """
-  p = np.asarray(pvalues, np.float64)
-  m = len(p)
-  adjusted, levels = np.empty(m), np.empty(m)
-  running, stop = 0.0, None
-  for j, h in enumerate(np.argsort(p, kind='stable')):  # rank j + 1
-    running = max(running, min(1.0, (m - j) * p[h]))
-    adjusted[h] = running
-    if stop is None and p[h] > alpha / (m - j):
-      stop = j
-    levels[h] = alpha / (m - (j if stop is None else stop))
-  return adjusted, levels
-
-
 def topic_bootstrap(
   diffs,
   topics,
@@ -397,7 +377,7 @@ def topic_bootstrap(
   boot = (counts @ sums) / (counts @ sizes)[:, None]  # [B, m]
   le, ge = (boot <= 0).mean(0), (boot >= 0).mean(0)
   p = np.minimum(1.0, 2.0 * np.minimum(le, ge))
-  adjusted, levels = holm(p, alpha)
+  adjusted, levels = common.holm(p, alpha)
   low = np.array(
     [
       np.quantile(boot[:, i], levels[i] / 2, method='inverted_cdf')

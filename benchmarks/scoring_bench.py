@@ -53,6 +53,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lpjax import cka, models, scoring, surgery
 from lpjax.models import resnet
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common
+
 _N = flags.DEFINE_integer('n', 5000, 'Calibration images.')
 _BATCH = flags.DEFINE_integer('batch', 500, 'Images per forward.')
 _CHUNK = flags.DEFINE_integer(
@@ -91,17 +94,6 @@ def time_alternating(methods, names, repeats):
       warm[name].append(t)
       print(f'{name:>15}: round {r}, {t:.2f}s', flush=True)
   return outs, first, warm
-
-
-def cpu_model():
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return 'unknown'
 
 
 def _load():
@@ -193,7 +185,7 @@ def main(argv):
   print(
     f'ResNet-{_DEPTH.value}, {len(arch.candidates)} candidates, n={_N.value}, '
     f'batch {b}, jax {jax.__version__}, {jax.devices()[0].device_kind}, '
-    f'{os.cpu_count()} cores, CPU {cpu_model()}, '
+    f'{os.cpu_count()} cores, CPU {common.cpu_model()}, '
     f'{datetime.date.today().isoformat()}; load average (1, 5, 15 min) at '
     f'the start {_load()}',
     flush=True,

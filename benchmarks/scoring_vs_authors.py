@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -43,6 +42,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common
 
 REFERENCE = (
   Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'keras'
@@ -157,16 +159,6 @@ def side_lpjax(folder: Path, warm: int) -> dict:
   return out
 
 
-def _cpu_model() -> str:
-  try:
-    for line in Path('/proc/cpuinfo').read_text().splitlines():
-      if line.startswith('model name'):
-        return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown CPU'
-
-
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--tf_python', default=sys.executable)
@@ -221,7 +213,7 @@ def main(argv=None):
   warm = [r['authors']['loop_s'] / r['lpjax']['warm_s'] for r in rows]
   fw = [r['lpjax']['warm_s'] / r['lpjax']['forward_s'] for r in rows]
   lines = [
-    f'{_cpu_model()}, {os.cpu_count()} CPUs; lpjax devices: '
+    f'{common.cpu_model()}, {os.cpu_count()} CPUs; lpjax devices: '
     f'{rows[0]["lpjax"]["devices"]}; {args.n} inputs; {args.rounds} rounds, sides '
     f'alternating; load average {load0:.2f} -> {os.getloadavg()[0]:.2f}; '
     f'{time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.',

@@ -63,6 +63,9 @@ from configs import quickstart, vit_digits
 from lpjax import cka, models, report
 from lpjax.methods import sglp
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common
+
 _PART = flags.DEFINE_enum('part', 'cka', ['cka', 'digits'], 'Part.')
 _OUT = flags.DEFINE_string('out', '/tmp/lpjax_sglp', 'Output dir (digits).')
 _MODEL = flags.DEFINE_string('model', 'resnet32', 'resnet20.. or vit.')
@@ -115,17 +118,6 @@ def _q(values, unit=''):
     return '—'
   q1, q2, q3 = np.percentile(values, [25, 50, 75])
   return f'{q2:.2f}{unit} [{q1:.2f}, {q3:.2f}]'
-
-
-def cpu_model():
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return 'unknown'
 
 
 def _load():
@@ -238,7 +230,7 @@ def main(argv):
   }
   head = (
     f'ResNet-56, n = {_N.value}, batch {b}, {jax.devices()[0].platform}, '
-    f'{os.cpu_count()} CPUs, CPU {cpu_model()}, jax {jax.__version__}, '
+    f'{os.cpu_count()} CPUs, CPU {common.cpu_model()}, jax {jax.__version__}, '
     f'{datetime.date.today().isoformat()}; load average (1, 5, 15 min) at '
     f'the start {load0}'
   )

@@ -44,12 +44,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common
 
 REFERENCE = (
   Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'keras'
@@ -212,16 +214,6 @@ def _quartiles(values):
   return q1, q2, q3
 
 
-def _cpu_model() -> str:
-  try:
-    for line in Path('/proc/cpuinfo').read_text().splitlines():
-      if line.startswith('model name'):
-        return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--rounds', type=int, default=5)
@@ -268,7 +260,7 @@ def main() -> None:
     for v in first
   )
   lines = [
-    f'{_cpu_model()}, {len(os.sched_getaffinity(0))} usable cores; '
+    f'{common.cpu_model()}, {len(os.sched_getaffinity(0))} usable cores; '
     + '; '.join(f'{v}: {first[v]["version"]}' for v in variants)
     + f'. Load average at start / end: {load0:.2f} / '
     f'{os.getloadavg()[0]:.2f}. {args.rounds} rounds, each process the '

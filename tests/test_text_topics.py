@@ -7,7 +7,7 @@ hand-computed case. `benchmarks/llm_depth.topic_bootstrap` (the paired
 cluster bootstrap of the SmolLM2 depth-pruning study) on cases whose
 bootstrap distribution is known by hand, against `scipy.stats.bootstrap`
 where clusters are single windows, and against a plain loop over resampled
-topics written here; `holm` on a hand-computed family.
+topics written here; `common.holm` on a hand-computed family.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def test_window_topics_of_smollm2_match_the_tokenizer_offsets():
 
 
 def test_holm_by_hand():
-  adjusted, levels = llm_depth.holm([0.01, 0.04, 0.03], 0.05)
+  adjusted, levels = llm_depth.common.holm([0.01, 0.04, 0.03], 0.05)
   # Sorted 0.01, 0.03, 0.04: 3 · 0.01 = 0.03; 2 · 0.03 = 0.06; 0.04 < 0.06.
   np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06])
   # Rank 1 rejected at 0.05/3; rank 2 (0.03 > 0.025) stops: 0.05/2 after.

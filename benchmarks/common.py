@@ -1,0 +1,50 @@
+"""What several benchmark scripts share: the CPU's name, Holm's correction.
+
+Scripts import it as `common` (each puts its own folder first on
+`sys.path`, which `python benchmarks/<script>.py` does anyway).
+"""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+
+ALPHA = 0.05  # family-wise error level
+
+
+def cpu_model() -> str:
+  """The CPU's model name from /proc/cpuinfo (the platform's elsewhere)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine() or 'unknown CPU'
+
+
+def holm(pvalues, alpha: float = ALPHA):
+  """Holm-Bonferroni over a family: `(adjusted p-values, levels)`.
+
+  With the m p-values sorted ascending, the hypothesis of rank j (from 1)
+  is rejected when every rank i <= j has p_(i) <= alpha / (m - i + 1); its
+  adjusted p-value is max over i <= j of min(1, (m - i + 1) p_(i)) (Holm
+  1979), so it is rejected exactly when that is <= alpha. `levels[h]` is
+  the per-comparison error level of hypothesis h's interval: alpha /
+  (m - j + 1) up to the first rank k not rejected, and alpha / (m - k + 1)
+  from k on, so that the interval at confidence 1 - level excludes 0
+  exactly when Holm rejects.
+  """
+  p = np.asarray(pvalues, np.float64)
+  m = len(p)
+  adjusted, levels = np.empty(m), np.empty(m)
+  running, stop = 0.0, None
+  for j, h in enumerate(np.argsort(p, kind='stable')):  # rank j + 1
+    running = max(running, min(1.0, (m - j) * p[h]))
+    adjusted[h] = running
+    if stop is None and p[h] > alpha / (m - j):
+      stop = j
+    levels[h] = alpha / (m - (j if stop is None else stop))
+  return adjusted, levels
