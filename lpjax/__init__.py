@@ -7,12 +7,6 @@ from __future__ import annotations
 
 __version__ = '0.1.0'
 
-# One JAX CPU device per core unless the count was chosen (see
-# `lpjax.sharding.use_every_core`): must run before any JAX computation.
-from lpjax import sharding as _sharding
-
-_sharding.use_every_core()
-
 
 def load(workdir, step=None, *, source=None):
   """A model of the run in `workdir`, ready to run and export.

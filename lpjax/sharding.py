@@ -12,15 +12,17 @@ before any work.
 
 Every core by default: on a CPU host JAX makes one device of all the cores
 and XLA:CPU runs many operations (most convolution weight gradients, the
-fused element-wise work) on one thread. `use_every_core`, called when
-`lpjax` is imported, gives JAX one CPU device per usable core instead, and
+fused element-wise work) on one thread. `use_every_core`, called when this
+module is imported (by `lpjax.models`, `lpjax.scoring`, `lpjax.train`,
+`lpjax.run`; not by the JAX-free `lpjax.report` nor the standalone
+`lpjax.cka`), gives JAX one CPU device per usable core instead, and
 scoring spreads each batch over them (`auto_mesh`: each device runs the
 shared-prefix pass on its rows), while training and evaluation stay on one
-device (`data_devices`) unless the count was chosen. It does nothing where the count was chosen already
-(`JAX_NUM_CPU_DEVICES`, `--xla_force_host_platform_device_count` in
-`XLA_FLAGS`, `jax.config.update('jax_num_cpu_devices', n)`) or JAX's
-backends were started before `lpjax` was imported; `JAX_NUM_CPU_DEVICES=1`
-turns it off.
+device (`data_devices`) unless the count was chosen. It does nothing
+where the count was chosen already (`JAX_NUM_CPU_DEVICES`,
+`--xla_force_host_platform_device_count` in `XLA_FLAGS`,
+`jax.config.update('jax_num_cpu_devices', n)`) or JAX's backends were
+started before `lpjax` was imported; `JAX_NUM_CPU_DEVICES=1` turns it off.
 """
 
 from __future__ import annotations
@@ -258,3 +260,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     The replicated tree.
   """
   return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+# One JAX CPU device per core unless the count was chosen: before any JAX
+# computation of the modules that import this one.
+use_every_core()

@@ -34,7 +34,6 @@ so every process sees the same numbers.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -479,7 +478,7 @@ def evaluate(
       rows of every global batch (as `eval_batches` yields them), every
       process the same number of batches.
     mesh: the data-parallel mesh (default: `make_mesh` over
-      `lpjax.sharding.data_devices` for the batch size).
+      `lpjax.sharding.data_devices`).
 
   Returns:
     `{'accuracy': float, 'loss': float, 'count': int}` over the real examples
@@ -488,16 +487,8 @@ def evaluate(
   Raises:
     ValueError: if there are no (unmasked) examples.
   """
-  batches = iter(batches)
-  first = next(batches, None)
-  if mesh is None:
-    rows = (
-      {} if first is None else {'eval batch': len(next(iter(first.values())))}
-    )
-    mesh = make_mesh(sharding.data_devices(rows))
+  mesh = make_mesh(sharding.data_devices({})) if mesh is None else mesh
   step = jit_eval_step(mesh=mesh)
-  if first is not None:
-    batches = itertools.chain([first], batches)
   state = replicate(state, mesh)
   sums = [step(state, shard_batch(batch, mesh)) for batch in batches]
   correct = loss_sum = count = 0.0

@@ -24,6 +24,10 @@ import hypothesis
 import jax
 import pytest
 
+# lpjax's default CPU devices (one per core) before any test computes, as
+# in the runs the tests start in subprocesses.
+import lpjax.sharding  # noqa: F401
+
 # `shared/reference` beside the repository root (read-only material from
 # elsewhere; see its README.md).
 DEFAULT_REFERENCE_DIR = (

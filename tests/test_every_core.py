@@ -1,6 +1,6 @@
 """Every core by default: one JAX CPU device per usable core, batches split.
 
-`import lpjax` gives JAX one CPU device per core of the process's affinity
+Importing lpjax's JAX modules (`lpjax.models`, ...) gives JAX one CPU device per core of the process's affinity
 unless the count was chosen (environment, XLA flag, jax config, or a JAX
 computation before the import); the data-parallel code then splits batches
 over the devices without refusing a batch size the default made awkward.
@@ -30,7 +30,7 @@ if cores is not None:
   os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
 {before}
 import jax
-import lpjax
+import lpjax.models
 print(json.dumps([jax.device_count(), len(os.sched_getaffinity(0))]))
 """
 

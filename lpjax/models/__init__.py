@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from lpjax import arch as arch_lib
+from lpjax import sharding  # noqa: F401  (one CPU device per core, first)
 from lpjax.models import decoder, encoder, resnet, vit
 from lpjax.models.family import Family
 
