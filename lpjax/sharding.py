@@ -22,7 +22,8 @@ device (`data_devices`) unless the count was chosen. It does nothing
 where the count was chosen already (`JAX_NUM_CPU_DEVICES`,
 `--xla_force_host_platform_device_count` in `XLA_FLAGS`,
 `jax.config.update('jax_num_cpu_devices', n)`) or JAX's backends were
-started before `lpjax` was imported; `JAX_NUM_CPU_DEVICES=1` turns it off.
+started before this module was imported; `JAX_NUM_CPU_DEVICES=1` turns
+it off.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def usable_cores() -> int:
 def use_every_core() -> int | None:
   """One JAX CPU device per usable core, unless the count is chosen already.
 
-  Must run before JAX's backends start (`lpjax` calls it on import). Leaves
+  Must run before JAX's backends start (this module calls it on import). Leaves
   everything as it is where `JAX_NUM_CPU_DEVICES` is set (1 turns this
   off), `XLA_FLAGS` forces a host device count, the program set
   `jax_num_cpu_devices`, or a JAX computation already ran.
@@ -99,7 +100,7 @@ def use_every_core() -> int | None:
     return None
   try:
     jax.config.update('jax_num_cpu_devices', cores)
-  except RuntimeError:  # the backends started before lpjax was imported
+  except RuntimeError:  # the backends started before this import
     return None
   _DEFAULT_CPU_DEVICES = cores
   return cores
