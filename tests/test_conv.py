@@ -187,3 +187,29 @@ def test_tiny_resnet_same_under_every_backend(monkeypatch):
       assert_f32_close(
         g, r, terms=terms * 4 * 64, depth=depth, err_msg=f'{key} {path}'
       )
+
+
+@pytest.mark.parametrize(
+  'env, name',
+  [({'LPJAX_CONV': 'bogus'}, 'LPJAX_CONV'),
+   ({'LPJAX_FUSION_BARRIER': 'maybe'}, 'LPJAX_FUSION_BARRIER')],
+)  # fmt: skip
+def test_a_bad_setting_stops_a_run_before_any_work(tmp_path, env, name):
+  """`main.py` prints one `error:` line naming the variable, exits 2, and
+  creates no workdir."""
+  import os
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  workdir = tmp_path / 'run'
+  out = subprocess.run(
+    [sys.executable, 'main.py', '--config=configs/quickstart.py',
+     f'--workdir={workdir}'],
+    env={**os.environ, **env}, cwd=root, capture_output=True, text=True,
+    timeout=300,
+  )  # fmt: skip
+  said = [s for s in out.stderr.splitlines() if s.startswith('error:')]
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert len(said) == 1 and name in said[0]
+  assert not workdir.exists()

@@ -82,6 +82,17 @@ def backend_name(backend: str | None = None) -> str:
   return backend
 
 
+def check_environment() -> None:
+  """Refuses unknown `LPJAX_CONV` / `LPJAX_FUSION_BARRIER` values (a run
+  calls it before any work).
+
+  Raises:
+    UserError: naming the variable and its valid values.
+  """
+  backend_name()
+  barrier_enabled()
+
+
 def barrier_enabled() -> bool:
   """Whether `fusion_barrier` acts (`LPJAX_FUSION_BARRIER`, default auto:
   on where JAX's default backend is the CPU).

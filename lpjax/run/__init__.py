@@ -33,6 +33,9 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     raise errors.ConfigError(
       f'Unknown task {task!r}; valid: {sorted(TASKS)} (--config.task).'
     )
+  from lpjax.models import conv
+
+  conv.check_environment()  # LPJAX_CONV, LPJAX_FUSION_BARRIER: before work
   module = importlib.import_module(f'lpjax.run.{TASKS[task]}')
   return module.run(config, workdir)
 
