@@ -273,7 +273,7 @@ def paired(results: dict[str, dict], k: int, reference: str) -> str:
   from configs import smollm2_depth
   from lpjax import models, surgery
   from lpjax.data import text
-  from lpjax.models import decoder
+  from lpjax.models import next_token
 
   config = smollm2_depth.get_config()
   lm = language_model.load(config)
@@ -291,7 +291,7 @@ def paired(results: dict[str, dict], k: int, reference: str) -> str:
     arch, variables = surgery.apply(
       lm.arch, lm.variables, surgery.remove(rec['removed'])
     )
-    ev = decoder.evaluate(models.build_model(arch), variables, held)
+    ev = next_token.evaluate(models.build_model(arch), variables, held)
     if abs(ev['perplexity'] / rec['perplexity'] - 1) > 1e-4:
       raise RuntimeError(
         f'{name} at k={k}: re-evaluated perplexity {ev["perplexity"]} is '

@@ -13,7 +13,7 @@ programs are the ones the language-model task runs:
 * scoring, `block_influence`: one batched forward keeping every layer's
   output (`lpjax.methods.block_influence`, through
   `lpjax.scoring.map_batches`), one batch;
-* held-out evaluation: `lpjax.models.decoder.evaluation_program` (NLL and
+* held-out evaluation: `lpjax.models.next_token.evaluation_program` (NLL and
   argmax, logits a chunk of positions at a time), one batch;
 * LoRA healing: one optimizer step (`lpjax.healing`, rank 8 on every
   layer's MLP, AdamW state included), without and with each layer
@@ -61,7 +61,7 @@ import numpy as np
 
 from lpjax import healing, models, scoring
 from lpjax.methods import block_influence
-from lpjax.models import decoder
+from lpjax.models import decoder, next_token
 
 # LLaMA-3-8B (Meta's config.json: 32 layers, hidden 4096, 32 heads, 8 KV
 # heads, intermediate 14336, vocabulary 128256, rope_theta 500000, untied).
@@ -121,7 +121,7 @@ def influence_pass(arch, batch, tokens):
 
 
 def evaluation(arch, batch, tokens):
-  fn = decoder.evaluation_program(models.build_model(arch))
+  fn = next_token.evaluation_program(models.build_model(arch))
   return fn, (abstract_variables(arch), ids(batch, tokens))
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from lpjax import cka, models, scoring, wheels
 from lpjax.data import text
 from lpjax.interop import gguf_llama
-from lpjax.models import decoder
+from lpjax.models import next_token
 
 GGUF = 'SmolLM2-135M-Instruct.Q4_1.gguf'
 
@@ -115,7 +115,7 @@ def main():
   order_loop = sorted(scores_loop, key=scores_loop.get)
 
   t0 = time.perf_counter()
-  ppl = decoder.perplexity(model, variables, held, batch=8)
+  ppl = next_token.perplexity(model, variables, held, batch=8)
   ppl_s = time.perf_counter() - t0
 
   print(

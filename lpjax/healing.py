@@ -20,7 +20,7 @@ every layer's input, not its attention weights and MLP activations.
 
 The objective is the mean next-token negative log-likelihood of token
 windows `[n, T]` (every position but the last predicts the next;
-`lpjax.models.decoder.next_token_stats`, a chunk of positions' logits at a
+`lpjax.models.next_token.next_token_stats`, a chunk of positions' logits at a
 time). Step `s` draws its `batch_size` windows from `windows` with the
 seed `(seed, s)`, without replacement within a step, so a run that resumes
 from step `s` sees exactly the batches a clean run would. The optimizer is AdamW
@@ -59,7 +59,7 @@ from absl import logging
 
 from lpjax import arch as arch_lib
 from lpjax import checkpointing, errors, models
-from lpjax.models import decoder as decoder_lib
+from lpjax.models import next_token
 
 MODES = ('full', 'lora')
 
@@ -131,10 +131,10 @@ class HealConfig:
 def next_token_nll(model, params, ids: jax.Array) -> jax.Array:
   """Mean next-token negative log-likelihood of windows `ids` `[b, T]`.
 
-  Computed a chunk of positions at a time (`decoder.next_token_stats`):
+  Computed a chunk of positions at a time (`next_token.next_token_stats`):
   neither the forward nor the gradient holds every position's logits.
   """
-  nll, _ = decoder_lib.next_token_stats(model, {'params': params}, ids)
+  nll, _ = next_token.next_token_stats(model, {'params': params}, ids)
   return jnp.mean(nll)
 
 

@@ -44,7 +44,7 @@ from lpjax.export import gguf as export_gguf
 from lpjax.export import keras as export_keras
 from lpjax.export.__main__ import main
 from lpjax.interop import gguf_llama, keras_h5, safetensors_bert
-from lpjax.models import decoder, vit
+from lpjax.models import decoder, next_token, vit
 from lpjax.run import classifier, embedding, language_model, saved
 from lpjax.run.saved import SavedModelError
 
@@ -211,7 +211,7 @@ def test_pruned_decoders_load_as_the_source_without_their_layers(llm_run):
     assert got.provenance['removed'] == removed
     assert got.provenance['healing'] is None
     if k:  # the run's own evaluation of the model (same program: equal)
-      ev = decoder.evaluate(
+      ev = next_token.evaluate(
         models.build_model(got.arch), got.variables, held, batch=4
       )
       assert ev['perplexity'] == results['pruned'][str(k)]['perplexity']
@@ -232,7 +232,7 @@ def test_healed_decoders_load_as_the_run_evaluated_them(llm_run):
     got = lpjax.load(workdir, f'2/{mode}', source=source)
     assert got.step == f'2/{mode}'
     # The run's held-out evaluation of its healed model, recomputed.
-    ev = decoder.evaluate(
+    ev = next_token.evaluate(
       models.build_model(got.arch), got.variables, held, batch=4
     )
     assert ev['perplexity'] == rec['perplexity']

@@ -18,7 +18,7 @@ from tolerances import f32_atol
 from lpjax import errors, models
 from lpjax.data import text
 from lpjax.errors import ConfigError
-from lpjax.models import decoder
+from lpjax.models import decoder, next_token
 from lpjax.run import embedding as embedding_task
 
 
@@ -56,21 +56,21 @@ def test_perplexity_and_agreement_equal_a_float64_oracle():
   logp = _log_softmax64(logits)
   nll = -np.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
   want = np.exp(nll.mean())
-  got = decoder.perplexity(model, variables, ids, batch=2)  # 2 + 2 + 1
+  got = next_token.perplexity(model, variables, ids, batch=2)  # 2 + 2 + 1
   # Same logits; only the float32 log-softmax and mean differ: 30 terms per
   # log-sum-exp, nll.size terms in the mean, on numbers of size |log p|.
   atol = f32_atol(30 * nll.size, float(np.abs(logp).max()))
   assert abs(got - want) <= want * atol
-  preds = decoder.predictions(model, variables, ids, batch=5)
+  preds = next_token.predictions(model, variables, ids, batch=5)
   np.testing.assert_array_equal(preds, logits.argmax(-1))
-  assert decoder.next_token_agreement(model, variables, preds, ids) == 1.0
+  assert next_token.next_token_agreement(model, variables, preds, ids) == 1.0
   other = preds.copy()
   other[0, :4] = (other[0, :4] + 1) % 30
-  assert decoder.next_token_agreement(model, variables, other, ids) == (
+  assert next_token.next_token_agreement(model, variables, other, ids) == (
     1 - 4 / preds.size
   )
   with pytest.raises(ValueError, match='T >= 2'):
-    decoder.perplexity(model, variables, ids[:, :1])
+    next_token.perplexity(model, variables, ids[:, :1])
 
 
 def test_sentences_and_agreement():

@@ -17,7 +17,7 @@ from tolerances import f32_atol
 from lpjax import methods, models, surgery
 from lpjax.methods import block_influence, llm
 from lpjax.methods.context import Context
-from lpjax.models import decoder
+from lpjax.models import next_token
 
 N = 12  # calibration windows
 
@@ -103,7 +103,7 @@ def test_sleb_scores_equal_a_loop_of_per_layer_perplexities():
     small_arch, small_vars = surgery.remove_blocks(
       ctx.arch, ctx.variables, [unit]
     )
-    ppl = decoder.perplexity(
+    ppl = next_token.perplexity(
       models.build_model(small_arch), small_vars, ctx.inputs, batch=N
     )
     want[unit] = np.log(ppl)

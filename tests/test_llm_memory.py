@@ -28,7 +28,7 @@ from tolerances import MARGIN, f32_atol, magnitude, network_terms
 
 from lpjax import healing, models
 from lpjax.methods import llm
-from lpjax.models import decoder
+from lpjax.models import decoder, next_token
 
 WINDOWS, TOKENS, VOCAB, WIDTH = 32, 64, 4096, 16
 FULL = WINDOWS * TOKENS * VOCAB * 4  # bytes of the float32 logits
@@ -87,7 +87,7 @@ def _oracle(model, variables, ids):
 def test_evaluation_holds_a_chunk_of_logits_and_equals_float64():
   model, variables, ids = _model()
   compiled = (
-    decoder.evaluation_program(model, CHUNK).lower(variables, ids).compile()
+    next_token.evaluation_program(model, CHUNK).lower(variables, ids).compile()
   )
   temp, out = _bytes(compiled)
   assert temp + out < FULL, (temp, out, FULL)
@@ -112,7 +112,7 @@ def test_evaluation_holds_a_chunk_of_logits_and_equals_float64():
   # Agreement counts equal positions of the same predictions.
   ref = preds.reshape(WINDOWS, TOKENS).copy()
   ref[:3, :10] = (ref[:3, :10] + 1) % VOCAB
-  got = decoder.evaluate(
+  got = next_token.evaluate(
     model, variables, np.asarray(ids), ref, batch=WINDOWS, chunk=CHUNK
   )
   assert got['agreement'] == 1 - 30 / ref.size
@@ -173,7 +173,7 @@ def test_compute_dtype_is_refused_before_work_and_casts_the_weights():
     want = np.asarray(a).astype(jnp.bfloat16)
     np.testing.assert_array_equal(np.asarray(b), want)
   # A bfloat16 model still sums its losses in float32.
-  sums, preds = decoder.evaluation_program(model, CHUNK)(low, ids)
+  sums, preds = next_token.evaluation_program(model, CHUNK)(low, ids)
   assert sums.dtype == jnp.float32 and preds.dtype == jnp.int32
   assert np.all(np.isfinite(np.asarray(sums)))
 

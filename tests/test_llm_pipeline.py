@@ -30,7 +30,7 @@ from lpjax import (
 )
 from lpjax.data import text
 from lpjax.methods import consensus
-from lpjax.models import decoder
+from lpjax.models import decoder, next_token
 from lpjax.run import language_model, loop
 
 DEPTH = 5
@@ -428,7 +428,7 @@ def test_pipeline_heals_the_pruned_model_on_calibration_text_only(
     )
     got = res['healed'][key]
     assert got['losses'] == rec['losses']
-    ev = decoder.evaluate(models.build_model(arch), healed, _heldout(lm, c))
+    ev = next_token.evaluate(models.build_model(arch), healed, _heldout(lm, c))
     assert got['perplexity'] == ev['perplexity']
   # The checkpoints are gone once recorded (keep_checkpoints=False).
   assert not (tmp_path / 'heal' / 'k2_lora').exists()

@@ -31,7 +31,7 @@ from tolerances import (
 
 from lpjax import flops, healing, models, scoring, surgery
 from lpjax.interop import gguf_llama
-from lpjax.models import decoder, encoder
+from lpjax.models import decoder, encoder, next_token
 
 DEPTH = 3
 BATCH = 6
@@ -489,16 +489,17 @@ def test_next_token_nll_equals_a_float64_oracle():
   logp = z - z.max(-1, keepdims=True)
   logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
   want = -np.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
-  got = decoder.next_token_nll(jnp.asarray(logits), jnp.asarray(ids))
+  got = next_token.next_token_nll(jnp.asarray(logits), jnp.asarray(ids))
   assert got.shape == (3, T - 1) and got.dtype == jnp.float32
   assert_f32_close(got, want, VOCAB, scale=magnitude(logits))
   np.testing.assert_array_equal(
-    decoder.next_token_nll(jnp.asarray(logits[:, :-1]), jnp.asarray(ids)), got
+    next_token.next_token_nll(jnp.asarray(logits[:, :-1]), jnp.asarray(ids)),
+    got,
   )
   bf16 = jnp.asarray(logits, jnp.bfloat16)
   np.testing.assert_array_equal(
-    decoder.next_token_nll(bf16, jnp.asarray(ids)),
-    decoder.next_token_nll(bf16.astype(jnp.float32), jnp.asarray(ids)),
+    next_token.next_token_nll(bf16, jnp.asarray(ids)),
+    next_token.next_token_nll(bf16.astype(jnp.float32), jnp.asarray(ids)),
   )
 
 

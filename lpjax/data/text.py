@@ -12,7 +12,7 @@ between CPython releases (they are the release's documentation), so
 
 The sentence encoders read sentences (`sentences`, `draw_sentences`); the
 decoders read token windows `[n, T]` (`windows`, `corpus_windows`,
-`calibration_windows`), on which `lpjax.models.decoder.perplexity` and
+`calibration_windows`), on which `lpjax.models.next_token.perplexity` and
 `next_token_agreement` evaluate them; `window_topics` says which topic
 each window comes from (the clusters of a topic bootstrap: a long topic
 spans several windows). Every function takes plain values

@@ -9,7 +9,7 @@
   the masked forward and its loss, inside the batched map over calibration
   windows (`lpjax.scoring.map_batches`), so memory holds one forward's
   activations at a time and its logits a chunk of positions at a time
-  (`lpjax.models.decoder.next_token_stats`).
+  (`lpjax.models.next_token.next_token_stats`).
 * `ppl` (Kim et al. 2024, "Shortened LLaMA: Depth Pruning for Large
   Language Models with Comparison of Retraining Methods", the PPL
   criterion): score(layer) = the calibration perplexity, exp(mean
@@ -45,15 +45,16 @@ import numpy as np
 from lpjax import models, scoring, surgery
 from lpjax.methods.context import Context, Decision, batch_mean_scores
 from lpjax.methods.record import Hparam
+from lpjax.models import next_token
 
 
 def _removal_nll(model, variables, x) -> jax.Array:
   """`[K]` mean NLL of batch `x` with each candidate skipped; the logits a
-  chunk of positions at a time (`decoder.next_token_stats`)."""
+  chunk of positions at a time (`next_token.next_token_stats`)."""
   k = len(model.arch.candidates)
 
   def one(mask):
-    nll, _ = models.decoder.next_token_stats(model, variables, x, skip=mask)
+    nll, _ = next_token.next_token_stats(model, variables, x, skip=mask)
     return jnp.mean(nll)
 
   return jax.lax.map(one, jnp.eye(k, dtype=bool))

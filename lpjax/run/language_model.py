@@ -81,7 +81,7 @@ from lpjax import arch as arch_lib
 from lpjax import errors, flops, healing, models, surgery
 from lpjax.data import text
 from lpjax.methods import get_method
-from lpjax.models import decoder as decoder_lib
+from lpjax.models import next_token
 from lpjax.run import loop
 
 SCHEDULES = ('one_shot', 'iterative')
@@ -413,7 +413,7 @@ class Decoder:
     arch, variables = base
     self.base_arch = arch
     t0 = time.perf_counter()
-    full = decoder_lib.evaluate(
+    full = next_token.evaluate(
       models.build_model(arch), variables, self.heldout, batch=self._batch
     )
     self.reference = full['predictions']
@@ -468,7 +468,7 @@ class Decoder:
   def _held_out(self, arch, variables) -> dict[str, Any]:
     """The record of a model's held-out evaluation (one pass)."""
     t0 = time.perf_counter()
-    ev = decoder_lib.evaluate(
+    ev = next_token.evaluate(
       models.build_model(arch),
       variables,
       self.heldout,
