@@ -9,10 +9,14 @@ writes to a temporary directory and renames it when complete):
 
 Restoring is two-phase because the state's tree depends on the arch: read
 `arch` and `meta` first (`restore_meta`), build the abstract state of that
-arch, then `restore` the state into it. Saves are synchronous: a run killed
-at any moment leaves either the previous step or the new one, never a
-half-written checkpoint. Ctrl-C during a save takes effect once the step
-is complete. A temporary directory a
+arch, then `restore` the state into it. A run killed at any moment leaves
+either the previous step or the new one, never a half-written checkpoint.
+A save either waits until the step is on disk or (`wait=False`, e.g. the
+epochs inside a training stage) writes it on a background thread while
+training goes on (the state's arrays are immutable and the train step
+donates none); every other call of the object, and `close`, waits for it
+first. Ctrl-C during a save, or while a background
+write finishes, takes effect once the step is complete. A temporary directory a
 killed run left (`*.orbax-checkpoint-tmp*`) is removed before the
 directory's next save (not on open: a reader, e.g. `python -m
 lpjax.evaluate` during a run, must not touch a save in progress). No
@@ -177,6 +181,8 @@ class Checkpoints:
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2):
     self.directory = os.path.abspath(os.fspath(directory))
     self._saved = False  # no save by this object yet
+    self._writer: threading.Thread | None = None  # a save of wait=False
+    self._failure: BaseException | None = None  # what the writer raised
     self._manager = ocp.CheckpointManager(
       self.directory,
       item_names=('state', 'arch', 'meta'),
@@ -186,6 +192,7 @@ class Checkpoints:
     )
 
   def latest_step(self) -> int | None:
+    self.wait()
     return self._manager.latest_step()
 
   def save(
@@ -195,8 +202,14 @@ class Checkpoints:
     state: Any,
     arch: arch_lib.Arch,
     meta: dict[str, Any] | None = None,
+    wait: bool = True,
   ) -> None:
-    """Saves one step and waits until it is on disk.
+    """Saves one step; with `wait`, returns once it is on disk.
+
+    With `wait=False` the step is written on a background thread (one at a
+    time: a second save waits for the first); an error of that write
+    raises at the object's next call or `close`. A step is listed
+    (`latest_step`) only once complete.
 
     The first save of this object removes unfinished saves a killed run
     left. Ctrl-C during the save is held back until the step is complete,
@@ -206,9 +219,18 @@ class Checkpoints:
     finish, its temporary directory removed, and the interrupt re-raised.
     The directory keeps only complete steps either way.
     """
+    self.wait()
     if not self._saved:
       remove_temporaries(self.directory)
       self._saved = True
+    if not wait:
+      self._writer = threading.Thread(
+        target=self._write_in_background,
+        args=(step, state, arch, meta),
+        name='lpjax-checkpoint',
+      )
+      self._writer.start()
+      return
     before = _orbax_threads()
     with _HeldInterrupt():
       try:
@@ -227,7 +249,34 @@ class Checkpoints:
         remove_temporaries(self.directory)
         raise
 
+  def _write_in_background(self, step, state, arch, meta) -> None:
+    try:
+      self._manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          arch=ocp.args.JsonSave(arch.to_dict()),
+          meta=ocp.args.JsonSave(meta or {}),
+        ),
+        force=True,
+      )
+      self._manager.wait_until_finished()
+    except BaseException as e:  # raised in the caller's thread by `wait`
+      self._failure = e
+
+  def wait(self) -> None:
+    """Waits until a background save (`save(..., wait=False)`) is on disk,
+    and raises what it raised; Ctrl-C meanwhile takes effect after it."""
+    writer, self._writer = self._writer, None
+    if writer is not None:
+      with _HeldInterrupt():
+        writer.join()
+    failure, self._failure = self._failure, None
+    if failure is not None:
+      raise failure
+
   def _restore(self, step: int, **items: Any) -> Any:
+    self.wait()
     _quiet_unfinished_reads()  # before: a failed read's echoes come soon
     try:
       return self._manager.restore(step, args=ocp.args.Composite(**items))
@@ -290,7 +339,11 @@ class Checkpoints:
     return step
 
   def close(self) -> None:
-    self._manager.close()
+    """Finishes a background save, then releases orbax's resources."""
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
 
   def __enter__(self) -> Checkpoints:
     return self

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -435,6 +436,75 @@ def test_ctrl_c_during_a_save_takes_effect_once_the_step_is_written(
   with checkpointing.Checkpoints(tmp_path / 'ck') as ck:
     assert ck.restore_meta()[1] == {'epoch': 1}
     np.testing.assert_array_equal(ck.restore()['w'], _state(1.0)['w'])
+
+
+def test_a_background_save_is_complete_before_the_next_call(
+  tmp_path, monkeypatch
+):
+  arch = models.get_arch('resnet20')
+  save = ocp.CompositeCheckpointHandler.save
+  started = threading.Event()
+
+  def slow(self, *args, **kwargs):
+    started.set()
+    time.sleep(0.3)  # the caller goes on meanwhile
+    save(self, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CompositeCheckpointHandler, 'save', slow)
+  with checkpointing.Checkpoints(tmp_path / 'ck') as ck:
+    ck.save(0, state=_state(0.0), arch=arch, meta={'epoch': 0}, wait=False)
+    assert started.wait(30)
+    assert ck.latest_step() == 0  # waits for the write, then lists it
+    assert ck.restore_meta()[1] == {'epoch': 0}
+    ck.save(1, state=_state(1.0), arch=arch, wait=False)
+  # `close` finished the second write.
+  assert sorted(p.name for p in (tmp_path / 'ck').iterdir()) == ['0', '1']
+  with checkpointing.Checkpoints(tmp_path / 'ck') as ck:
+    np.testing.assert_array_equal(ck.restore()['w'], _state(1.0)['w'])
+
+
+def test_a_failed_background_save_raises_at_the_next_call(
+  tmp_path, monkeypatch
+):
+  arch = models.get_arch('resnet20')
+
+  def full(self, *args, **kwargs):
+    raise OSError(28, 'No space left on device')
+
+  with checkpointing.Checkpoints(tmp_path / 'ck') as ck:
+    ck.save(0, state=_state(0.0), arch=arch)
+    with monkeypatch.context() as m:
+      m.setattr(ocp.CompositeCheckpointHandler, 'save', full)
+      ck.save(1, state=_state(1.0), arch=arch, wait=False)
+      with pytest.raises(OSError, match='No space left'):
+        ck.latest_step()
+    assert ck.latest_step() == 0  # raised once; step 0 intact
+
+
+def test_ctrl_c_while_a_background_save_runs_lets_it_finish(
+  tmp_path, monkeypatch
+):
+  # Ctrl-C reaches the main thread while the writer writes (here: while
+  # `close` waits for it): the step is finished, then the interrupt raised.
+  arch = models.get_arch('resnet20')
+  save = ocp.CompositeCheckpointHandler.save
+
+  def pressed(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.3)
+    save(self, *args, **kwargs)
+
+  with checkpointing.Checkpoints(tmp_path / 'ck') as ck:
+    ck.save(0, state=_state(0.0), arch=arch)
+    with monkeypatch.context() as m:
+      m.setattr(ocp.CompositeCheckpointHandler, 'save', pressed)
+      with pytest.raises(KeyboardInterrupt):
+        ck.save(1, state=_state(1.0), arch=arch, meta={'epoch': 1}, wait=False)
+        ck.wait()
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert sorted(p.name for p in (tmp_path / 'ck').iterdir()) == ['0', '1']
+  with checkpointing.Checkpoints(tmp_path / 'ck') as ck:
+    assert ck.restore_meta()[1] == {'epoch': 1}
 
 
 def test_a_killed_runs_temporary_save_goes_at_the_next_save(tmp_path):

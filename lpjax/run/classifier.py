@@ -546,7 +546,9 @@ class Classifier:
         )
         if complete:
           meta['record'] = m['record'] = finish(arch, st, meta)
-        ck.save(step, state=_state_tree(st), arch=arch, meta=m)
+        # An epoch's step is written while the next epoch trains; the
+        # stage's last step is on disk before the stage returns.
+        ck.save(step, state=_state_tree(st), arch=arch, meta=m, wait=complete)
 
       if start is None:  # `init` ran: keep its result before training.
         save(0, state, complete=epochs == 0)
