@@ -1,0 +1,138 @@
+"""The quickstart's wall time at two git revisions, side by side in one run.
+
+Each revision is checked out into a temporary `git worktree` (removed at the
+end, also on error) and `python main.py --config=<config>` runs there, in
+its own process and a fresh workdir, with nothing set in the environment
+that lpjax reads. Rounds alternate the order (A B, B A, ...) so that the
+machine's load falls on both alike. Prints each run's wall time, CPU time
+(user + system of the process and its children) and the load average, the
+per-round ratio B / A and its median [quartiles], and checks that both
+revisions print the same results table (a speed change must not change a
+number).
+
+  python benchmarks/quickstart_revisions.py --before=HEAD~1 --after=HEAD \
+    --rounds=3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _git(*args: str) -> str:
+  return subprocess.run(
+    ['git', *args], cwd=ROOT, check=True, capture_output=True, text=True
+  ).stdout.strip()
+
+
+def _children_cpu() -> float:
+  r = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return r.ru_utime + r.ru_stime
+
+
+def _run(tree: str, config: str, workdir: str) -> tuple[float, float, str]:
+  """(wall s, CPU s, the printed results table) of one quickstart run."""
+  env = {
+    k: v
+    for k, v in os.environ.items()
+    if not k.startswith(('LPJAX_', 'JAX_', 'XLA_'))
+  }
+  cpu0, t0 = _children_cpu(), time.perf_counter()
+  out = subprocess.run(
+    [sys.executable, 'main.py', f'--config={config}', f'--workdir={workdir}'],
+    cwd=tree,
+    env=env,
+    capture_output=True,
+    text=True,
+  )
+  wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
+  if out.returncode != 0:
+    raise RuntimeError(f'{tree}: exit {out.returncode}\n{out.stderr[-3000:]}')
+  table = '\n'.join(
+    line for line in out.stdout.splitlines() if line.startswith('| ')
+  )
+  return wall, cpu, table
+
+
+def _quartiles(xs: list[float]) -> str:
+  if len(xs) < 2:
+    return f'{xs[0]:.3f}'
+  q1, q2, q3 = statistics.quantiles(xs, n=4, method='inclusive')
+  return f'{q2:.3f} [{q1:.3f}, {q3:.3f}]'
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--before', default='HEAD~1', help='revision A')
+  p.add_argument('--after', default='HEAD', help='revision B')
+  p.add_argument('--config', default='configs/quickstart.py')
+  p.add_argument('--rounds', type=int, default=3)
+  args = p.parse_args()
+  if args.rounds < 1:
+    p.error('--rounds must be at least 1.')
+  revs = {'A': args.before, 'B': args.after}
+  commits = {k: _git('rev-parse', '--short', v) for k, v in revs.items()}
+  scratch = tempfile.mkdtemp(prefix='lpjax_qs_revisions_')
+  trees = {}
+  try:
+    for k, commit in commits.items():
+      trees[k] = os.path.join(scratch, k)
+      _git('worktree', 'add', '--detach', trees[k], commit)
+    print(
+      f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; '
+      f'A = {revs["A"]} ({commits["A"]}), B = {revs["B"]} ({commits["B"]}); '
+      f'{args.config}, {args.rounds} round(s)'
+    )
+    walls = {'A': [], 'B': []}
+    tables = {}
+    for r in range(args.rounds):
+      order = ('A', 'B') if r % 2 == 0 else ('B', 'A')
+      for k in order:
+        workdir = os.path.join(scratch, f'work_{k}_{r}')
+        load0 = os.getloadavg()[0]
+        wall, cpu, table = _run(trees[k], args.config, workdir)
+        walls[k].append(wall)
+        tables.setdefault(k, table)
+        if table != tables[k]:
+          raise RuntimeError(f'{k} printed different tables across rounds.')
+        print(
+          f'round {r + 1} {k}: {wall:.1f} s wall, {cpu / wall:.2f} cores '
+          f'busy, load {load0:.2f} -> {os.getloadavg()[0]:.2f}',
+          flush=True,
+        )
+        shutil.rmtree(workdir, ignore_errors=True)
+    ratios = [b / a for a, b in zip(walls['A'], walls['B'])]
+    print(
+      f'wall B / A per round: {", ".join(f"{x:.3f}" for x in ratios)}; '
+      f'median [quartiles] {_quartiles(ratios)}'
+    )
+    same = tables['A'] == tables['B']
+    print(f'results tables identical: {same}')
+    print(tables['B'])
+    if not same:
+      print(tables['A'])
+      sys.exit(1)
+  finally:
+    for tree in trees.values():
+      subprocess.run(
+        ['git', 'worktree', 'remove', '--force', tree],
+        cwd=ROOT,
+        capture_output=True,
+      )
+    subprocess.run(['git', 'worktree', 'prune'], cwd=ROOT, capture_output=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == '__main__':
+  main()
