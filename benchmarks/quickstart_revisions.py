@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -26,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,7 +91,7 @@ def main() -> None:
       trees[k] = os.path.join(scratch, k)
       _git('worktree', 'add', '--detach', trees[k], commit)
     print(
-      f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; '
+      f'{common.cpu_model()}, {os.cpu_count()} CPUs; '
       f'A = {revs["A"]} ({commits["A"]}), B = {revs["B"]} ({commits["B"]}); '
       f'{args.config}, {args.rounds} round(s)'
     )
