@@ -234,33 +234,28 @@ class Checkpoints:
     before = _orbax_threads()
     with _HeldInterrupt():
       try:
-        self._manager.save(
-          step,
-          args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            arch=ocp.args.JsonSave(arch.to_dict()),
-            meta=ocp.args.JsonSave(meta or {}),
-          ),
-          force=True,
-        )
-        self._manager.wait_until_finished()
+        self._write(step, state, arch, meta)
       except KeyboardInterrupt:
         _join_orbax_threads(before)  # they write into the temporary folder
         remove_temporaries(self.directory)
         raise
 
+  def _write(self, step, state, arch, meta) -> None:
+    """Writes one step and waits until it is on disk."""
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        arch=ocp.args.JsonSave(arch.to_dict()),
+        meta=ocp.args.JsonSave(meta or {}),
+      ),
+      force=True,
+    )
+    self._manager.wait_until_finished()
+
   def _write_in_background(self, step, state, arch, meta) -> None:
     try:
-      self._manager.save(
-        step,
-        args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          arch=ocp.args.JsonSave(arch.to_dict()),
-          meta=ocp.args.JsonSave(meta or {}),
-        ),
-        force=True,
-      )
-      self._manager.wait_until_finished()
+      self._write(step, state, arch, meta)
     except BaseException as e:  # raised in the caller's thread by `wait`
       self._failure = e
 
