@@ -15,12 +15,11 @@ A save either waits until the step is on disk or (`wait=False`, e.g. the
 epochs inside a training stage) writes it on a background thread while
 training goes on (the state's arrays are immutable and the train step
 donates none); every other call of the object, and `close`, waits for it
-first. Ctrl-C during a save, or while a background
-write finishes, takes effect once the step is complete. A temporary directory a
-killed run left (`*.orbax-checkpoint-tmp*`) is removed before the
-directory's next save (not on open: a reader, e.g. `python -m
-lpjax.evaluate` during a run, must not touch a save in progress). No
-pickle anywhere.
+first. Ctrl-C during a save, or while a background write finishes, takes
+effect once the step is complete. A temporary directory a killed run left
+(`*.orbax-checkpoint-tmp*`) is removed before the directory's next save
+(not on open: a reader, e.g. `python -m lpjax.evaluate` during a run, must
+not touch a save in progress). No pickle anywhere.
 """
 
 from __future__ import annotations
