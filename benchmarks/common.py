@@ -1,4 +1,5 @@
-"""What several benchmark scripts share: the CPU's name, Holm's correction.
+"""What several benchmark scripts share: the CPU's name, Holm's correction,
+one timed `main.py` run.
 
 Scripts import it as `common` (each puts its own folder first on
 `sys.path`, which `python benchmarks/<script>.py` does anyway).
@@ -6,7 +7,12 @@ Scripts import it as `common` (each puts its own folder first on
 
 from __future__ import annotations
 
+import os
 import platform
+import resource
+import subprocess
+import sys
+import time
 
 import numpy as np
 
@@ -48,3 +54,37 @@ def holm(pvalues, alpha: float = ALPHA):
       stop = j
     levels[h] = alpha / (m - (j if stop is None else stop))
   return adjusted, levels
+
+
+def _children_cpu() -> float:
+  r = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return r.ru_utime + r.ru_stime
+
+
+def run_main(
+  tree: str, args: list[str], env: dict[str, str] | None = None
+) -> tuple[float, float, str]:
+  """`python main.py *args` in `tree`: (wall s, CPU s of the process and its
+  children, the results table it printed). Without `env`: this environment
+  less every variable lpjax or JAX reads (`LPJAX_*`, `JAX_*`, `XLA_*`)."""
+  if env is None:
+    env = {
+      k: v
+      for k, v in os.environ.items()
+      if not k.startswith(('LPJAX_', 'JAX_', 'XLA_'))
+    }
+  cpu0, t0 = _children_cpu(), time.perf_counter()
+  out = subprocess.run(
+    [sys.executable, 'main.py', *args],
+    cwd=tree,
+    env=env,
+    capture_output=True,
+    text=True,
+  )
+  wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
+  if out.returncode != 0:
+    raise RuntimeError(f'{tree}: exit {out.returncode}\n{out.stderr[-3000:]}')
+  table = '\n'.join(
+    line for line in out.stdout.splitlines() if line.startswith('| ')
+  )
+  return wall, cpu, table

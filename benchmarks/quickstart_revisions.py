@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import common
 
@@ -35,35 +33,6 @@ def _git(*args: str) -> str:
   return subprocess.run(
     ['git', *args], cwd=ROOT, check=True, capture_output=True, text=True
   ).stdout.strip()
-
-
-def _children_cpu() -> float:
-  r = resource.getrusage(resource.RUSAGE_CHILDREN)
-  return r.ru_utime + r.ru_stime
-
-
-def _run(tree: str, config: str, workdir: str) -> tuple[float, float, str]:
-  """(wall s, CPU s, the printed results table) of one quickstart run."""
-  env = {
-    k: v
-    for k, v in os.environ.items()
-    if not k.startswith(('LPJAX_', 'JAX_', 'XLA_'))
-  }
-  cpu0, t0 = _children_cpu(), time.perf_counter()
-  out = subprocess.run(
-    [sys.executable, 'main.py', f'--config={config}', f'--workdir={workdir}'],
-    cwd=tree,
-    env=env,
-    capture_output=True,
-    text=True,
-  )
-  wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
-  if out.returncode != 0:
-    raise RuntimeError(f'{tree}: exit {out.returncode}\n{out.stderr[-3000:]}')
-  table = '\n'.join(
-    line for line in out.stdout.splitlines() if line.startswith('| ')
-  )
-  return wall, cpu, table
 
 
 def _quartiles(xs: list[float]) -> str:
@@ -102,7 +71,9 @@ def main() -> None:
       for k in order:
         workdir = os.path.join(scratch, f'work_{k}_{r}')
         load0 = os.getloadavg()[0]
-        wall, cpu, table = _run(trees[k], args.config, workdir)
+        wall, cpu, table = common.run_main(
+          trees[k], [f'--config={args.config}', f'--workdir={workdir}']
+        )
         walls[k].append(wall)
         tables.setdefault(k, table)
         if table != tables[k]:

@@ -76,9 +76,10 @@ def tiny(tmp_path_factory):
 
 
 def _env(**extra):
-  """This environment with `extra`, and one device unless `extra` says."""
+  """This environment with `extra` (a value of None removes the variable),
+  and one device unless `extra` says."""
   env = {k: v for k, v in os.environ.items() if k != 'JAX_NUM_CPU_DEVICES'}
-  return {**env, **extra}
+  return {k: v for k, v in {**env, **extra}.items() if v is not None}
 
 
 def _main(*args, env=None):
@@ -142,6 +143,16 @@ def _corrupt_config_json(tiny, w):
   return [f'--config={tiny}', f'--workdir={w}']
 
 
+def _cache_in_a_file(tiny, w):
+  w.parent.mkdir(parents=True, exist_ok=True)
+  (w.parent / 'a_file').write_text('')
+  return [
+    f'--config={tiny}',
+    f'--workdir={w}',
+    f'--config.compilation_cache={w.parent / "a_file" / "xla"}',
+  ]
+
+
 def _override(*overrides):
   def args(tiny, w):
     return [f'--config={tiny}', f'--workdir={w}', *overrides]
@@ -171,6 +182,13 @@ REFUSED = {
     _unwritable,
     {},
     r'Cannot create the workdir .*a_file/w: Not a directory\. Choose',
+  ),
+  'compilation_cache_in_a_file': (
+    _cache_in_a_file,
+    # The session's cache (tests/conftest.py) would take precedence.
+    {'JAX_COMPILATION_CACHE_DIR': None},
+    r'compilation_cache .*a_file/xla cannot be created \(Not a directory\); '
+    r"set --config\.compilation_cache to a writable folder, or ''",
   ),
   'corrupt_config_json': (
     _corrupt_config_json,
@@ -382,6 +400,41 @@ def test_random_bytes_in_a_checkpoint_name_the_stage_and_the_fix(
   assert f'delete {stage / str(step)}' in message
   assert f'the folder {stage} to redo that stage' in message
   assert 'driver' not in stderr and len(message) < 800, message
+
+
+# --- The compilation cache ----------------------------------------------------
+
+
+def test_a_second_run_loads_its_programs_from_the_compilation_cache(
+  tiny, tmp_path
+):
+  """`compilation_cache`: the first run writes its compiled programs there,
+  a second run of the same config (another workdir) loads them (JAX logs
+  each hit under JAX_LOG_COMPILES) and records the same results."""
+  cache = tmp_path / 'xla'
+  env = _env(
+    JAX_COMPILATION_CACHE_DIR=None,  # the session's cache would win
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',  # tiny programs too
+    JAX_LOG_COMPILES='1',
+  )
+  runs = []
+  for name in ('first', 'second'):
+    w = tmp_path / name
+    status, stderr, _ = _main(
+      f'--config={tiny}',
+      f'--workdir={w}',
+      f'--config.compilation_cache={cache}',
+      env=env,
+    )
+    assert status == 0, stderr[-3000:]
+    runs.append((w, stderr))
+    if name == 'first':
+      entries = sorted(p.name for p in cache.iterdir())
+      assert any(e.startswith('jit_train_step-') for e in entries), entries
+  hit = "Persistent compilation cache hit for 'jit_train_step'"
+  assert hit not in runs[0][1]
+  assert hit in runs[1][1], runs[1][1][-3000:]
+  assert _results(runs[1][0]) == _results(runs[0][0])
 
 
 # --- Checkpoints: an interrupted save leaves no temporary folder -------------

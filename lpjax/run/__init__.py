@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 from lpjax import errors
@@ -36,8 +37,51 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   from lpjax.models import conv
 
   conv.check_environment()  # LPJAX_CONV, LPJAX_FUSION_BARRIER: before work
+  use_compilation_cache(config.get('compilation_cache', ''))
   module = importlib.import_module(f'lpjax.run.{TASKS[task]}')
   return module.run(config, workdir)
 
 
-__all__ = ['TASKS', 'run']
+def use_compilation_cache(folder: Any) -> str | None:
+  """Points JAX's persistent compilation cache at `folder` (`~` expanded,
+  created), before the run compiles anything; returns the folder in use.
+
+  `''` or `None` leaves the cache off. `JAX_COMPILATION_CACHE_DIR` in the
+  environment (even empty), or a cache folder already set in `jax.config`,
+  is the user's choice and is kept.
+
+  Raises:
+    ConfigError: `folder` is not a string, or cannot be created or written.
+  """
+  import jax
+
+  if 'JAX_COMPILATION_CACHE_DIR' in os.environ:
+    return os.environ['JAX_COMPILATION_CACHE_DIR'] or None
+  if jax.config.jax_compilation_cache_dir:
+    return jax.config.jax_compilation_cache_dir
+  if folder is None or folder == '':
+    return None
+  if not isinstance(folder, str):
+    raise errors.ConfigError(
+      f"compilation_cache must be a folder path or '' (off); got {folder!r}."
+    )
+  path = os.path.abspath(os.path.expanduser(folder))
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise errors.ConfigError(
+      f'compilation_cache {path} cannot be created ({e.strerror or e}); set '
+      "--config.compilation_cache to a writable folder, or '' to compile "
+      'without a cache.'
+    ) from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise errors.ConfigError(
+      f'compilation_cache {path} is not writable; set '
+      "--config.compilation_cache to a writable folder, or '' to compile "
+      'without a cache.'
+    )
+  jax.config.update('jax_compilation_cache_dir', path)
+  return path
+
+
+__all__ = ['TASKS', 'run', 'use_compilation_cache']

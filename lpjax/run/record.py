@@ -27,6 +27,7 @@ FREE_FIELDS = (
   'checkpoint_every_epochs',  # Resume replays the same epochs exactly.
   'train.eval_batch_size',
   'checkpoint_max_to_keep',
+  'compilation_cache',  # A cached program is the one a compile produces.
   'data_dir',
   'manual_dir',
   'resume_despite_config_change',
