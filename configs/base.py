@@ -189,11 +189,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Save a training checkpoint every this many epochs (and at the end);
   # more than 1 for tiny datasets, where saving costs more than an epoch.
   c.checkpoint_every_epochs = 1
-  # JAX's persistent compilation cache: a program compiled once (same model,
-  # shapes, XLA flags and jaxlib) is loaded from this folder by later runs
-  # instead of compiled again (seeds, resumes, reruns). '' turns it off;
-  # JAX_COMPILATION_CACHE_DIR in the environment, when set, decides instead.
-  c.compilation_cache = '~/.cache/lpjax/jax'
+  # A folder for JAX's persistent compilation cache: a program compiled once
+  # (same model, shapes, XLA flags and jaxlib) is loaded from it by later
+  # runs instead of compiled again (e.g. '~/.cache/lpjax/jax' for a study
+  # over seeds). '' (default): off. On a 2-core CPU the quickstart's first
+  # run with it took 1.10x as long (writing), later runs 0.92x
+  # (BENCHMARKS.md). JAX_COMPILATION_CACHE_DIR, when set, decides instead.
+  c.compilation_cache = ''
   # A workdir remembers its config: resuming it with any field changed that
   # changes results is refused, unless this is True.
   c.resume_despite_config_change = False
