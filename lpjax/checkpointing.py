@@ -24,6 +24,7 @@ not touch a save in progress). No pickle anywhere.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import signal
@@ -32,6 +33,7 @@ import threading
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -206,9 +208,10 @@ class Checkpoints:
     """Saves one step; with `wait`, returns once it is on disk.
 
     With `wait=False` the step is written on a background thread (one at a
-    time: a second save waits for the first); an error of that write
-    raises at the object's next call or `close`. A step is listed
-    (`latest_step`) only once complete.
+    time: a second save waits for the first) from a copy of `meta` and of
+    `state`'s NumPy arrays, so the caller may change them meanwhile; an
+    error of that write raises at the object's next call or `close`. A
+    step is listed (`latest_step`) only once complete.
 
     The first save of this object removes unfinished saves a killed run
     left. Ctrl-C during the save is held back until the step is complete,
@@ -223,9 +226,14 @@ class Checkpoints:
       remove_temporaries(self.directory)
       self._saved = True
     if not wait:
+      # The caller goes on: what it may still change is copied now (meta,
+      # NumPy leaves; JAX arrays are immutable).
+      state = jax.tree.map(
+        lambda x: x.copy() if isinstance(x, np.ndarray) else x, state
+      )
       self._writer = threading.Thread(
         target=self._write_in_background,
-        args=(step, state, arch, meta),
+        args=(step, state, arch, copy.deepcopy(meta)),
         name='lpjax-checkpoint',
       )
       self._writer.start()

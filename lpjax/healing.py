@@ -311,58 +311,63 @@ def heal(
     if k not in ('checkpoint_every', 'remat')
   }
   meta_want = {'mode': cfg.mode, 'config': settings}
-  if ckpt is not None and ckpt.latest_step() is not None:
-    saved_arch, meta = ckpt.restore_meta()
-    saved = meta.get('config') or {}
-    differ = sorted(
-      k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k)
-    )
-    if saved_arch != arch or differ:
-      what = (
-        f'settings {", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in differ)}'
-        if differ
-        else 'another architecture'
+  try:  # a background save finishes before this returns or raises
+    if ckpt is not None and ckpt.latest_step() is not None:
+      saved_arch, meta = ckpt.restore_meta()
+      saved = meta.get('config') or {}
+      differ = sorted(
+        k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k)
       )
-      raise HealingError(
-        f'{directory} holds an unfinished healing with {what}. Delete that '
-        'directory to start this healing afresh, or heal elsewhere.'
+      if saved_arch != arch or differ:
+        what = (
+          f'settings {", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in differ)}'
+          if differ
+          else 'another architecture'
+        )
+        raise HealingError(
+          f'{directory} holds an unfinished healing with {what}. Delete that '
+          'directory to start this healing afresh, or heal elsewhere.'
+        )
+      abstract = jax.eval_shape(
+        lambda: {'trainable': trainable, 'opt_state': opt_state}
       )
-    abstract = jax.eval_shape(
-      lambda: {'trainable': trainable, 'opt_state': opt_state}
-    )
-    state = ckpt.restore(abstract)
-    trainable, opt_state = state['trainable'], state['opt_state']
-    losses = [float(v) for v in meta['losses']]
-    start = resumed_from = ckpt.latest_step()
-    logging.info('Healing resumes at step %d of %d.', start, cfg.steps)
-  t0 = time.perf_counter()
-  for s in range(start, cfg.steps):
-    ids = jnp.asarray(
-      windows[batch_indices(len(windows), cfg.batch_size, cfg.seed, s)]
-    )
-    trainable, opt_state, value = step_fn(trainable, opt_state, frozen, ids)
-    value = float(value)
-    if not np.isfinite(value):
-      raise HealingError(
-        f'Healing loss is {value} at step {s + 1} ({cfg.mode}, learning rate '
-        f'{cfg.learning_rate}): lower the learning rate and heal afresh '
-        f'(nothing after step {s} was saved).'
+      state = ckpt.restore(abstract)
+      trainable, opt_state = state['trainable'], state['opt_state']
+      losses = [float(v) for v in meta['losses']]
+      start = resumed_from = ckpt.latest_step()
+      logging.info('Healing resumes at step %d of %d.', start, cfg.steps)
+    t0 = time.perf_counter()
+    for s in range(start, cfg.steps):
+      ids = jnp.asarray(
+        windows[batch_indices(len(windows), cfg.batch_size, cfg.seed, s)]
       )
-    losses.append(value)
-    if progress is not None:
-      progress(s + 1, value)
-    done = s + 1
-    if ckpt is not None and (
-      done % cfg.checkpoint_every == 0 or done == cfg.steps
-    ):
-      ckpt.save(
-        done,
-        state={'trainable': trainable, 'opt_state': opt_state},
-        arch=arch,
-        meta={**meta_want, 'losses': losses},
-      )
-  if ckpt is not None:
-    ckpt.close()
+      trainable, opt_state, value = step_fn(trainable, opt_state, frozen, ids)
+      value = float(value)
+      if not np.isfinite(value):
+        raise HealingError(
+          f'Healing loss is {value} at step {s + 1} ({cfg.mode}, learning rate '
+          f'{cfg.learning_rate}): lower the learning rate and heal afresh '
+          f'(nothing after step {s} was saved).'
+        )
+      losses.append(value)
+      if progress is not None:
+        progress(s + 1, value)
+      done = s + 1
+      if ckpt is not None and (
+        done % cfg.checkpoint_every == 0 or done == cfg.steps
+      ):
+        # Written while the next steps run (the step donates no buffer);
+        # the last step is on disk before healing returns.
+        ckpt.save(
+          done,
+          state={'trainable': trainable, 'opt_state': opt_state},
+          arch=arch,
+          meta={**meta_want, 'losses': losses},
+          wait=done == cfg.steps,
+        )
+  finally:
+    if ckpt is not None:
+      ckpt.close()
   if on_trained is not None:
     on_trained(trainable)
   if cfg.mode == 'full':

@@ -511,10 +511,15 @@ def test_a_background_save_is_complete_before_the_next_call(
 
   monkeypatch.setattr(ocp.CompositeCheckpointHandler, 'save', slow)
   with checkpointing.Checkpoints(tmp_path / 'ck') as ck:
-    ck.save(0, state=_state(0.0), arch=arch, meta={'epoch': 0}, wait=False)
+    state, meta = _state(0.0), {'epoch': 0, 'losses': [1.0]}
+    ck.save(0, state=state, arch=arch, meta=meta, wait=False)
+    # The caller goes on and changes what it saved, before it is written.
+    state['w'][:] = 5.0
+    meta['losses'].append(2.0)
     assert started.wait(30)
     assert ck.latest_step() == 0  # waits for the write, then lists it
-    assert ck.restore_meta()[1] == {'epoch': 0}
+    assert ck.restore_meta()[1] == {'epoch': 0, 'losses': [1.0]}
+    np.testing.assert_array_equal(ck.restore()['w'], _state(0.0)['w'])
     ck.save(1, state=_state(1.0), arch=arch, wait=False)
   # `close` finished the second write.
   assert sorted(p.name for p in (tmp_path / 'ck').iterdir()) == ['0', '1']
