@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -88,3 +89,12 @@ def run_main(
     line for line in out.stdout.splitlines() if line.startswith('| ')
   )
   return wall, cpu, table
+
+
+def median_quartiles(xs) -> str:
+  """`median [q1, q3]` of `xs` to three decimals (the value alone for one)."""
+  xs = list(xs)
+  if len(xs) < 2:
+    return f'{xs[0]:.3f}'
+  q1, q2, q3 = statistics.quantiles(xs, n=4, method='inclusive')
+  return f'{q2:.3f} [{q1:.3f}, {q3:.3f}]'

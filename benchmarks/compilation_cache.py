@@ -22,20 +22,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 
 import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _median_quartiles(xs: list[float]) -> str:
-  if len(xs) < 2:
-    return f'{xs[0]:.3f}'
-  q1, q2, q3 = statistics.quantiles(xs, n=4, method='inclusive')
-  return f'{q2:.3f} [{q1:.3f}, {q3:.3f}]'
 
 
 def main() -> None:
@@ -86,7 +78,7 @@ def main() -> None:
       ratios = [x / o for x, o in zip(walls[name], walls['off'])]
       print(
         f'{name} / off per round: {", ".join(f"{x:.3f}" for x in ratios)}; '
-        f'median [quartiles] {_median_quartiles(ratios)}'
+        f'median [quartiles] {common.median_quartiles(ratios)}'
       )
     print(f'results tables identical: {len(tables) == 1}')
     for table in tables:

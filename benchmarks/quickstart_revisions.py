@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,13 +32,6 @@ def _git(*args: str) -> str:
   return subprocess.run(
     ['git', *args], cwd=ROOT, check=True, capture_output=True, text=True
   ).stdout.strip()
-
-
-def _quartiles(xs: list[float]) -> str:
-  if len(xs) < 2:
-    return f'{xs[0]:.3f}'
-  q1, q2, q3 = statistics.quantiles(xs, n=4, method='inclusive')
-  return f'{q2:.3f} [{q1:.3f}, {q3:.3f}]'
 
 
 def main() -> None:
@@ -87,7 +79,7 @@ def main() -> None:
     ratios = [b / a for a, b in zip(walls['A'], walls['B'])]
     print(
       f'wall B / A per round: {", ".join(f"{x:.3f}" for x in ratios)}; '
-      f'median [quartiles] {_quartiles(ratios)}'
+      f'median [quartiles] {common.median_quartiles(ratios)}'
     )
     same = tables['A'] == tables['B']
     print(f'results tables identical: {same}')
