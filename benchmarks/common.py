@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -91,10 +90,20 @@ def run_main(
   return wall, cpu, table
 
 
-def median_quartiles(xs) -> str:
-  """`median [q1, q3]` of `xs` to three decimals (the value alone for one)."""
-  xs = list(xs)
-  if len(xs) < 2:
-    return f'{xs[0]:.3f}'
-  q1, q2, q3 = statistics.quantiles(xs, n=4, method='inclusive')
-  return f'{q2:.3f} [{q1:.3f}, {q3:.3f}]'
+def quartiles(values) -> tuple[float, float, float]:
+  """`(q1, median, q3)` of `values` (linear interpolation, as
+  `statistics.quantiles(..., method='inclusive')`)."""
+  q1, q2, q3 = np.percentile(np.asarray(values, float), [25, 50, 75])
+  return float(q1), float(q2), float(q3)
+
+
+def median_quartiles(values, digits: int = 3, unit: str = '') -> str:
+  """`median [q1, q3]` of `values` (the value alone for one, '—' for
+  none), `unit` after the median."""
+  values = list(values)
+  if not values:
+    return '—'
+  if len(values) == 1:
+    return f'{values[0]:.{digits}f}{unit}'
+  q1, q2, q3 = quartiles(values)
+  return f'{q2:.{digits}f}{unit} [{q1:.{digits}f}, {q3:.{digits}f}]'

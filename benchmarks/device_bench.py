@@ -112,19 +112,13 @@ def interleaved(fns, x, runs, warmup=3, min_time_s=0.0):
   return t
 
 
-def quartiles(v):
-  """`(q1, median, q3)` of `v`."""
-  q1, q2, q3 = np.percentile(np.asarray(v, float), [25, 50, 75])
-  return float(q1), float(q2), float(q3)
-
-
 def _q(v, fmt='{:.2f}'):
-  q1, q2, q3 = quartiles(v)
+  q1, q2, q3 = common.quartiles(v)
   return f'{fmt.format(q2)} [{fmt.format(q1)}, {fmt.format(q3)}]'
 
 
 def _ms(v):
-  q1, q2, q3 = quartiles(np.asarray(v) * 1e3)
+  q1, q2, q3 = common.quartiles(np.asarray(v) * 1e3)
   return f'{q2:.2f} ({q3 - q1:.2f})'
 
 

@@ -210,15 +210,9 @@ def main(argv):
     ratios = [a / c for a, c in zip(w, warm[base])]
     print(
       f'| {name} | {first[name]:.2f} | {first[name] / first[base]:.2f}x | '
-      f'{_q(w)} | {_q(ratios, "x")} |'
+      f'{common.median_quartiles(w, 2)} | '
+      f'{common.median_quartiles(ratios, 2, "x")} |'
     )
-
-
-def _q(values, unit=''):
-  if not values:
-    return '-'
-  q1, q2, q3 = np.percentile(values, [25, 50, 75])
-  return f'{q2:.2f}{unit} [{q1:.2f}, {q3:.2f}]'
 
 
 if __name__ == '__main__':

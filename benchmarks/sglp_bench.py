@@ -113,13 +113,6 @@ def time_alternating(methods, names, repeats):
   return outs, first, warm
 
 
-def _q(values, unit=''):
-  if not values:
-    return '—'
-  q1, q2, q3 = np.percentile(values, [25, 50, 75])
-  return f'{q2:.2f}{unit} [{q1:.2f}, {q3:.2f}]'
-
-
 def _load():
   return ', '.join(f'{v:.2f}' for v in os.getloadavg())
 
@@ -251,10 +244,13 @@ def main(argv):
   print('| :--- | ---: | ---: |' + ' ---: |' * len(bases))
   for name in names:
     ratios = [
-      _q([a / c for a, c in zip(warm[name], warm[k])], '×') for k in bases
+      common.median_quartiles(
+        [a / c for a, c in zip(warm[name], warm[k])], 2, '×'
+      )
+      for k in bases
     ]
     print(
-      f'| {name} | {first[name]:.1f} | {_q(warm[name])} | '
+      f'| {name} | {first[name]:.1f} | {common.median_quartiles(warm[name], 2)} | '
       + ' | '.join(ratios)
       + ' |'
     )

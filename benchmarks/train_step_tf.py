@@ -207,13 +207,6 @@ def _spawn(variant: str, args) -> dict:
   raise RuntimeError(f'{variant} failed:\n{proc.stderr[-3000:]}')
 
 
-def _quartiles(values):
-  if len(values) < 2:
-    return values[0], values[0], values[0]
-  q1, q2, q3 = statistics.quantiles(values, n=4, method='inclusive')
-  return q1, q2, q3
-
-
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--rounds', type=int, default=5)
@@ -277,7 +270,7 @@ def main() -> None:
     wall = statistics.median(r['wall_s'] for r in runs[v])
     cpu = statistics.median(r['cpu_per_wall'] for r in runs[v])
     ratios = [a['wall_s'] / b['wall_s'] for a, b in zip(runs[v], runs[ref])]
-    q1, q2, q3 = _quartiles(ratios)
+    q1, q2, q3 = common.quartiles(ratios)
     lines.append(
       f'| `{v}` | {wall:.3f} | {cpu:.2f} | {q2:.2f}× [{q1:.2f}, {q3:.2f}] |'
     )
