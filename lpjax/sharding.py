@@ -17,8 +17,9 @@ module is imported (by `lpjax.models`, `lpjax.scoring`, `lpjax.train`,
 `lpjax.run`; not by the JAX-free `lpjax.report` nor the standalone
 `lpjax.cka`), gives JAX one CPU device per usable core instead, and
 scoring spreads each batch over them (`auto_mesh`: each device runs the
-shared-prefix pass on its rows), while training and evaluation stay on one
-device (`data_devices`) unless the count was chosen. It does nothing
+shared-prefix pass on its rows), and a run's training and evaluation split
+over them where each device's share of a batch is large enough to gain
+(`data_devices`), on one device otherwise. It does nothing
 where the count was chosen already (`JAX_NUM_CPU_DEVICES`,
 `--xla_force_host_platform_device_count` in `XLA_FLAGS`,
 `jax.config.update('jax_num_cpu_devices', n)`) or JAX's backends were
@@ -115,22 +116,45 @@ def defaulted() -> bool:
   )
 
 
-def data_devices(sizes: Mapping[str, int]) -> list[jax.Device]:
+# The least work (multiply-accumulates of one device's share of a batch's
+# forward pass) for which the default devices split training. ResNet train
+# steps on the 2-core AVX-512 EPYC, two devices against one (BENCHMARKS.md
+# "Every core by default"): 0.82x at 81 M per device, 0.96-0.99x at 162 M,
+# 1.13x at 182 M, 1.18-1.53x from 324 M to 8 G.
+SPLIT_MACS = 250_000_000
+
+
+def data_devices(
+  sizes: Mapping[str, int], macs_per_example: int | None = None
+) -> list[jax.Device]:
   """The devices a data-parallel run (training, evaluation) splits its
   batches over.
 
   Every device, after `check_batch_sizes`. Where the count is
-  `use_every_core`'s default, one: XLA:CPU's own threads already share the
-  cores within a step, and splitting small steps over CPU devices cost
-  more than it gained (the digits quickstart: 1.14x slower over two
-  devices, BENCHMARKS.md "Every core by default"); set
-  `JAX_NUM_CPU_DEVICES` to split training over the cores (ResNet-56 at
-  batch 128: about 1.2x faster over two).
+  `use_every_core`'s default: the most devices that divide every batch
+  size and still get at least `SPLIT_MACS` of forward work each from the
+  smallest batch, else one. XLA:CPU runs most convolutions of a device on
+  one core, so large steps gain from the split (ResNet-56 at batch 128:
+  1.40x faster over two devices), while small ones lose to its overhead
+  (the digits quickstart's ResNet-20 at batch 64: 0.82x).
+
+  Args:
+    sizes: config field -> batch size.
+    macs_per_example: the model's multiply-accumulates for one example
+      (`lpjax.flops.cost(arch).macs`); None: unknown, one device under the
+      default.
   """
   devices = jax.devices()
   if not defaulted():
     check_batch_sizes(sizes)
     return devices
+  if macs_per_example is None or not sizes:
+    return devices[:1]
+  smallest = min(sizes.values())
+  for d in range(len(devices), 1, -1):
+    divides = all(size % d == 0 for size in sizes.values())
+    if divides and macs_per_example * smallest >= d * SPLIT_MACS:
+      return devices[:d]
   return devices[:1]
 
 

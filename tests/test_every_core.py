@@ -82,9 +82,32 @@ def test_default_devices_train_on_one_and_score_on_those_that_split():
   devices = jax.devices()
   # A size no count above 1 divides leaves one device, never a refusal.
   if sharding.defaulted():
-    # Training and evaluation: one device; no batch size is refused.
+    # Training and evaluation: one device for unknown or small work; no
+    # batch size is refused.
     assert sharding.data_devices({'b': 1}) == devices[:1]
     assert sharding.data_devices({'a': 12, 'b': 18}) == devices[:1]
+    # The digits quickstart: ResNet-20 on 8x8 images, 2,532,992 MACs each,
+    # batch 64: 162 M of work, under SPLIT_MACS on any two devices.
+    quickstart = {'train': 64, 'eval': 500}
+    assert sharding.data_devices(quickstart, 2_532_992) == devices[:1]
+    assert sharding.data_devices({'a': 127}, 10**12) == devices[:1]
+    # ResNet-56 at batch 128 (eval 500): every count dividing both whose
+    # share of 128 examples is at least SPLIT_MACS.
+    r56 = 125_747_840
+    want = max(
+      [1]
+      + [
+        d
+        for d in range(2, len(devices) + 1)
+        if 128 % d == 0
+        and 500 % d == 0
+        and r56 * 128 / d >= sharding.SPLIT_MACS
+      ]
+    )
+    got = sharding.data_devices({'train': 128, 'eval': 500}, r56)
+    assert got == devices[:want]
+    if len(devices) == 2:  # the 2-core machine the threshold was measured on
+      assert want == 2
     assert sharding.auto_mesh(7, 7) is None
     mesh = sharding.auto_mesh(12, 6)
     assert mesh is not None and 6 % mesh.size == 0

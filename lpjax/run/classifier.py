@@ -373,7 +373,7 @@ class Classifier:
     self.workdir = os.path.abspath(self.workdir)
     self.provides = provides(self.config)
     self.mesh = sharding.make_mesh(
-      sharding.data_devices(batch_sizes(self.config))
+      sharding.data_devices(batch_sizes(self.config), self._macs())
     )
     p = self.config.prune
     self.scoring_mesh = (
@@ -427,6 +427,15 @@ class Classifier:
     return models.arch_from_config(
       self.config, self.info.num_classes, self.info.image_shape
     )
+
+  def _macs(self) -> int | None:
+    """The config's model's MACs per example, for the default device split
+    (`sharding.data_devices`); None where the config's model fields do not
+    describe a model (a baseline from a file is checked once loaded)."""
+    try:
+      return flops.cost(self._new_arch(), self.info.image_shape).macs
+    except (KeyError, ValueError):
+      return None
 
   def _tx(self, epochs: int, learning_rate: float):
     t = self.config.train
