@@ -119,8 +119,8 @@ def defaulted() -> bool:
 # The least work (multiply-accumulates of one device's share of a batch's
 # forward pass) for which the default devices split training. ResNet train
 # steps on the 2-core AVX-512 EPYC, two devices against one (BENCHMARKS.md
-# "Every core by default"): 0.82x at 81 M per device, 0.96-0.99x at 162 M,
-# 1.13x at 182 M, 1.18-1.53x from 324 M to 8 G.
+# "Every core by default"): 0.91x at 81 M per device, 0.96x at 162 M,
+# 1.11x at 182 M, 1.19-1.52x from 324 M to 8 G.
 SPLIT_MACS = 250_000_000
 
 
@@ -135,8 +135,8 @@ def data_devices(
   size and still get at least `SPLIT_MACS` of forward work each from the
   smallest batch, else one. XLA:CPU runs most convolutions of a device on
   one core, so large steps gain from the split (ResNet-56 at batch 128:
-  1.40x faster over two devices), while small ones lose to its overhead
-  (the digits quickstart's ResNet-20 at batch 64: 0.82x).
+  1.34x faster over two devices), while small ones lose to its overhead
+  (the digits quickstart's ResNet-20 at batch 64: 0.91x).
 
   Args:
     sizes: config field -> batch size.
