@@ -140,9 +140,10 @@ def data_devices(
 
   Args:
     sizes: config field -> batch size.
-    macs_per_example: the model's multiply-accumulates for one example
-      (`lpjax.flops.cost(arch).macs`); None: unknown, one device under the
-      default.
+    macs_per_example: the model's forward multiply-accumulates for one
+      example (`lpjax.flops.cost(arch).macs` in a run,
+      `lpjax.train.forward_macs` in `lpjax.train.fit`); None: unknown, one
+      device under the default.
   """
   devices = jax.devices()
   if not defaulted():

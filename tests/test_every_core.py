@@ -14,11 +14,13 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import numpy as np
+import optax
 import pytest
 
-from lpjax import models, scoring, sharding
+from lpjax import models, scoring, sharding, train
 from lpjax.models import resnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,3 +135,73 @@ def test_default_scoring_splits_over_the_cores_and_equals_one_device():
   one, default = np.asarray(one), np.asarray(default)
   tol = 14 * np.sqrt(144) * np.finfo(np.float32).eps * np.abs(one).max()
   np.testing.assert_allclose(default, one, rtol=0, atol=tol)
+
+
+class _Conv(nn.Module):
+  """One 3x3 SAME convolution without bias, then (`pool`) the mean over
+  positions as logits. The convolution's forward work per example is
+  (3H - 2)(3W - 2) in-bounds taps x C x F multiply-accumulates."""
+
+  features: int
+  pool: bool = False
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    del train
+    y = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=False)(x)
+    return y.mean((1, 2)) if self.pool else y
+
+
+def _state(h, c, f, pool=False):
+  model = _Conv(f, pool)
+  v = model.init(jax.random.PRNGKey(0), np.zeros((1, h, h, c), np.float32))
+  return train.create_train_state(model, v, optax.sgd(0.01))
+
+
+@pytest.mark.parametrize('h, c, f', [(8, 2, 4), (32, 64, 64)])
+def test_forward_macs_is_a_convolutions_in_bounds_work(h, c, f):
+  got = train.forward_macs(_state(h, c, f), np.zeros((3, h, h, c), 'f4'))
+  assert got == (3 * h - 2) ** 2 * c * f
+
+
+class _RandomBatches:
+  def __init__(self, h, c, classes):
+    self.shape, self.classes = (h, h, c), classes
+
+  def train_batches(self, *, batch_size, epoch, seed):
+    rng = np.random.default_rng([seed, epoch])
+    yield {
+      'image': rng.normal(size=(batch_size, *self.shape)).astype('f4'),
+      'label': rng.integers(0, self.classes, batch_size).astype('i4'),
+    }
+
+
+@pytest.mark.parametrize('h, c, f', [(8, 2, 4), (32, 64, 64)])
+def test_fit_splits_a_large_step_over_the_default_devices(h, c, f):
+  batch = 16
+  devices = len(jax.devices())
+  work = (3 * h - 2) ** 2 * c * f * batch  # the convolution's, per step
+  if sharding.defaulted():
+    want = max(
+      [1]
+      + [
+        d
+        for d in range(2, devices + 1)
+        if batch % d == 0 and work / d >= sharding.SPLIT_MACS
+      ]
+    )
+  else:  # a count the user chose: every device (this batch splits over 1,
+    want = devices  # 2, 4, 8 or 16 of them)
+  state = train.fit(
+    _state(h, c, f, pool=True),
+    _RandomBatches(h, c, f),
+    epochs=1,
+    batch_size=batch,
+    seed=0,
+    weight_decay=0.0,
+  )
+  kernel = state.params['Conv_0']['kernel']
+  assert len(kernel.sharding.device_set) == want
+  if sharding.defaulted() and devices == 2:
+    # 8x8: 15 K multiply-accumulates per device; 32x32: 290 M.
+    assert want == (2 if h == 32 else 1)
