@@ -142,8 +142,8 @@ def data_devices(
     sizes: config field -> batch size.
     macs_per_example: the model's forward multiply-accumulates for one
       example (`lpjax.flops.cost(arch).macs` in a run,
-      `lpjax.train.forward_macs` in `lpjax.train.fit`); None: unknown, one
-      device under the default.
+      `lpjax.train.forward_macs` in `lpjax.train.fit` and `evaluate`);
+      None: unknown, one device under the default.
   """
   devices = jax.devices()
   if not defaulted():

@@ -509,7 +509,8 @@ def evaluate(
       rows of every global batch (as `eval_batches` yields them), every
       process the same number of batches.
     mesh: the data-parallel mesh (default: `make_mesh` over
-      `lpjax.sharding.data_devices`).
+      `lpjax.sharding.data_devices` for the first batch's size and the
+      model's `forward_macs`, as `fit` chooses).
 
   Returns:
     `{'accuracy': float, 'loss': float, 'count': int}` over the real examples
@@ -518,7 +519,16 @@ def evaluate(
   Raises:
     ValueError: if there are no (unmasked) examples.
   """
-  mesh = make_mesh(sharding.data_devices({})) if mesh is None else mesh
+  if mesh is None:
+    sizes, macs = {}, None
+    if sharding.defaulted():  # one process: the batch is the global one
+      batches = iter(batches)
+      first = next(batches, None)
+      if first is not None:
+        batches = itertools.chain([first], batches)
+        sizes = {'batch': len(first['image'])}
+        macs = forward_macs(state, first['image'])
+    mesh = make_mesh(sharding.data_devices(sizes, macs))
   step = jit_eval_step(mesh=mesh)
   state = replicate(state, mesh)
   sums = [step(state, shard_batch(batch, mesh)) for batch in batches]

@@ -177,7 +177,7 @@ class _RandomBatches:
 
 
 @pytest.mark.parametrize('h, c, f', [(8, 2, 4), (32, 64, 64)])
-def test_fit_splits_a_large_step_over_the_default_devices(h, c, f):
+def test_fit_splits_a_large_step_over_the_default_devices(h, c, f, monkeypatch):
   batch = 16
   devices = len(jax.devices())
   work = (3 * h - 2) ** 2 * c * f * batch  # the convolution's, per step
@@ -202,6 +202,38 @@ def test_fit_splits_a_large_step_over_the_default_devices(h, c, f):
   )
   kernel = state.params['Conv_0']['kernel']
   assert len(kernel.sharding.device_set) == want
+  # `evaluate` without a mesh splits the same way (watched at the jitted
+  # step it asks for), and agrees with one device: each example's logits
+  # are the same arithmetic, summed in another order where a kernel is
+  # chosen for the other batch size: float32 rounding over the 9 * C * H * H
+  # products and positions behind each logit, at the logits' scale.
+  sizes = []
+  real = train.jit_eval_step
+
+  def watched(*, mesh):
+    sizes.append(mesh.size)
+    return real(mesh=mesh)
+
+  monkeypatch.setattr(train, 'jit_eval_step', watched)
+  (eval_batch,) = _RandomBatches(h, c, f).train_batches(
+    batch_size=batch, epoch=1, seed=0
+  )
+  got = train.evaluate(state, [eval_batch])
+  ref = train.evaluate(
+    state, [eval_batch], mesh=sharding.make_mesh(jax.devices()[:1])
+  )
+  assert sizes == [want, 1]
+  assert got['count'] == ref['count'] == batch
+  logits = np.asarray(
+    state.apply_fn({'params': state.params}, eval_batch['image'])
+  )
+  tol = 4 * np.finfo(np.float32).eps * np.sqrt(9 * c * h * h)
+  tol *= np.abs(logits).max()
+  np.testing.assert_allclose(got['loss'], ref['loss'], rtol=0, atol=tol)
+  # Only a near tie can move an example's argmax.
+  margin = np.sort(logits, -1)[:, -1] - np.sort(logits, -1)[:, -2]
+  ties = int(np.sum(margin <= 2 * tol))
+  assert abs(got['accuracy'] - ref['accuracy']) * batch <= ties
   if sharding.defaulted() and devices == 2:
     # 8x8: 15 K multiply-accumulates per device; 32x32: 290 M.
     assert want == (2 if h == 32 else 1)
