@@ -7,6 +7,7 @@ Scripts import it as `common` (each puts its own folder first on
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -61,18 +62,44 @@ def _children_cpu() -> float:
   return r.ru_utime + r.ru_stime
 
 
+def quiet_env(**extra: str) -> dict[str, str]:
+  """This environment less every variable lpjax or JAX reads (`LPJAX_*`,
+  `JAX_*`, `XLA_*`), then `extra`: what a new user's process sees, plus
+  what a variant sets."""
+  env = {
+    k: v
+    for k, v in os.environ.items()
+    if not k.startswith(('LPJAX_', 'JAX_', 'XLA_'))
+  }
+  return {**env, **extra}
+
+
+def send_result(out) -> None:
+  """A child process's answer to `child_result`: one `RESULT <json>` line."""
+  print('RESULT ' + json.dumps(out), flush=True)
+
+
+def child_result(cmd: list[str], env: dict[str, str], what: str):
+  """Runs a benchmark's child process and returns what it `send_result`s.
+
+  Raises:
+    RuntimeError: naming `what`, with the end of its stderr, when it sends
+      nothing.
+  """
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+  for line in proc.stdout.splitlines():
+    if line.startswith('RESULT '):
+      return json.loads(line[len('RESULT ') :])
+  raise RuntimeError(f'{what} failed:\n{proc.stderr[-3000:]}')
+
+
 def run_main(
   tree: str, args: list[str], env: dict[str, str] | None = None
 ) -> tuple[float, float, str]:
   """`python main.py *args` in `tree`: (wall s, CPU s of the process and its
-  children, the results table it printed). Without `env`: this environment
-  less every variable lpjax or JAX reads (`LPJAX_*`, `JAX_*`, `XLA_*`)."""
+  children, the results table it printed). Without `env`: `quiet_env()`."""
   if env is None:
-    env = {
-      k: v
-      for k, v in os.environ.items()
-      if not k.startswith(('LPJAX_', 'JAX_', 'XLA_'))
-    }
+    env = quiet_env()
   cpu0, t0 = _children_cpu(), time.perf_counter()
   out = subprocess.run(
     [sys.executable, 'main.py', *args],

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -162,18 +161,13 @@ def _child(args) -> None:
           np.asarray(call()),
         )
       out['times'][key], out['cpu'][key] = _time(call, args.steps, args.warmup)
-  print('RESULT ' + json.dumps(out), flush=True)
+  common.send_result(out)
 
 
 def _spawn(variant: str, args, save: str | None) -> dict:
-  env = {
-    k: v
-    for k, v in os.environ.items()
-    if not k.startswith(('LPJAX_', 'JAX_', 'XLA_'))
-  }
+  env = common.quiet_env(TF_CPP_MIN_LOG_LEVEL='2')
   if variant == 'lpjax_one_device':
     env['JAX_NUM_CPU_DEVICES'] = '1'
-  env['TF_CPP_MIN_LOG_LEVEL'] = '2'
   python = args.tf_python if variant == 'tf' else sys.executable
   cmd = [
     python,
@@ -185,11 +179,7 @@ def _spawn(variant: str, args, save: str | None) -> dict:
   ]
   if save:
     cmd.append(f'--save={save}')
-  proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-  for line in proc.stdout.splitlines():
-    if line.startswith('RESULT '):
-      return json.loads(line[len('RESULT ') :])
-  raise RuntimeError(f'{variant} failed:\n{proc.stderr[-3000:]}')
+  return common.child_result(cmd, env, variant)
 
 
 def _agreement(folder: str, variants) -> float:

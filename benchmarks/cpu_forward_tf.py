@@ -34,14 +34,15 @@ About 4 minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common
 
 REFERENCE = (
   Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'keras'
@@ -152,7 +153,7 @@ def _child(args) -> None:
     out = run_convs(args.passes)
   else:
     out = run_variant(args.variant, stem, args.passes)
-  print('RESULT ' + json.dumps(out), flush=True)
+  common.send_result(out)
 
 
 def sharded_devices() -> int:
@@ -175,11 +176,7 @@ def _spawn(variant: str, args) -> dict | list:
     f'--passes={args.passes}',
     f'--reference={args.reference}',
   ]
-  proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-  for line in proc.stdout.splitlines():
-    if line.startswith('RESULT '):
-      return json.loads(line[len('RESULT ') :])
-  raise RuntimeError(f'{variant} failed:\n{proc.stderr[-3000:]}')
+  return common.child_result(cmd, env, variant)
 
 
 def main() -> None:

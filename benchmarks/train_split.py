@@ -20,9 +20,7 @@ About 4 minutes per round on an idle 2-core machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -80,16 +78,12 @@ def _child(depth: int, size: int, channels: int, batch: int) -> None:
     state, m = step(state, b)
     jax.block_until_ready(m)
     walls.append(time.perf_counter() - t)
-  print(
-    'RESULT '
-    + json.dumps(
-      {
-        'devices': mesh.size,
-        'ms': float(np.median(walls)) * 1e3,
-        'macs': flops.cost(arch, (size, size, channels)).macs,
-      }
-    ),
-    flush=True,
+  common.send_result(
+    {
+      'devices': mesh.size,
+      'ms': float(np.median(walls)) * 1e3,
+      'macs': flops.cost(arch, (size, size, channels)).macs,
+    }
   )
 
 
@@ -101,11 +95,7 @@ def _spawn(workload, devices: int) -> dict:
   }
   env['JAX_NUM_CPU_DEVICES'] = str(devices)
   cmd = [sys.executable, __file__, '--child', ','.join(map(str, workload))]
-  proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-  for line in proc.stdout.splitlines():
-    if line.startswith('RESULT '):
-      return json.loads(line[len('RESULT ') :])
-  raise RuntimeError(f'{workload} failed:\n{proc.stderr[-3000:]}')
+  return common.child_result(cmd, env, str(workload))
 
 
 def main() -> None:

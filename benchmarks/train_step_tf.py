@@ -42,10 +42,8 @@ at load 4 to 14).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -179,7 +177,7 @@ def _child(args) -> None:
     out = _keras(stem, args.steps, args.warmup)
   else:
     out = _lpjax(stem, args.steps, args.warmup)
-  print('RESULT ' + json.dumps(out), flush=True)
+  common.send_result(out)
 
 
 def _spawn(variant: str, args) -> dict:
@@ -200,11 +198,7 @@ def _spawn(variant: str, args) -> dict:
     f'--warmup={args.warmup}',
     f'--reference={args.reference}',
   ]
-  proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-  for line in proc.stdout.splitlines():
-    if line.startswith('RESULT '):
-      return json.loads(line[len('RESULT ') :])
-  raise RuntimeError(f'{variant} failed:\n{proc.stderr[-3000:]}')
+  return common.child_result(cmd, env, variant)
 
 
 def main() -> None:
