@@ -93,6 +93,14 @@ def child_result(cmd: list[str], env: dict[str, str], what: str):
   raise RuntimeError(f'{what} failed:\n{proc.stderr[-3000:]}')
 
 
+def emit(report: str, out: str | None) -> None:
+  """Prints a benchmark's report, and writes it to `out` when given."""
+  print(report)
+  if out:
+    with open(out, 'w') as f:
+      f.write(report + '\n')
+
+
 def run_main(
   tree: str, args: list[str], env: dict[str, str] | None = None
 ) -> tuple[float, float, str]:

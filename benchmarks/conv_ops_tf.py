@@ -274,10 +274,7 @@ def main() -> None:
     )
     + ' |'
   )
-  report = '\n'.join(lines)
-  print(report)
-  if args.out:
-    Path(args.out).write_text(report + '\n')
+  common.emit('\n'.join(lines), args.out)
 
 
 if __name__ == '__main__':

@@ -23,7 +23,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
@@ -142,10 +141,7 @@ def main() -> None:
       + common.median_quartiles([a / b for a, b in zip(one, two)], 2, '×')
       + f' | {picks} |'
     )
-  report = '\n'.join(lines)
-  print(report)
-  if args.out:
-    Path(args.out).write_text(report + '\n')
+  common.emit('\n'.join(lines), args.out)
 
 
 if __name__ == '__main__':

@@ -129,10 +129,7 @@ def main() -> None:
       f'| `{kind}` | {ms:.1f} | {ms / total:.1%} | '
       f'{count[kind] / args.steps:.0f} |'
     )
-  report = '\n'.join(lines)
-  print(report)
-  if args.out:
-    Path(args.out).write_text(report + '\n')
+  common.emit('\n'.join(lines), args.out)
 
 
 if __name__ == '__main__':
