@@ -190,8 +190,8 @@ def test_fit_splits_a_large_step_over_the_default_devices(h, c, f, monkeypatch):
         if batch % d == 0 and work / d >= sharding.SPLIT_MACS
       ]
     )
-  else:  # a count the user chose: every device (this batch splits over 1,
-    want = devices  # 2, 4, 8 or 16 of them)
+  else:  # a count the user chose: every device (16 rows split over 1, 2,
+    want = devices  # 4, 8 or 16; fit refuses other counts before work)
   state = train.fit(
     _state(h, c, f, pool=True),
     _RandomBatches(h, c, f),

@@ -430,8 +430,8 @@ class Classifier:
 
   def _macs(self) -> int | None:
     """The config's model's MACs per example, for the default device split
-    (`sharding.data_devices`); None where the config's model fields do not
-    describe a model (a baseline from a file is checked once loaded)."""
+    (`sharding.data_devices`); None where the config's model fields build
+    no model (then one device under the default)."""
     try:
       return flops.cost(self._new_arch(), self.info.image_shape).macs
     except (KeyError, ValueError):
