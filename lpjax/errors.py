@@ -8,6 +8,8 @@ and exit with status 2. Anything else is a bug and shows its traceback.
 
 from __future__ import annotations
 
+import os
+
 
 class UserError(Exception):
   """A problem the user can fix; its message names the problem and the fix."""
@@ -24,4 +26,26 @@ class ConfigError(UserError, KeyError, ValueError):
   """
 
 
-__all__ = ['ConfigError', 'UserError']
+def writable_folder(
+  path: str, what: str, fix: str, error: type[UserError] = UserError
+) -> str:
+  """`path` as a folder this process can write into (created); else `error`.
+
+  Args:
+    path: the folder.
+    what: what it is, for the message (`'the workdir'`).
+    fix: the sentence that tells the user what to do instead.
+    error: the `UserError` type to raise.
+  """
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise error(
+      f'Cannot create {what} {path}: {e.strerror or e}. {fix}'
+    ) from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise error(f'{what[:1].upper()}{what[1:]} {path} is not writable. {fix}')
+  return path
+
+
+__all__ = ['ConfigError', 'UserError', 'writable_folder']

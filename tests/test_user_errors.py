@@ -187,8 +187,8 @@ REFUSED = {
     _cache_in_a_file,
     # The session's cache (tests/conftest.py) would take precedence.
     {'JAX_COMPILATION_CACHE_DIR': None},
-    r'compilation_cache .*a_file/xla cannot be created \(Not a directory\); '
-    r"set --config\.compilation_cache to a writable folder, or ''",
+    r'Cannot create the compilation_cache folder .*a_file/xla: Not a '
+    r"directory\. Set --config\.compilation_cache to a writable folder, or ''",
   ),
   'corrupt_config_json': (
     _corrupt_config_json,

@@ -65,21 +65,13 @@ def use_compilation_cache(folder: Any) -> str | None:
     raise errors.ConfigError(
       f"compilation_cache must be a folder path or '' (off); got {folder!r}."
     )
-  path = os.path.abspath(os.path.expanduser(folder))
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    raise errors.ConfigError(
-      f'compilation_cache {path} cannot be created ({e.strerror or e}); set '
-      "--config.compilation_cache to a writable folder, or '' to compile "
-      'without a cache.'
-    ) from None
-  if not os.access(path, os.W_OK | os.X_OK):
-    raise errors.ConfigError(
-      f'compilation_cache {path} is not writable; set '
-      "--config.compilation_cache to a writable folder, or '' to compile "
-      'without a cache.'
-    )
+  path = errors.writable_folder(
+    os.path.abspath(os.path.expanduser(folder)),
+    'the compilation_cache folder',
+    "Set --config.compilation_cache to a writable folder, or '' to compile "
+    'without a cache.',
+    errors.ConfigError,
+  )
   jax.config.update('jax_compilation_cache_dir', path)
   return path
 

@@ -122,17 +122,7 @@ def start(
     UserError: the workdir cannot be created or written, or holds a
       damaged `config.json` / `results.json`.
   """
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise errors.UserError(
-      f'Cannot create the workdir {workdir}: {e.strerror or e}. Choose a '
-      'writable --workdir.'
-    ) from None
-  if not os.access(workdir, os.W_OK):
-    raise errors.UserError(
-      f'The workdir {workdir} is not writable. Choose a writable --workdir.'
-    )
+  errors.writable_folder(workdir, 'the workdir', 'Choose a writable --workdir.')
   results_path = os.path.join(workdir, 'results.json')
   config_path = os.path.join(workdir, 'config.json')
   previous = read_json(results_path) if os.path.exists(results_path) else None
