@@ -44,7 +44,7 @@ def _child(depth: int, size: int, channels: int, batch: int) -> None:
   import jax
   import numpy as np
 
-  from lpjax import flops, models, sharding, train
+  from lpjax import flops, models, train
 
   arch = models.get_arch(f'resnet{depth}', num_classes=10)
   model = models.build_model(arch)
@@ -52,16 +52,7 @@ def _child(depth: int, size: int, channels: int, batch: int) -> None:
   x = rng.normal(size=(batch, size, size, channels)).astype(np.float32)
   y = rng.integers(0, 10, batch).astype(np.int32)
   variables = model.init(jax.random.PRNGKey(0), x[:1], train=False)
-  tx = train.make_optimizer(
-    learning_rate=0.01,
-    total_steps=1_000_000,
-    momentum=0.9,
-    nesterov=True,
-    schedule='constant',
-  )
-  mesh = sharding.make_mesh()
-  state = train.replicate(train.create_train_state(model, variables, tx), mesh)
-  step = train.jit_train_step(weight_decay=1e-4, mesh=mesh)
+  state, step, mesh = common.sgd_train_step(model, variables)
   b = train.shard_batch({'image': x, 'label': y}, mesh)
   for _ in range(3):
     state, m = step(state, b)

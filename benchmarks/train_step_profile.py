@@ -66,28 +66,22 @@ def main() -> None:
   import jax
   import numpy as np
 
-  from lpjax import models, sharding, train
+  from lpjax import models, train
   from lpjax.interop import load_keras_model
 
   stem = Path(args.reference) / 'resnet56_baseline'
   arch, variables = load_keras_model(
     stem.with_suffix('.json'), stem.with_suffix('.h5')
   )
-  tx = train.make_optimizer(
-    learning_rate=0.01,
-    total_steps=1_000_000,
-    momentum=0.9,
-    nesterov=True,
-    schedule='constant',
-  )
-  mesh = sharding.make_mesh()
-  state = train.create_train_state(models.build_model(arch), variables, tx)
-  step = train.jit_train_step(weight_decay=1e-4, mesh=mesh)
+  state, step, mesh = common.sgd_train_step(models.build_model(arch), variables)
   rng = np.random.default_rng(0)
-  batch = {
-    'image': rng.normal(size=(128, 32, 32, 3)).astype(np.float32),
-    'label': rng.integers(0, 10, 128).astype(np.int32),
-  }
+  batch = train.shard_batch(
+    {
+      'image': rng.normal(size=(128, 32, 32, 3)).astype(np.float32),
+      'label': rng.integers(0, 10, 128).astype(np.int32),
+    },
+    mesh,
+  )
   for _ in range(3):
     state, m = step(state, batch)
     jax.block_until_ready(m)

@@ -55,7 +55,11 @@ REFERENCE = (
   Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'keras'
 )
 BATCH, IMAGE, CLASSES = 128, (32, 32, 3), 10
-LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
+LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = (
+  common.LEARNING_RATE,
+  common.MOMENTUM,
+  common.WEIGHT_DECAY,
+)
 VARIANTS = ('keras_graph', 'lpjax', 'lpjax_xla')
 
 
@@ -128,7 +132,7 @@ def _lpjax(stem: Path, steps: int, warmup: int) -> dict:
   import jax
   import numpy as np
 
-  from lpjax import models, sharding, train
+  from lpjax import models, train
   from lpjax.interop import load_keras_model
   from lpjax.models import conv
 
@@ -136,18 +140,10 @@ def _lpjax(stem: Path, steps: int, warmup: int) -> dict:
   arch, variables = load_keras_model(
     stem.with_suffix('.json'), stem.with_suffix('.h5')
   )
-  model = models.build_model(arch)
-  tx = train.make_optimizer(
-    learning_rate=LEARNING_RATE,
-    total_steps=1_000_000,
-    momentum=MOMENTUM,
-    nesterov=True,
-    schedule='constant',
+  state, step_fn, mesh = common.sgd_train_step(
+    models.build_model(arch), variables
   )
-  mesh = sharding.make_mesh()
-  state = train.create_train_state(model, variables, tx)
-  step_fn = train.jit_train_step(weight_decay=WEIGHT_DECAY, mesh=mesh)
-  batch = {'image': x, 'label': y}
+  batch = train.shard_batch({'image': x, 'label': y}, mesh)
   state1, metrics = step_fn(state, batch)
   loss = float(metrics['loss']) + WEIGHT_DECAY * float(metrics['l2'])
   kernel = np.asarray(state1.params['stem_conv']['kernel'], np.float64)
