@@ -211,6 +211,10 @@ def main() -> None:
   p.add_argument('--variant', default=None, help=argparse.SUPPRESS)
   p.add_argument('--save', default=None, help=argparse.SUPPRESS)
   args = p.parse_args()
+  if args.rounds < 1:
+    p.error('--rounds must be at least 1.')
+  if args.steps < 1:
+    p.error('--steps must be at least 1.')
   if args.child:
     _child(args)
     return

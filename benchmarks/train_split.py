@@ -94,6 +94,8 @@ def main() -> None:
   p.add_argument('--out', default=None, help='also write the report here')
   p.add_argument('--child', default=None, help=argparse.SUPPRESS)
   args = p.parse_args()
+  if args.rounds < 1:
+    p.error('--rounds must be at least 1.')
   if args.child:
     _child(*map(int, args.child.split(',')))
     return

@@ -62,6 +62,8 @@ def main() -> None:
   p.add_argument('--reference', default=str(REFERENCE))
   p.add_argument('--out', default=None, help='also write the report here')
   args = p.parse_args()
+  if args.steps < 1:
+    p.error('--steps must be at least 1.')
 
   import jax
   import numpy as np
